@@ -1,0 +1,2 @@
+//! The `veer` binary: the controller and the CLI.
+fn main() {}
