@@ -37,8 +37,7 @@ command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     say "apt-get install ${need_apt[*]}"
-    # The Debian prometheus package starts a system service on :9090; the tests run their
-    # own instances on free ports, so the packaged one is stopped to keep the machine quiet.
+    # The tests start their own Prometheus on free ports; only the binary is needed.
     { apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${need_apt[@]}" >/dev/null; }; } \
       || missing+=("apt-get update && apt-get install -y ${need_apt[*]}")
   else
