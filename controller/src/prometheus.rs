@@ -387,6 +387,244 @@ impl fmt::Display for ThresholdRange {
 /// How long a metric query may take before it fails the check (the design's 5s).
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most of a Prometheus answer we read; an instant query for one value is tiny, so
+/// anything near this is a misconfigured address, not a metric.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a metric query produced no usable value. Every variant fails the check.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricError {
+    #[error("invalid Prometheus address {address:?}: {reason}")]
+    InvalidAddress { address: String, reason: String },
+    #[error("no values found: is traffic reaching the canary? (query: {query})")]
+    NoValues { query: String },
+    #[error("the query returned NaN: no requests in the interval, or 0/0 (query: {query})")]
+    NaN { query: String },
+    #[error(
+        "the query returned {count} series, expected exactly one: aggregate it (e.g. sum(...)) \
+         (query: {query})"
+    )]
+    SeveralSeries { count: usize, query: String },
+    #[error(
+        "the query returned a {result_type} result, expected a vector or scalar (query: {query})"
+    )]
+    UnsupportedResultType { result_type: String, query: String },
+    #[error("Prometheus answered HTTP {status}: {body}")]
+    Http { status: u16, body: String },
+    #[error("Prometheus rejected the query ({error_type}): {error}")]
+    PrometheusError { error_type: String, error: String },
+    #[error("Prometheus's answer is not a query result: {reason} (body starts: {body:?})")]
+    Parse { reason: String, body: String },
+    #[error("Prometheus did not answer within {}", humantime::format_duration(*.after))]
+    Timeout { after: Duration },
+    #[error("cannot reach Prometheus at {url}: {reason}")]
+    Transport { url: String, reason: String },
+}
+
+/// Runs instant queries against one Prometheus (`/api/v1/query`).
+#[derive(Debug, Clone)]
+pub struct PrometheusClient {
+    http: reqwest::Client,
+    query_url: reqwest::Url,
+    timeout: Duration,
+}
+
+impl PrometheusClient {
+    /// A client for the Prometheus at `address` (e.g. `http://prometheus.istio-system:9090`,
+    /// a path prefix is kept), with the default 5s query timeout.
+    pub fn new(address: &str) -> Result<PrometheusClient, MetricError> {
+        let invalid = |reason: String| MetricError::InvalidAddress {
+            address: address.to_string(),
+            reason,
+        };
+        let mut base = reqwest::Url::parse(address).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "scheme {:?} is not http or https",
+                base.scheme()
+            )));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let query_url = base
+            .join("api/v1/query")
+            .map_err(|e| invalid(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(PrometheusClient {
+            http,
+            query_url,
+            timeout: DEFAULT_QUERY_TIMEOUT,
+        })
+    }
+
+    /// The same client with another per-query timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> PrometheusClient {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The `/api/v1/query` URL queries go to.
+    pub fn query_url(&self) -> &str {
+        self.query_url.as_str()
+    }
+
+    /// Runs `promql` as an instant query and returns its single value. An empty result, NaN,
+    /// several series, a matrix/string result, an error answer, a timeout or a transport
+    /// failure is an error.
+    pub async fn query_value(&self, promql: &str) -> Result<f64, MetricError> {
+        let request = self
+            .http
+            .get(self.query_url.clone())
+            .query(&[("query", promql)])
+            .timeout(self.timeout)
+            .send();
+        let (status, body) = tokio::time::timeout(self.timeout, async {
+            let response = request.await.map_err(|e| self.request_error(&e))?;
+            let status = response.status();
+            let body = crate::webhooks::read_body_capped(response, MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|e| self.request_error(&e))?;
+            Ok::<_, MetricError>((status, body))
+        })
+        .await
+        .map_err(|_| MetricError::Timeout {
+            after: self.timeout,
+        })??;
+        parse_query_response(status.as_u16(), &body.bytes, promql)
+    }
+
+    fn request_error(&self, e: &reqwest::Error) -> MetricError {
+        if e.is_timeout() {
+            MetricError::Timeout {
+                after: self.timeout,
+            }
+        } else {
+            MetricError::Transport {
+                url: self.query_url.to_string(),
+                reason: crate::webhooks::error_chain(e),
+            }
+        }
+    }
+}
+
+/// Interprets an `/api/v1/query` answer. Separate from the transport so every shape of
+/// answer is testable without a server.
+fn parse_query_response(status: u16, body: &[u8], promql: &str) -> Result<f64, MetricError> {
+    let query = one_line(promql);
+    let parsed: Result<serde_json::Value, _> = serde_json::from_slice(body);
+    let json = match parsed {
+        Ok(json) => json,
+        Err(e) => {
+            let body = excerpt(body);
+            return Err(if (200..300).contains(&status) {
+                MetricError::Parse {
+                    reason: format!("not JSON ({e})"),
+                    body,
+                }
+            } else {
+                MetricError::Http { status, body }
+            });
+        }
+    };
+    let field = |name: &str| json.get(name).and_then(serde_json::Value::as_str);
+    if field("status") == Some("error") {
+        return Err(MetricError::PrometheusError {
+            error_type: field("errorType").unwrap_or("unknown").to_string(),
+            error: field("error").unwrap_or("(no message)").to_string(),
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(MetricError::Http {
+            status,
+            body: excerpt(body),
+        });
+    }
+    let parse_error = |reason: &str| MetricError::Parse {
+        reason: reason.to_string(),
+        body: excerpt(body),
+    };
+    if field("status") != Some("success") {
+        return Err(parse_error("no \"status\": \"success\""));
+    }
+    let data = json
+        .get("data")
+        .ok_or_else(|| parse_error("no \"data\" field"))?;
+    let result_type = data
+        .get("resultType")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| parse_error("no \"data.resultType\" field"))?;
+    let result = data
+        .get("result")
+        .ok_or_else(|| parse_error("no \"data.result\" field"))?;
+    let sample = match result_type {
+        "scalar" => result,
+        "vector" => {
+            let series = result
+                .as_array()
+                .ok_or_else(|| parse_error("\"data.result\" of a vector is not an array"))?;
+            match series.as_slice() {
+                [] => return Err(MetricError::NoValues { query }),
+                [one] => one
+                    .get("value")
+                    .ok_or_else(|| parse_error("a vector sample has no \"value\""))?,
+                several => {
+                    return Err(MetricError::SeveralSeries {
+                        count: several.len(),
+                        query,
+                    })
+                }
+            }
+        }
+        other => {
+            return Err(MetricError::UnsupportedResultType {
+                result_type: other.to_string(),
+                query,
+            })
+        }
+    };
+    let text = sample
+        .get(1)
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| parse_error("a sample is not [<time>, \"<value>\"]"))?;
+    let value = match text {
+        "+Inf" | "Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        text => text
+            .parse::<f64>()
+            .map_err(|_| parse_error(&format!("sample value {text:?} is not a number")))?,
+    };
+    if value.is_nan() {
+        return Err(MetricError::NaN { query });
+    }
+    Ok(value)
+}
+
+/// A query on one line with runs of whitespace collapsed, for error messages and logs.
+pub fn one_line(promql: &str) -> String {
+    promql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The start of a body, as text, for error messages.
+fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
+    let text = one_line(&text);
+    if body.len() > MAX {
+        format!("{text}...")
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +748,106 @@ mod tests {
             Some(BuiltinMetric::RequestDuration)
         );
         assert_eq!(BuiltinMetric::from_name("error-rate"), None);
+    }
+
+    fn parse(status: u16, body: &str) -> Result<f64, MetricError> {
+        parse_query_response(status, body.as_bytes(), "sum(up)")
+    }
+
+    #[test]
+    fn parses_vector_and_scalar_answers() {
+        let v = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000.1,"99.5"]}]}}"#,
+        );
+        assert_eq!(v.unwrap(), 99.5);
+        let s = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.1,"3"]}}"#,
+        );
+        assert_eq!(s.unwrap(), 3.0);
+        let inf = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"+Inf"]}]}}"#,
+        );
+        assert_eq!(inf.unwrap(), f64::INFINITY);
+    }
+
+    #[test]
+    fn rejects_every_unusable_answer_clearly() {
+        let empty = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+        );
+        let msg = empty.unwrap_err().to_string();
+        assert!(
+            msg.starts_with("no values found: is traffic reaching the canary?"),
+            "{msg}"
+        );
+        assert!(msg.contains("sum(up)"), "{msg}");
+        let nan = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#,
+        );
+        assert!(matches!(nan, Err(MetricError::NaN { .. })));
+        let two = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]}}"#,
+        );
+        assert!(matches!(
+            two,
+            Err(MetricError::SeveralSeries { count: 2, .. })
+        ));
+        let matrix = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+        );
+        assert!(
+            matches!(&matrix, Err(MetricError::UnsupportedResultType { result_type, .. }) if result_type == "matrix")
+        );
+        let string = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"string","result":[1,"x"]}}"#,
+        );
+        assert!(matches!(
+            string,
+            Err(MetricError::UnsupportedResultType { .. })
+        ));
+        let error = parse(
+            400,
+            r#"{"status":"error","errorType":"bad_data","error":"parse error at char 4"}"#,
+        );
+        let msg = error.unwrap_err().to_string();
+        assert!(
+            msg.contains("bad_data") && msg.contains("parse error at char 4"),
+            "{msg}"
+        );
+        let html = parse(200, "<html><body>Grafana</body></html>");
+        assert!(matches!(&html, Err(MetricError::Parse { body, .. }) if body.contains("<html>")));
+        let gateway = parse(502, "<html>Bad Gateway</html>");
+        assert!(matches!(
+            gateway,
+            Err(MetricError::Http { status: 502, .. })
+        ));
+        let not_a_number = parse(
+            200,
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"abc"]}]}}"#,
+        );
+        assert!(matches!(not_a_number, Err(MetricError::Parse { .. })));
+    }
+
+    #[test]
+    fn client_builds_the_query_url_from_the_address() {
+        let c = PrometheusClient::new("http://prom:9090").unwrap();
+        assert_eq!(c.query_url(), "http://prom:9090/api/v1/query");
+        let c = PrometheusClient::new("http://prom:9090/prefix").unwrap();
+        assert_eq!(c.query_url(), "http://prom:9090/prefix/api/v1/query");
+        assert_eq!(c.timeout(), DEFAULT_QUERY_TIMEOUT);
+        assert!(matches!(
+            PrometheusClient::new("prom:9090"),
+            Err(MetricError::InvalidAddress { .. })
+        ));
+        assert!(PrometheusClient::new("not a url").is_err());
     }
 
     #[test]
