@@ -21,8 +21,11 @@ pub const MAX_WEIGHT: u32 = 10_000;
 
 /// The filter's plugin configuration (`WasmPlugin.spec.pluginConfig`).
 /// Unknown fields are an error here: a typo in deployed config must not pass silently.
+/// That strictness lives in `validate::parse_plugin_config` (which reports the unknown
+/// field's full path), not in serde attributes: the same `Route` types must stay lenient
+/// when read from the controller, so that an old filter can read a newer table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PluginConfig {
     #[serde(default = "default_route_header")]
     pub route_header: String,
@@ -35,7 +38,7 @@ pub struct PluginConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<ControllerEndpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub table: Option<StrictRoutingTable>,
+    pub table: Option<RoutingTable>,
 }
 
 impl Default for PluginConfig {
@@ -61,7 +64,7 @@ fn default_mirror_header() -> String {
 /// Cookie signing keys: inline base64 keys, or the name of an environment variable holding
 /// comma-separated base64 keys. The first key signs; every key verifies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CookieSigning {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
@@ -71,7 +74,7 @@ pub struct CookieSigning {
 
 /// Where the filter long-polls the live table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ControllerEndpoint {
     /// Envoy cluster name, e.g. `outbound|8080||veer-controller.veer-system.svc.cluster.local`.
     pub cluster: String,
@@ -95,8 +98,8 @@ fn default_timeout_ms() -> u64 {
     30_000
 }
 
-/// The routing table as the controller serves it. Unknown fields are ignored, so an old
-/// filter can read a newer controller's table.
+/// The routing table as the controller serves it. Unknown fields are ignored (at every
+/// depth), so an old filter can read a newer controller's table.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingTable {
@@ -106,89 +109,34 @@ pub struct RoutingTable {
     pub routes: Vec<Route>,
 }
 
-/// The same table inside `pluginConfig`, where unknown fields are errors. Converted into a
-/// `RoutingTable` after parsing; the two differ only in how strictly they read.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StrictRoutingTable {
+/// One canary's routing: which requests it covers and how they split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Unique; `namespace/name` of the Canary.
+    pub name: String,
+    /// Matched against `:authority`, case-insensitive, port ignored. `*` is any host,
+    /// `*.example.com` any subdomain.
+    pub hosts: Vec<String>,
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// Canary share in basis points, 0..=10000.
     #[serde(default)]
-    pub generation: u64,
+    pub weight: u32,
+    /// Basis points of primary-bound requests to mirror, 0..=10000.
     #[serde(default)]
-    pub routes: Vec<StrictRoute>,
-}
-
-/// Declares `Route` twice from one field list: once lenient (controller table) and once
-/// strict (plugin configuration). One definition, two read modes.
-macro_rules! route_types {
-    ($(#[$attr:meta])* $name:ident, $strictness:meta) => {
-        $(#[$attr])*
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        #[$strictness]
-        pub struct $name {
-            /// Unique; `namespace/name` of the Canary.
-            pub name: String,
-            /// Matched against `:authority`, case-insensitive, port ignored. `*` is any host,
-            /// `*.example.com` any subdomain.
-            pub hosts: Vec<String>,
-            #[serde(default = "default_path_prefix")]
-            pub path_prefix: String,
-            /// Canary share in basis points, 0..=10000.
-            #[serde(default)]
-            pub weight: u32,
-            /// Basis points of primary-bound requests to mirror, 0..=10000.
-            #[serde(default)]
-            pub mirror_weight: u32,
-            /// Identifies the canary run; salts the sticky bucket.
-            #[serde(default)]
-            pub revision: String,
-            #[serde(default, skip_serializing_if = "Vec::is_empty")]
-            pub overrides: Vec<Override>,
-            #[serde(default, skip_serializing_if = "Vec::is_empty")]
-            pub r#match: Vec<MatchRule>,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub session_affinity: Option<SessionAffinity>,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub sticky_key: Option<StickyKey>,
-        }
-    };
-}
-
-route_types!(
-    /// One canary's routing: which requests it covers and how they split.
-    Route,
-    serde()
-);
-route_types!(
-    /// `Route` as read from `pluginConfig`, rejecting unknown fields.
-    StrictRoute,
-    serde(deny_unknown_fields)
-);
-
-impl From<StrictRoute> for Route {
-    fn from(r: StrictRoute) -> Self {
-        Route {
-            name: r.name,
-            hosts: r.hosts,
-            path_prefix: r.path_prefix,
-            weight: r.weight,
-            mirror_weight: r.mirror_weight,
-            revision: r.revision,
-            overrides: r.overrides,
-            r#match: r.r#match,
-            session_affinity: r.session_affinity,
-            sticky_key: r.sticky_key,
-        }
-    }
-}
-
-impl From<StrictRoutingTable> for RoutingTable {
-    fn from(t: StrictRoutingTable) -> Self {
-        RoutingTable {
-            generation: t.generation,
-            routes: t.routes.into_iter().map(Route::from).collect(),
-        }
-    }
+    pub mirror_weight: u32,
+    /// Identifies the canary run; salts the sticky bucket.
+    #[serde(default)]
+    pub revision: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<Override>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub r#match: Vec<MatchRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<SessionAffinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_key: Option<StickyKey>,
 }
 
 fn default_path_prefix() -> String {
@@ -214,7 +162,7 @@ impl Variant {
 
 /// QA access: the first matching override sets the variant before anything else.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Override {
     pub r#match: MatchRule,
     pub variant: Variant,
@@ -222,7 +170,7 @@ pub struct Override {
 
 /// One A/B rule. Every present condition must hold (AND); rules in a list are OR-ed.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MatchRule {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
@@ -239,7 +187,7 @@ pub struct MatchRule {
 /// A string condition. Exactly one operator must be set; `validate` enforces it, so that
 /// the error can name the field path rather than a serde position.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct StringMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<String>,
@@ -256,7 +204,7 @@ pub struct StringMatch {
 
 /// Cookie-based session affinity. Absent means no cookie is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SessionAffinity {
     pub cookie_name: String,
     #[serde(default = "default_max_age")]
@@ -294,7 +242,7 @@ pub enum SameSite {
 
 /// Bucket users by a request header (e.g. a user id) instead of a cookie.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct StickyKey {
     pub header: String,
 }
