@@ -245,7 +245,7 @@ sum(
 )"#
         ),
         (MetricsSet::Veer, metric) => {
-            let route = promql_string(&stat_route_token(&format!("{namespace}/{name}")));
+            let route = promql_string(&veer_core::stat_route_token(&format!("{namespace}/{name}")));
             let selector = format!("veer_route={route}, veer_variant=\"canary\"");
             match metric {
                 BuiltinMetric::RequestSuccessRate => format!(
@@ -310,22 +310,6 @@ sum(
 fn envoy_canary_cluster_regex(target: &str, namespace: &str) -> String {
     let host = format!("{target}-canary.{namespace}.svc.cluster.local");
     promql_string(&format!(r"outbound\|[0-9]+\|\|{}", regex_escape(&host)))
-}
-
-/// The filter's `veer_route` tag value for a route name. Mirrors the contract of
-/// `veer_core::stat_route_token` (`.` and characters outside `[A-Za-z0-9_/-]` become `_`)
-/// until veer-core exposes it; then this delegates there.
-fn stat_route_token(route: &str) -> String {
-    route
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '/' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Escapes RE2 metacharacters so a name matches only itself.
@@ -710,6 +694,16 @@ mod tests {
             d.contains(r#"veer_request_duration_ms_bucket{veer_route="test/podinfo", veer_variant="canary"}[1m]"#),
             "{d}"
         );
+    }
+
+    #[test]
+    fn veer_set_uses_the_filter_stat_token_for_dotted_names() {
+        let dotted = QueryVars {
+            name: "pod.info".into(),
+            ..vars()
+        };
+        let q = builtin_query(MetricsSet::Veer, BuiltinMetric::RequestSuccessRate, &dotted);
+        assert!(q.contains(r#"veer_route="test/pod_info""#), "{q}");
     }
 
     #[test]
