@@ -1,0 +1,258 @@
+"""Gateway CPU per request, variant against variant, in one run (issue 6, variants 1-5).
+
+Every gateway runs `--concurrency 1` pinned to CPU 0; the backend Envoy and wrk share CPU 1.
+CPU time is utime+stime of the gateway process from /proc/<pid>/stat, per request counted by
+Envoy's `http.ingress.downstream_rq_total`. After a warm-up (V8 and LuaJIT tier up), the
+variants are measured in alternating rounds (forward, then reversed, which cancels a linear
+drift) and each variant's median is reported with ratios between medians."""
+
+from __future__ import annotations
+
+import base64
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import envoy, load, procs
+
+GATEWAY_CPU = "0"
+CLIENT_CPU = "1"
+BENCH_DIR = Path(__file__).resolve().parents[1]
+LUA_SOURCE = BENCH_DIR / "lua" / "sticky_split.lua"
+WASM_DIR = procs.REPO / "target" / "wasm32-unknown-unknown" / "release"
+VEER_WASM = WASM_DIR / "veer_filter.wasm"
+EMPTY_WASM = WASM_DIR / "veer_bench_empty_filter.wasm"
+
+COOKIE_NAME = "flagger-cookie"
+# A fixed 32-byte signing key: the benchmark needs valid MACs, not a secret.
+SIGNING_KEY = base64.b64encode(b"veer-bench-cookie-signing-key-32").decode()
+REVISION = "7f9c2ba"
+WEIGHT_BP = 3000
+
+
+def veer_route(**extra) -> dict:
+    """The benchmark's route: a signed affinity cookie, one override, two A/B rules (the
+    Flagger tutorial's Firefox regex and a path prefix), 30% to the canary."""
+    route = {
+        "name": "bench/app",
+        "hosts": ["app.example.com"],
+        "weight": WEIGHT_BP,
+        "revision": REVISION,
+        "overrides": [{"match": {"headers": {"x-canary": {"exact": "always"}}}, "variant": "canary"}],
+        "match": [
+            {"headers": {"user-agent": {"regex": ".*Firefox.*"}}},
+            {"uri": {"prefix": "/api/"}},
+        ],
+        "sessionAffinity": {"cookieName": COOKIE_NAME, "maxAge": 86400, "sameSite": "Lax"},
+    }
+    route.update(extra)
+    return route
+
+
+def veer_plugin_config() -> dict:
+    return {
+        "cookieSigning": {"keys": [SIGNING_KEY]},
+        "table": {"generation": 1, "routes": [veer_route()]},
+    }
+
+
+@dataclass
+class Variant:
+    key: str
+    title: str
+    routes: list[dict]
+    filters: list[dict]
+    sets_cookies: bool = False
+    splits: bool = False
+
+
+def variants(include_veer: bool) -> list[Variant]:
+    out = [
+        Variant("none", "1. no filter (header route only)", envoy.header_routes(), []),
+        Variant(
+            "empty-wasm",
+            "2. empty proxy-wasm filter",
+            envoy.header_routes(),
+            [envoy.wasm_filter("empty", EMPTY_WASM, None)],
+        ),
+    ]
+    if include_veer:
+        out.append(
+            Variant(
+                "veer",
+                "3. veer (full decision)",
+                envoy.header_routes(),
+                [envoy.wasm_filter("veer", VEER_WASM, veer_plugin_config())],
+                sets_cookies=True,
+                splits=True,
+            )
+        )
+    out += [
+        Variant(
+            "lua",
+            "4. Lua sticky split",
+            envoy.header_routes(),
+            [envoy.lua_filter(LUA_SOURCE)],
+            sets_cookies=True,
+            splits=True,
+        ),
+        Variant("weighted", "5. native weighted_clusters", envoy.weighted_routes(WEIGHT_BP // 100), [], splits=True),
+    ]
+    return out
+
+
+@dataclass
+class Sample:
+    cpu_us_per_rq: float
+    rps: float
+    gateway_util: float
+    requests: int
+
+
+@dataclass
+class VariantResult:
+    variant: Variant
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(s, attr) for s in self.samples)
+
+
+def _request(gw: envoy.Envoy, cookie: str | None = None) -> tuple[str, dict]:
+    headers = {"Host": "app.example.com", "User-Agent": "bench-check/1.0"}
+    if cookie:
+        headers["Cookie"] = cookie
+    status, hdrs, body = procs.http_get(gw.url() + "/api/items", headers=headers)
+    if status != 200:
+        raise procs.BenchError(f"{gw.name}: GET /api/items answered {status}")
+    return body.decode().strip(), {k.lower(): v for k, v in hdrs.items()}
+
+
+def check_and_collect_cookies(v: Variant, gw: envoy.Envoy, n: int = 200) -> list[str]:
+    """Prove the variant does its job before timing it (a variant that silently routes
+    nothing would look cheap), and collect `n` affinity cookies from it."""
+    seen: dict[str, int] = {}
+    cookies: list[str] = []
+    for _ in range(n):
+        who, hdrs = _request(gw)
+        seen[who] = seen.get(who, 0) + 1
+        sc = hdrs.get("set-cookie")
+        if sc:
+            cookies.append(sc.split(";", 1)[0])
+    if v.splits and not (seen.get("canary", 0) > n * 0.1 and seen.get("primary", 0) > n * 0.4):
+        raise procs.BenchError(f"{v.key}: expected a ~30% canary split over {n} requests, got {seen}")
+    if not v.splits and seen.get("canary", 0):
+        raise procs.BenchError(f"{v.key}: expected primary only, got {seen}")
+    if v.sets_cookies:
+        if len(cookies) != n:
+            raise procs.BenchError(f"{v.key}: {len(cookies)} of {n} new users got a Set-Cookie")
+        # A returning user keeps their variant and gets no new cookie.
+        for c in cookies[:20]:
+            first, hdrs1 = _request(gw, c)
+            again, hdrs2 = _request(gw, c)
+            if first != again or "set-cookie" in hdrs1 or "set-cookie" in hdrs2:
+                raise procs.BenchError(f"{v.key}: cookie {c} is not sticky or was replaced")
+    elif cookies:
+        raise procs.BenchError(f"{v.key}: unexpected Set-Cookie {cookies[0]}")
+    return cookies
+
+
+def measure(gw: envoy.Envoy, duration_s: float, env: dict[str, str]) -> Sample:
+    rq0 = gw.downstream_rq_total()
+    cpu0 = procs.CpuTimes.of(gw.pid).seconds
+    t0 = time.monotonic()
+    res = load.wrk(
+        gw.url(), script="returning_and_new_users.lua", duration_s=duration_s, cpus=CLIENT_CPU, env=env
+    )
+    t1 = time.monotonic()
+    cpu1 = procs.CpuTimes.of(gw.pid).seconds
+    rq1 = gw.downstream_rq_total()
+    n = rq1 - rq0
+    if n <= 0:
+        raise procs.BenchError(f"{gw.name}: no requests counted")
+    if res.non_2xx or res.socket_errors > 0.001 * res.requests:
+        raise procs.BenchError(
+            f"{gw.name}: {res.non_2xx} non-2xx and {res.socket_errors} socket errors in {res.requests} requests"
+        )
+    return Sample(
+        cpu_us_per_rq=(cpu1 - cpu0) / n * 1e6,
+        rps=n / (t1 - t0),
+        gateway_util=(cpu1 - cpu0) / (t1 - t0),
+        requests=n,
+    )
+
+
+def run(*, rounds: int, duration_s: float, warmup_s: float, log=print) -> dict:
+    work = procs.OUT / "cpu"
+    include_veer = VEER_WASM.exists()
+    if not EMPTY_WASM.exists():
+        raise procs.BenchError(
+            f"{EMPTY_WASM} missing: cargo build -p veer-bench-empty-filter --target wasm32-unknown-unknown --release"
+        )
+    backend = envoy.start_backend(work, CLIENT_CPU)
+    results: list[VariantResult] = []
+    gateways: dict[str, envoy.Envoy] = {}
+    cookie_files: dict[str, Path] = {}
+    try:
+        for v in variants(include_veer):
+            gateways[v.key] = envoy.start(
+                f"gw-{v.key}",
+                {"ingress": (v.routes, v.filters)},
+                envoy.backend_clusters(backend),
+                cpus=GATEWAY_CPU,
+                concurrency=1,
+                workdir=work,
+            )
+            cookies = check_and_collect_cookies(v, gateways[v.key])
+            if cookies:
+                cookie_files[v.key] = work / f"cookies-{v.key}.txt"
+                cookie_files[v.key].write_text("\n".join(cookies) + "\n")
+            results.append(VariantResult(v))
+        # Variants without cookies of their own get veer's (or Lua's) so that every variant
+        # sees the same request bytes.
+        default_cookies = cookie_files.get("veer") or cookie_files["lua"]
+
+        def env_for(key: str) -> dict[str, str]:
+            return {"VEER_BENCH_COOKIES": str(cookie_files.get(key, default_cookies)), "VEER_BENCH_NEW_EVERY": "5"}
+
+        for r in results:
+            log(f"  warm-up {r.variant.key} ({warmup_s:g}s)")
+            measure(gateways[r.variant.key], warmup_s, env_for(r.variant.key))
+        for i in range(rounds):
+            order = results if i % 2 == 0 else list(reversed(results))
+            for r in order:
+                s = measure(gateways[r.variant.key], duration_s, env_for(r.variant.key))
+                r.samples.append(s)
+                log(
+                    f"  round {i + 1}/{rounds} {r.variant.key:<11} {s.cpu_us_per_rq:7.1f} us/rq"
+                    f"  {s.rps:8.0f} rq/s  gateway CPU {s.gateway_util * 100:5.1f}%"
+                )
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+        backend.stop()
+
+    med = {r.variant.key: r.median("cpu_us_per_rq") for r in results}
+    out = {
+        "rounds": rounds,
+        "duration_s": duration_s,
+        "warmup_s": warmup_s,
+        "new_user_share": 0.2,
+        "veer_measured": include_veer,
+        "variants": [
+            {
+                "key": r.variant.key,
+                "title": r.variant.title,
+                "cpu_us_per_rq_median": med[r.variant.key],
+                "cpu_us_per_rq_samples": [round(s.cpu_us_per_rq, 2) for s in r.samples],
+                "rps_median": r.median("rps"),
+                "gateway_util_median": r.median("gateway_util"),
+                "vs_none": med[r.variant.key] / med["none"],
+                "vs_empty_wasm": med[r.variant.key] / med["empty-wasm"],
+                "vs_lua": med[r.variant.key] / med["lua"],
+            }
+            for r in results
+        ],
+    }
+    return out

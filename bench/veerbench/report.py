@@ -1,0 +1,126 @@
+"""The printed summary of a benchmark run: one table per section and the targets of issue 6,
+each marked met, missed or not measured. A target is never shown as met without a number."""
+
+from __future__ import annotations
+
+SIZE_TARGET_BYTES = 400_000  # "400 KB", read strictly as 400,000 bytes
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def targets(results: dict) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for every target of issue 6."""
+    s = results.get("sections", {})
+    out: list[tuple[str, str, str]] = []
+
+    def add(name: str, value: float | None, limit: float, fmt: str, higher_is_worse: bool = True) -> None:
+        if value is None:
+            out.append((name, "not measured", "NOT MEASURED"))
+            return
+        ok = value <= limit if higher_is_worse else value >= limit
+        out.append((name, fmt.format(value), "met" if ok else "MISSED"))
+
+    cpu = {v["key"]: v for v in s.get("cpu", {}).get("variants", [])}
+    veer = cpu.get("veer")
+    add("veer / no filter <= 1.20 (CPU per request)", veer and veer["vs_none"], 1.20, "{:.3f}")
+    add("veer / empty Wasm <= 1.05", veer and veer["vs_empty_wasm"], 1.05, "{:.3f}")
+    add("veer / Lua <= 1.00", veer and veer["vs_lua"], 1.00, "{:.3f}")
+
+    prop = s.get("propagation")
+    add("propagation p99 <= 100 ms", prop and prop["p99_ms"], 100, "{:.1f} ms")
+    add("propagation max <= 250 ms", prop and prop["max_ms"], 250, "{:.1f} ms")
+
+    split = s.get("split")
+    worst = max((abs(r["error_points"]) for r in split["runs"]), default=None) if split else None
+    add("split accuracy within +-0.5 points", worst, 0.5, "worst {:.3f} points")
+
+    size = s.get("size")
+    add("veer_filter.wasm <= 400 KB", size and size.get("veer_bytes"), SIZE_TARGET_BYTES, "{:,.0f} bytes")
+
+    ctl = s.get("controller")
+    add("controller <= 5% of one core (1,000 canaries)", ctl and ctl["cpu_share_of_core"] * 100, 5.0, "{:.2f}%")
+    add("controller peak RSS <= 100 MB", ctl and ctl["peak_rss_mb"], 100, "{:.1f} MB")
+    return out
+
+
+def render(results: dict) -> str:
+    s = results.get("sections", {})
+    parts: list[str] = [f"veer benchmarks, {results.get('started')} ({results.get('command')})"]
+    m = results.get("machine", {})
+    parts.append(f"machine: {m.get('cpus')} CPUs, {m.get('cpu_model')}, load at start {m.get('loadavg_at_start')}")
+
+    if "cpu" in s:
+        c = s["cpu"]
+        rows = [
+            [
+                v["title"],
+                f"{v['cpu_us_per_rq_median']:.1f}",
+                f"{min(v['cpu_us_per_rq_samples']):.1f}-{max(v['cpu_us_per_rq_samples']):.1f}",
+                f"{v['rps_median']:.0f}",
+                f"{v['gateway_util_median'] * 100:.0f}%",
+                f"{v['vs_none']:.3f}",
+                f"{v['vs_empty_wasm']:.3f}",
+                f"{v['vs_lua']:.3f}",
+            ]
+            for v in c["variants"]
+        ]
+        parts.append(
+            f"\nGateway CPU per request (median of {c['rounds']} rounds x {c['duration_s']:g}s, "
+            f"{int(c['new_user_share'] * 100)}% new users)"
+        )
+        parts.append(
+            _table(
+                ["variant", "us/rq", "range", "rq/s", "gw CPU", "/none", "/empty", "/lua"],
+                rows,
+            )
+        )
+        if not c.get("veer_measured"):
+            parts.append("veer (variant 3) NOT MEASURED: target/wasm32-unknown-unknown/release/veer_filter.wasm missing")
+
+    if "split" in s:
+        rows = [
+            [
+                r["traffic"],
+                f"{r['weight_bp'] / 100:g}%",
+                f"{r['requests']:,}",
+                f"{r['canary_share'] * 100:.3f}%",
+                f"{r['error_points']:+.3f}",
+                f"{r['sigma_points']:.3f}",
+            ]
+            for r in s["split"]["runs"]
+        ]
+        parts.append("\nSplit accuracy (canary share observed at the gateway's upstream clusters)")
+        parts.append(_table(["traffic", "weight", "requests", "observed", "error (points)", "1 sigma"], rows))
+
+    if "size" in s:
+        z = s["size"]
+        parts.append(f"\nSize: veer_filter.wasm {z.get('veer_bytes', 0):,} bytes (gzip {z.get('veer_gzip_bytes', 0):,}); "
+                     f"empty filter {z.get('empty_bytes', 0):,} bytes")
+        if z.get("by_crate"):
+            rows = [[c["crate"], f"{c['bytes']:,}", f"{c['share'] * 100:.1f}%"] for c in z["by_crate"]]
+            parts.append(_table(["code attributed to", "bytes", "share"], rows))
+
+    if "propagation" in s:
+        p = s["propagation"]
+        parts.append(
+            f"\nPropagation ({p['changes']} changes, {p['source']}, Envoy --concurrency {p['workers']}, "
+            f"{p['connections']} probe connections): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms"
+        )
+
+    if "controller" in s:
+        k = s["controller"]
+        parts.append(
+            f"\nController scale ({k['canaries']} canaries, interval {k['interval']}, {k['gateways']} long-polling gateways, "
+            f"{k['measure_s']:g}s): CPU {k['cpu_share_of_core'] * 100:.2f}% of one core, peak RSS {k['peak_rss_mb']:.1f} MB"
+        )
+
+    for sec, err in results.get("errors", {}).items():
+        parts.append(f"\nSECTION {sec} FAILED: {err}")
+
+    parts.append("\nTargets (issue 6)")
+    parts.append(_table(["target", "measured", "verdict"], [list(t) for t in targets(results)]))
+    return "\n".join(parts)
