@@ -1,0 +1,888 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Everything veer asks an operator to apply to a cluster, checked without a cluster:
+//! every YAML document under `manifests/` (except `manifests/local/`, which is Envoy and
+//! Prometheus config run by the end-to-end tests), every `kubectl kustomize` build, the
+//! gateway patches applied to a stand-in gateway, and what `veer render` prints for the seed.
+//!
+//! - Custom resources (Istio, Flagger, Gateway API) against the CRD JSON schemas copied into
+//!   `manifests/schemas/`.
+//! - Core kinds with `kubernetes-validate --strict` (the Kubernetes OpenAPI schemas) from
+//!   `.venv`, installed by `scripts/setup.sh` from `scripts/requirements-test.txt`.
+//! - Each WasmPlugin `pluginConfig` and EnvoyFilter `configuration` through the filter's own
+//!   `veer_core::parse_plugin_config`, so a deployable config is one the filter accepts.
+//! - VirtualService header routes against veer-core's header constants.
+//!
+//! No Kubernetes API server runs here: `kubectl` only builds and patches locally.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use veer_core::{parse_plugin_config, Variant, DEFAULT_MIRROR_HEADER, DEFAULT_ROUTE_HEADER};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn manifests() -> PathBuf {
+    repo().join("manifests")
+}
+
+const INSTALL: &str =
+    "run scripts/setup.sh, or: .venv/bin/pip install -r scripts/requirements-test.txt";
+
+/// A tool from the project venv. A missing tool fails the test with the install command.
+fn venv_tool(name: &str) -> PathBuf {
+    let path = repo().join(".venv/bin").join(name);
+    assert!(path.is_file(), "{} is missing; {INSTALL}", path.display());
+    path
+}
+
+// ---------------------------------------------------------------------------------------
+// Documents
+
+/// One YAML document and where it came from, for error messages.
+#[derive(Clone, Debug)]
+struct Doc {
+    origin: String,
+    value: Value,
+}
+
+impl Doc {
+    fn api_version(&self) -> &str {
+        self.value["apiVersion"].as_str().unwrap_or("")
+    }
+    fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or("")
+    }
+    fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or("")
+    }
+    fn namespace(&self) -> &str {
+        self.value["metadata"]["namespace"].as_str().unwrap_or("")
+    }
+    fn id(&self) -> (String, String, String) {
+        (
+            self.kind().to_string(),
+            self.namespace().to_string(),
+            self.name().to_string(),
+        )
+    }
+}
+
+fn parse_docs(origin: &str, text: &str) -> Vec<Doc> {
+    let mut docs = Vec::new();
+    for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(de)
+            .unwrap_or_else(|e| panic!("{origin}: document {i} is not valid YAML: {e}"));
+        if !value.is_null() {
+            docs.push(Doc {
+                origin: format!("{origin} (document {i})"),
+                value,
+            });
+        }
+    }
+    docs
+}
+
+fn read_docs(path: &Path) -> Vec<Doc> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let origin = path
+        .strip_prefix(repo())
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    parse_docs(&origin, &text)
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(p);
+        }
+    }
+}
+
+/// What kind of file a manifest is; each kind is validated its own way.
+#[derive(Debug, PartialEq)]
+enum ManifestFile {
+    /// `kustomization.yaml`: proven by `kubectl kustomize` on its directory.
+    Kustomization,
+    /// `*-patch.yaml`: a partial object, proven by applying it.
+    Patch,
+    /// Complete Kubernetes objects.
+    Objects,
+}
+
+fn classify_file(path: &Path) -> ManifestFile {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    if name == "kustomization.yaml" {
+        ManifestFile::Kustomization
+    } else if name.ends_with("-patch.yaml") {
+        ManifestFile::Patch
+    } else {
+        ManifestFile::Objects
+    }
+}
+
+/// All manifest files, minus `manifests/local/` (Envoy and Prometheus configs, not
+/// Kubernetes objects; the end-to-end tests run them for real).
+fn manifest_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    yaml_files(&manifests(), &mut files);
+    files.retain(|p| !p.starts_with(manifests().join("local")));
+    assert!(files.len() > 10, "too few manifests found: {files:?}");
+    files
+}
+
+fn kustomization_dirs() -> Vec<PathBuf> {
+    manifest_files()
+        .into_iter()
+        .filter(|p| classify_file(p) == ManifestFile::Kustomization)
+        .map(|p| p.parent().unwrap().to_path_buf())
+        .collect()
+}
+
+fn kustomize(dir: &Path) -> Vec<Doc> {
+    let out = Command::new(venv_tool("kubectl"))
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let origin = format!(
+        "kubectl kustomize {}",
+        dir.strip_prefix(repo()).unwrap_or(dir).display()
+    );
+    parse_docs(&origin, &String::from_utf8(out.stdout).unwrap())
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+
+/// Where a kind's schema lives: a CRD schema file, or the Kubernetes OpenAPI (core kinds).
+#[derive(Debug, PartialEq)]
+enum SchemaSource {
+    Crd(&'static str),
+    Kubernetes,
+}
+
+fn schema_for(api_version: &str, kind: &str) -> Result<SchemaSource, String> {
+    use SchemaSource::*;
+    // Istio's CRDs serve every version of a kind with one schema (manifests/schemas/README.md).
+    Ok(match (api_version, kind) {
+        ("extensions.istio.io/v1alpha1", "WasmPlugin") => {
+            Crd("extensions.istio.io/wasmplugin_v1alpha1.json")
+        }
+        ("networking.istio.io/v1alpha3", "EnvoyFilter") => {
+            Crd("networking.istio.io/envoyfilter_v1alpha3.json")
+        }
+        (
+            "networking.istio.io/v1"
+            | "networking.istio.io/v1beta1"
+            | "networking.istio.io/v1alpha3",
+            "Gateway",
+        ) => Crd("networking.istio.io/gateway_v1.json"),
+        ("networking.istio.io/v1", "VirtualService") => {
+            Crd("networking.istio.io/virtualservice_v1.json")
+        }
+        ("networking.istio.io/v1", "DestinationRule") => {
+            Crd("networking.istio.io/destinationrule_v1.json")
+        }
+        ("flagger.app/v1beta1", "Canary") => Crd("flagger.app/canary_v1beta1.json"),
+        ("flagger.app/v1beta1", "MetricTemplate") => Crd("flagger.app/metrictemplate_v1beta1.json"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            Crd("gateway.networking.k8s.io/httproute_v1.json")
+        }
+        (
+            "v1"
+            | "apps/v1"
+            | "rbac.authorization.k8s.io/v1"
+            | "policy/v1"
+            | "networking.k8s.io/v1"
+            | "autoscaling/v2"
+            | "batch/v1",
+            _,
+        ) => Kubernetes,
+        _ => {
+            return Err(format!(
+                "no schema for apiVersion {api_version:?} kind {kind:?}: add its CRD schema to \
+                 manifests/schemas/ and to schema_for()"
+            ))
+        }
+    })
+}
+
+/// Compiled CRD validators, one per schema file.
+struct CrdSchemas {
+    validators: BTreeMap<&'static str, jsonschema::Validator>,
+}
+
+impl CrdSchemas {
+    fn load() -> CrdSchemas {
+        CrdSchemas {
+            validators: BTreeMap::new(),
+        }
+    }
+
+    /// Errors of one custom resource against its schema, each with its JSON path.
+    fn errors(&mut self, file: &'static str, doc: &Doc) -> Vec<String> {
+        let validator = self.validators.entry(file).or_insert_with(|| {
+            let path = manifests().join("schemas").join(file);
+            let schema: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            jsonschema::validator_for(&schema)
+                .unwrap_or_else(|e| panic!("{}: not a usable schema: {e}", path.display()))
+        });
+        validator
+            .iter_errors(&doc.value)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect()
+    }
+}
+
+/// Checks every document: schema, metadata, and the filter's config for WasmPlugins and
+/// EnvoyFilters. Core kinds are collected into one file for kubernetes-validate.
+/// Returns every problem found (empty = all valid).
+fn validate_docs(docs: &[Doc], schemas: &mut CrdSchemas) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut core = Vec::new();
+    for doc in docs {
+        let at = &doc.origin;
+        if doc.name().is_empty() {
+            problems.push(format!("{at}: metadata.name is missing"));
+        }
+        match schema_for(doc.api_version(), doc.kind()) {
+            Err(e) => problems.push(format!("{at}: {e}")),
+            Ok(SchemaSource::Crd(file)) => {
+                // Istio's CRD schemas leave metadata out; every one of ours is namespaced.
+                if doc.namespace().is_empty() {
+                    problems.push(format!("{at}: metadata.namespace is missing"));
+                }
+                for e in schemas.errors(file, doc) {
+                    problems.push(format!("{at}: {} {}: {e}", doc.kind(), doc.name()));
+                }
+            }
+            Ok(SchemaSource::Kubernetes) => core.push(doc),
+        }
+        for (what, config) in filter_configs(doc) {
+            if let Err(e) = parse_plugin_config(config.as_bytes()) {
+                problems.push(format!("{at}: {what} is rejected by the filter: {e}"));
+            }
+        }
+    }
+    if !core.is_empty() {
+        problems.extend(kubernetes_validate(&core));
+    }
+    problems
+}
+
+/// The filter configurations inside a document, as the JSON text the filter receives.
+fn filter_configs(doc: &Doc) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    match doc.kind() {
+        "WasmPlugin" => {
+            let cfg = &doc.value["spec"]["pluginConfig"];
+            out.push((
+                format!("WasmPlugin {} spec.pluginConfig", doc.name()),
+                serde_json::to_string(cfg).unwrap(),
+            ));
+        }
+        "EnvoyFilter" => {
+            let patches = doc.value["spec"]["configPatches"].as_array().cloned();
+            for (i, p) in patches.unwrap_or_default().iter().enumerate() {
+                let config = &p["patch"]["value"]["typed_config"]["config"];
+                if let Some(text) = config["configuration"]["value"].as_str() {
+                    out.push((
+                        format!(
+                            "EnvoyFilter {} configPatches[{i}] configuration",
+                            doc.name()
+                        ),
+                        text.to_string(),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Runs kubernetes-validate --strict on core-kind documents, for the oldest Kubernetes the
+/// manifests target and for the validator's newest. Each document goes in its own file, so
+/// that an error names where the document came from.
+fn kubernetes_validate(docs: &[&Doc]) -> Vec<String> {
+    let tool = venv_tool("kubernetes-validate");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut origins = BTreeMap::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let path = dir.path().join(format!("doc{i:03}.yaml"));
+        std::fs::write(&path, serde_norway::to_string(&doc.value).unwrap()).unwrap();
+        origins.insert(path.display().to_string(), doc.origin.clone());
+        files.push(path);
+    }
+    let mut problems = Vec::new();
+    for version in [Some("1.30.0"), None] {
+        let mut cmd = Command::new(&tool);
+        cmd.args(["--strict", "--quiet", "--no-warn"]);
+        if let Some(v) = version {
+            cmd.args(["--kubernetes-version", v]);
+        }
+        let out = cmd.args(&files).output().unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        for (path, origin) in &origins {
+            text = text.replace(path, origin);
+        }
+        if !out.status.success() || text.contains("ERROR") {
+            problems.push(format!(
+                "kubernetes-validate (Kubernetes {}) failed:\n{text}",
+                version.unwrap_or("latest")
+            ));
+        }
+    }
+    problems
+}
+
+fn assert_valid(what: &str, docs: &[Doc]) {
+    let mut schemas = CrdSchemas::load();
+    let problems = validate_docs(docs, &mut schemas);
+    assert!(
+        problems.is_empty(),
+        "{what}: {} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway patches, applied to a stand-in for Istio's gateway Deployment.
+
+/// Istio's gateway Deployment as the Helm `gateway` chart renders it (the proxy container is
+/// filled in by injection, hence `image: auto`).
+const STAND_IN_GATEWAY: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: istio-ingressgateway
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: ingressgateway
+  template:
+    metadata:
+      labels:
+        istio: ingressgateway
+        sidecar.istio.io/inject: "true"
+      annotations:
+        inject.istio.io/templates: gateway
+    spec:
+      containers:
+        - name: istio-proxy
+          image: auto
+          env:
+            - name: ISTIO_META_UNPRIVILEGED_POD
+              value: "true"
+"#;
+
+fn patch_stand_in_gateway(patch: &Path) -> Doc {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("gateway.yaml");
+    std::fs::write(&base, STAND_IN_GATEWAY).unwrap();
+    let out = Command::new(venv_tool("kubectl"))
+        .args([
+            "patch",
+            "--local",
+            "--type",
+            "strategic",
+            "-o",
+            "yaml",
+            "-f",
+        ])
+        .arg(&base)
+        .arg("--patch-file")
+        .arg(patch)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl patch --local with {} failed:\n{}",
+        patch.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let origin = format!("stand-in gateway patched with {}", patch.display());
+    let mut docs = parse_docs(&origin, &String::from_utf8(out.stdout).unwrap());
+    assert_eq!(docs.len(), 1);
+    docs.remove(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn every_manifest_document_is_valid() {
+    let mut docs = Vec::new();
+    for file in manifest_files() {
+        if classify_file(&file) == ManifestFile::Objects {
+            let file_docs = read_docs(&file);
+            assert!(!file_docs.is_empty(), "{}: no documents", file.display());
+            docs.extend(file_docs);
+        }
+    }
+    assert_valid("manifests/", &docs);
+}
+
+#[test]
+fn every_kustomization_builds_and_its_output_is_valid() {
+    let dirs = kustomization_dirs();
+    assert!(dirs.len() >= 4, "kustomizations: {dirs:?}");
+    for dir in dirs {
+        let docs = kustomize(&dir);
+        assert!(!docs.is_empty(), "{}: builds nothing", dir.display());
+        assert_valid(&format!("kubectl kustomize {}", dir.display()), &docs);
+    }
+}
+
+/// A manifest file that no kustomization includes would never be applied.
+#[test]
+fn every_manifest_object_is_part_of_a_kustomization() {
+    let mut built = BTreeSet::new();
+    let mut canaries_in_configmaps = Vec::new();
+    for dir in kustomization_dirs() {
+        for doc in kustomize(&dir) {
+            if doc.kind() == "ConfigMap" && doc.name() == "veer-canaries" {
+                for text in doc.value["data"].as_object().into_iter().flatten() {
+                    canaries_in_configmaps.push(text.1.as_str().unwrap().to_string());
+                }
+            }
+            built.insert(doc.id());
+        }
+    }
+    for file in manifest_files() {
+        if classify_file(&file) != ManifestFile::Objects {
+            continue;
+        }
+        for doc in read_docs(&file) {
+            if doc.kind() == "Canary" {
+                // Canaries travel as ConfigMap data, not as flagger.app objects.
+                let found = canaries_in_configmaps.iter().any(|text| {
+                    parse_docs("configmap", text)
+                        .iter()
+                        .any(|d| d.value == doc.value)
+                });
+                assert!(found, "{}: in no veer-canaries ConfigMap", doc.origin);
+            } else {
+                assert!(
+                    built.contains(&doc.id()),
+                    "{}: {} {}/{} is in no kustomization",
+                    doc.origin,
+                    doc.kind(),
+                    doc.namespace(),
+                    doc.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gateway_patches_apply_to_istios_gateway_and_stay_valid() {
+    let mut patches = Vec::new();
+    for file in manifest_files() {
+        if classify_file(&file) == ManifestFile::Patch
+            && file.starts_with(manifests().join("istio/gateway"))
+        {
+            patches.push(file);
+        }
+    }
+    assert_eq!(patches.len(), 2, "gateway patches: {patches:?}");
+    for patch in patches {
+        let patched = patch_stand_in_gateway(&patch);
+        let before = parse_docs("stand-in", STAND_IN_GATEWAY).remove(0);
+        assert_ne!(
+            patched.value,
+            before.value,
+            "{} changed nothing",
+            patch.display()
+        );
+        // Istio's own settings survive the patch.
+        assert_eq!(
+            patched.value["spec"]["template"]["metadata"]["annotations"]
+                ["inject.istio.io/templates"],
+            "gateway"
+        );
+        assert_valid(&patched.origin.clone(), &[patched]);
+    }
+}
+
+/// The filter's environment: the WasmPlugin reads VEER_COOKIE_KEYS from the gateway (HOST),
+/// the gateway patch provides it from a Secret, and the EnvoyFilter variant asks for the same.
+#[test]
+fn cookie_keys_flow_from_secret_to_gateway_to_filter() {
+    let wasm = read_docs(&manifests().join("istio/filter/wasmplugin.yaml")).remove(0);
+    let cfg = parse_plugin_config(
+        serde_json::to_string(&wasm.value["spec"]["pluginConfig"])
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let env_name = cfg.cookie_signing.unwrap().keys_env.unwrap();
+    assert_eq!(
+        wasm.value["spec"]["vmConfig"]["env"],
+        json!([{ "name": env_name, "valueFrom": "HOST" }])
+    );
+
+    let patched =
+        patch_stand_in_gateway(&manifests().join("istio/gateway/ingressgateway-patch.yaml"));
+    let env = patched.value["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let keys = env
+        .iter()
+        .find(|e| e["name"] == env_name.as_str())
+        .unwrap_or_else(|| panic!("the gateway patch does not set {env_name}: {env:?}"));
+    assert!(
+        keys["valueFrom"]["secretKeyRef"]["name"].is_string(),
+        "{env_name} must come from a Secret, not a literal: {keys}"
+    );
+    assert!(keys.get("value").is_none());
+
+    let ef = read_docs(&manifests().join("istio/envoyfilter/envoyfilter.yaml")).remove(0);
+    let vm = &ef.value["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+        ["vm_config"];
+    assert_eq!(
+        vm["environment_variables"]["host_env_keys"],
+        json!([env_name])
+    );
+}
+
+#[test]
+fn wasmplugin_is_deployable_as_the_issue_requires() {
+    let doc = read_docs(&manifests().join("istio/filter/wasmplugin.yaml")).remove(0);
+    let spec = &doc.value["spec"];
+    assert_eq!(
+        spec["selector"]["matchLabels"],
+        json!({ "istio": "ingressgateway" })
+    );
+    assert_eq!(spec["failStrategy"], "FAIL_OPEN");
+    assert!(spec["phase"].is_string() && spec["phase"] != "UNSPECIFIED_PHASE");
+    assert!(spec["priority"].is_i64());
+    assert!(spec["url"].as_str().unwrap().starts_with("oci://"));
+    // The gateway's own namespace, where the gateway that public-gateway selects runs.
+    let gw = read_docs(&manifests().join("examples/podinfo/gateway.yaml")).remove(0);
+    assert_eq!(doc.namespace(), gw.namespace());
+    assert_eq!(
+        spec["selector"]["matchLabels"],
+        gw.value["spec"]["selector"]
+    );
+}
+
+/// `controller.cluster` is the Envoy cluster istiod generates for the controller Service,
+/// and the Service really leads to the port the controller listens on.
+#[test]
+fn filter_polls_the_controller_service_that_exists() {
+    let docs: Vec<Doc> = kustomize(&manifests().join("istio"));
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d.kind() == kind && d.name() == name)
+            .unwrap_or_else(|| panic!("{kind} {name} missing from manifests/istio"))
+    };
+    let svc = find("Service", "veer-controller");
+    let port = &svc.value["spec"]["ports"][0];
+    let fqdn = format!("{}.{}.svc.cluster.local", svc.name(), svc.namespace());
+    let expected = format!("outbound|{}||{fqdn}", port["port"]);
+
+    let wasm = find("WasmPlugin", "veer");
+    let ef_docs = kustomize(&manifests().join("istio/envoyfilter"));
+    let ef = ef_docs.iter().find(|d| d.kind() == "EnvoyFilter").unwrap();
+    let mut configs = filter_configs(wasm);
+    configs.extend(filter_configs(ef));
+    assert_eq!(configs.len(), 2);
+    let parsed: Vec<_> = configs
+        .iter()
+        .map(|(_, text)| parse_plugin_config(text.as_bytes()).unwrap())
+        .collect();
+    // The WasmPlugin and its EnvoyFilter alternative configure the filter identically.
+    assert_eq!(parsed[0], parsed[1]);
+    let endpoint = parsed[0].controller.clone().unwrap();
+    assert_eq!(endpoint.cluster, expected);
+    assert_eq!(endpoint.authority.as_deref(), Some(fqdn.as_str()));
+
+    // Service targetPort (by name) -> container port -> --listen.
+    let deploy = find("Deployment", "veer-controller");
+    let container = &deploy.value["spec"]["template"]["spec"]["containers"][0];
+    let target = port["targetPort"].as_str().unwrap();
+    let cport = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == target)
+        .unwrap()["containerPort"]
+        .as_u64()
+        .unwrap();
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&format!("--listen=0.0.0.0:{cport}").as_str()),
+        "--listen does not match containerPort {cport}: {args:?}"
+    );
+    assert!(
+        svc.value["spec"]["selector"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| deploy.value["spec"]["template"]["metadata"]["labels"][k] == *v),
+        "the Service selects no controller pod"
+    );
+}
+
+#[test]
+fn controller_deployment_is_locked_down() {
+    let docs = kustomize(&manifests().join("istio"));
+    // Least privilege: the controller calls nothing on the Kubernetes API (local mode), so
+    // there is no RBAC at all and no token in the pod.
+    for d in &docs {
+        assert!(
+            !d.kind().contains("Role"),
+            "{}: {} {} grants API access the controller does not use",
+            d.origin,
+            d.kind(),
+            d.name()
+        );
+    }
+    let sa = docs.iter().find(|d| d.kind() == "ServiceAccount").unwrap();
+    assert_eq!(sa.value["automountServiceAccountToken"], false);
+    let deploy = docs
+        .iter()
+        .find(|d| d.kind() == "Deployment" && d.name() == "veer-controller")
+        .unwrap();
+    let pod = &deploy.value["spec"]["template"];
+    assert_eq!(pod["spec"]["serviceAccountName"], sa.name());
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "{probe}");
+    }
+    for bound in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            assert!(
+                c["resources"][bound][res].is_string(),
+                "resources.{bound}.{res}"
+            );
+        }
+    }
+    // The Canary specs come from the ConfigMap, the state from a volume that survives.
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    assert!(volumes
+        .iter()
+        .any(|v| v["configMap"]["name"] == "veer-canaries"));
+    assert!(volumes
+        .iter()
+        .any(|v| v["persistentVolumeClaim"]["claimName"].is_string()));
+}
+
+/// The VirtualService routes on exactly the headers the filter sets, with the values it
+/// writes. The names are veer-core's constants and the filter's configured headers.
+#[test]
+fn virtualservice_headers_are_the_filters() {
+    let docs = kustomize(&manifests().join("examples/podinfo"));
+    let wasm = docs.iter().find(|d| d.kind() == "WasmPlugin").unwrap();
+    let cfg = parse_plugin_config(
+        serde_json::to_string(&wasm.value["spec"]["pluginConfig"])
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(cfg.route_header, DEFAULT_ROUTE_HEADER);
+    assert_eq!(cfg.mirror_header, DEFAULT_MIRROR_HEADER);
+    let vs: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == "VirtualService")
+        .collect();
+    assert_eq!(vs.len(), 1);
+    assert_header_routes(vs[0], &cfg.route_header, &cfg.mirror_header);
+}
+
+/// Canary route on `routeHeader: canary`, mirror route on `mirrorHeader: "1"` with a mirror
+/// to the canary host, and a last route without a match that goes to primary.
+fn assert_header_routes(vs: &Doc, route_header: &str, mirror_header: &str) {
+    let http = vs.value["spec"]["http"].as_array().unwrap();
+    assert_eq!(
+        http.len(),
+        3,
+        "{}: expected canary, mirror, default",
+        vs.origin
+    );
+    let only_header = |r: &Value| -> (String, String) {
+        let m = r["match"].as_array().unwrap();
+        assert_eq!(m.len(), 1);
+        let headers = m[0]["headers"].as_object().unwrap();
+        assert_eq!(headers.len(), 1);
+        let (k, v) = headers.iter().next().unwrap();
+        (k.clone(), v["exact"].as_str().unwrap().to_string())
+    };
+    let dest = |r: &Value| {
+        r["route"][0]["destination"]["host"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        only_header(&http[0]),
+        (
+            route_header.to_string(),
+            Variant::Canary.as_str().to_string()
+        )
+    );
+    assert!(dest(&http[0]).ends_with("-canary"));
+    assert_eq!(
+        only_header(&http[1]),
+        (mirror_header.to_string(), "1".to_string())
+    );
+    assert!(dest(&http[1]).ends_with("-primary"));
+    assert_eq!(http[1]["mirror"]["host"].as_str().unwrap(), dest(&http[0]));
+    assert!(
+        http[2].get("match").is_none(),
+        "the default route must match everything"
+    );
+    assert!(dest(&http[2]).ends_with("-primary"));
+}
+
+/// The example's Canary is the seed's, unchanged.
+#[test]
+fn example_canary_is_the_seed() {
+    let example = read_docs(&manifests().join("examples/podinfo/canary.yaml"));
+    let seed = read_docs(&repo().join("controller/tests/data/seed-canary.yaml"));
+    assert_eq!(example.len(), 1);
+    assert_eq!(example[0].value, seed[0].value);
+}
+
+// ---------------------------------------------------------------------------------------
+// Negative checks: the validators above really reject broken documents.
+
+fn wasmplugin() -> Doc {
+    read_docs(&manifests().join("istio/filter/wasmplugin.yaml")).remove(0)
+}
+
+#[test]
+fn a_wrong_fail_strategy_fails_the_wasmplugin_schema() {
+    let mut doc = wasmplugin();
+    doc.value["spec"]["failStrategy"] = json!("FAIL_SOMETIMES");
+    let problems = validate_docs(&[doc], &mut CrdSchemas::load());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("/spec/failStrategy") && problems[0].contains("FAIL_SOMETIMES"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_misspelt_virtualservice_field_fails_the_schema() {
+    let mut doc = read_docs(&manifests().join("examples/podinfo/virtualservice.yaml")).remove(0);
+    doc.value["spec"]["http"][0]["retries"]["attemps"] = json!(3);
+    let problems = validate_docs(&[doc], &mut CrdSchemas::load());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("attemps"), "{problems:?}");
+}
+
+#[test]
+fn a_weight_over_10000_in_plugin_config_is_rejected_by_the_filter() {
+    let mut doc = wasmplugin();
+    doc.value["spec"]["pluginConfig"]["table"] = json!({
+        "generation": 1,
+        "routes": [{ "name": "test/podinfo", "hosts": ["app.example.com"], "weight": 10001 }]
+    });
+    let problems = validate_docs(&[doc], &mut CrdSchemas::load());
+    // The CRD schema accepts any pluginConfig; only the filter's own check catches it.
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("rejected by the filter") && problems[0].contains("weight"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn an_unknown_plugin_config_field_in_the_envoyfilter_is_rejected_by_the_filter() {
+    let mut doc = read_docs(&manifests().join("istio/envoyfilter/envoyfilter.yaml")).remove(0);
+    let cfg = &mut doc.value["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]
+        ["config"]["configuration"]["value"];
+    let mut parsed: Value = serde_json::from_str(cfg.as_str().unwrap()).unwrap();
+    parsed["routeHeadr"] = json!("x-typo");
+    *cfg = json!(parsed.to_string());
+    let problems = validate_docs(&[doc], &mut CrdSchemas::load());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("routeHeadr"), "{problems:?}");
+}
+
+#[test]
+fn kubernetes_validate_rejects_a_broken_deployment_and_names_its_origin() {
+    // kubernetes-validate reports the first error of a document, so one fault per document.
+    let mut wrong_type = read_docs(&manifests().join("istio/controller/deployment.yaml")).remove(0);
+    wrong_type.value["spec"]["replicas"] = json!("one");
+    let mut unknown_field = read_docs(&manifests().join("istio/controller/service.yaml")).remove(0);
+    unknown_field.value["spec"]["ports"][0]["targetPortt"] = json!(8080);
+    let problems = validate_docs(&[wrong_type, unknown_field], &mut CrdSchemas::load());
+    let text = problems.join("\n");
+    assert_eq!(
+        problems.len(),
+        2,
+        "one report per Kubernetes version: {text}"
+    );
+    assert!(text.contains("spec.replicas"), "{text}");
+    assert!(
+        text.contains("targetPortt"),
+        "--strict must reject unknown fields: {text}"
+    );
+    assert!(text.contains("istio/controller/deployment.yaml"), "{text}");
+    assert!(text.contains("istio/controller/service.yaml"), "{text}");
+}
+
+#[test]
+fn a_kind_without_a_schema_is_an_error_not_a_pass() {
+    let doc = parse_docs(
+        "inline",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: n}\n",
+    );
+    let problems = validate_docs(&doc, &mut CrdSchemas::load());
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].contains("no schema"), "{problems:?}");
+}
+
+#[test]
+fn a_document_without_a_name_is_an_error() {
+    let mut doc = wasmplugin();
+    doc.value["metadata"] = json!({ "namespace": "istio-system" });
+    let problems = validate_docs(&[doc], &mut CrdSchemas::load());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("metadata.name"));
+}
