@@ -88,7 +88,7 @@ fn compile_whole_value_regex(pattern: &str, path: &str) -> Result<Regex, ConfigE
         let mut reason = format!("invalid regex: {}", one_line(&e.to_string()));
         if pattern.contains(r"\p") || pattern.contains(r"\P") {
             reason.push_str(
-                r" (Unicode classes \p{..} are not supported by the filter's regex engine; use explicit ranges)",
+                " (the filter's regex engine, regex-lite, has no Unicode classes: write explicit ranges such as [\\x{370}-\\x{3ff}])",
             );
         }
         ConfigError::new(None, path, reason)

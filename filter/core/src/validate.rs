@@ -79,6 +79,19 @@ where
     T: serde::de::DeserializeOwned,
     F: FnMut(String),
 {
+    // serde lets a struct be read from a JSON array, positionally; at the top level that
+    // would turn `[]` into a default configuration, so only an object is accepted there.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => return Err(ConfigError::new(None, "", "expected a JSON object")),
+        None => {
+            return Err(ConfigError::new(
+                None,
+                "",
+                "empty document, expected a JSON object",
+            ))
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = {
         let mut report = |p: serde_ignored::Path| on_unknown(ignored_path(&p));

@@ -1,0 +1,148 @@
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use veer_core::{CompiledMatch, CompiledRule, MatchRule, OwnedRequest, StringMatch};
+
+fn sm(json: &str) -> CompiledMatch {
+    let m: StringMatch = serde_json::from_str(json).unwrap();
+    CompiledMatch::compile(&m, "m").unwrap()
+}
+
+fn rule(json: &str) -> CompiledRule {
+    let r: MatchRule = serde_json::from_str(json).unwrap();
+    CompiledRule::compile(&r, "rule").unwrap()
+}
+
+#[test]
+fn string_conditions() {
+    // (condition, value, expected)
+    let cases: &[(&str, Option<&[u8]>, bool)] = &[
+        (r#"{"exact": "abc"}"#, Some(b"abc"), true),
+        (r#"{"exact": "abc"}"#, Some(b"abcd"), false),
+        (r#"{"exact": "abc"}"#, Some(b"ABC"), false),
+        (r#"{"exact": "abc"}"#, None, false),
+        (r#"{"exact": ""}"#, Some(b""), true),
+        (r#"{"prefix": "ab"}"#, Some(b"abc"), true),
+        (r#"{"prefix": "bc"}"#, Some(b"abc"), false),
+        (r#"{"prefix": "ab"}"#, Some(b"ab\xff"), false),
+        (r#"{"suffix": "bc"}"#, Some(b"abc"), true),
+        (r#"{"suffix": "ab"}"#, Some(b"abc"), false),
+        (r#"{"regex": "b"}"#, Some(b"abc"), false),
+        (r#"{"regex": "a.c"}"#, Some(b"abc"), true),
+        (r#"{"regex": "a|abc"}"#, Some(b"abc"), true),
+        (r#"{"regex": "a|b"}"#, Some(b"abc"), false),
+        (r#"{"regex": "(?i)ABC"}"#, Some(b"abc"), true),
+        (r#"{"regex": ".*"}"#, Some(b"\xff"), false),
+        (r#"{"regex": ".*"}"#, None, false),
+        (r#"{"regex": "^b$"}"#, Some(b"b"), true),
+        (r#"{"present": true}"#, Some(b""), true),
+        (r#"{"present": true}"#, Some(b"\xff"), true),
+        (r#"{"present": true}"#, None, false),
+        (r#"{"present": false}"#, None, true),
+        (r#"{"present": false}"#, Some(b"x"), false),
+    ];
+    for (cond, value, want) in cases {
+        assert_eq!(
+            sm(cond).matches(*value),
+            *want,
+            "{cond} on {:?}",
+            value.map(String::from_utf8_lossy)
+        );
+    }
+}
+
+#[test]
+fn header_names_are_case_insensitive() {
+    let r = rule(r#"{"headers": {"X-User-Group": {"exact": "beta"}}}"#);
+    let req = OwnedRequest::new("GET", "a", "/").with_header("x-user-group", "beta");
+    assert!(r.matches(&req));
+    let req = OwnedRequest::new("GET", "a", "/").with_header("X-USER-GROUP", "beta");
+    assert!(r.matches(&req));
+    let req = OwnedRequest::new("GET", "a", "/").with_header("x-user-group", "Beta");
+    assert!(!r.matches(&req), "values are case-sensitive");
+}
+
+#[test]
+fn cookies_query_params_method_and_uri() {
+    let r = rule(
+        r#"{"cookies": {"tester": {"present": true}, "plan": {"exact": "pro"}},
+            "queryParams": {"canary": {"exact": "1"}, "q": {"exact": "a b/c"}},
+            "method": "GET",
+            "uri": {"prefix": "/api/"}}"#,
+    );
+    let ok = OwnedRequest::new("GET", "a", "/api/x?canary=1&q=a%20b%2Fc")
+        .with_header("cookie", "tester=; plan=\"pro\"");
+    assert!(r.matches(&ok));
+    let with_path =
+        |p: &str| OwnedRequest::new("GET", "a", p).with_header("cookie", "tester=1; plan=pro");
+    assert!(!r.matches(&with_path("/api/x?canary=2&q=a%20b%2Fc")));
+    assert!(
+        !r.matches(&with_path("/api/x?canary=1&q=a+b%2Fc")),
+        "+ is not a space (Envoy)"
+    );
+    assert!(
+        !r.matches(&with_path("/api/x?q=a%20b%2Fc")),
+        "parameter missing"
+    );
+    assert!(
+        r.matches(&with_path("/api/x?c%61nary=1&q=a%20b%2Fc&canary=2")),
+        "first occurrence, decoded name"
+    );
+    assert!(!r.matches(&with_path("/web/x?canary=1&q=a%20b%2Fc")), "uri");
+    let no_cookie = OwnedRequest::new("GET", "a", "/api/x?canary=1&q=a%20b%2Fc");
+    assert!(!r.matches(&no_cookie));
+    let post = OwnedRequest::new("POST", "a", "/api/x?canary=1&q=a%20b%2Fc")
+        .with_header("cookie", "tester=1; plan=pro");
+    assert!(!r.matches(&post));
+    let lower = OwnedRequest::new("get", "a", "/api/x?canary=1&q=a%20b%2Fc")
+        .with_header("cookie", "tester=1; plan=pro");
+    assert!(!r.matches(&lower), "method is case-sensitive");
+}
+
+#[test]
+fn uri_excludes_the_query_string() {
+    let r = rule(r#"{"uri": {"exact": "/login"}}"#);
+    assert!(r.matches(&OwnedRequest::new("GET", "a", "/login?next=/x")));
+    assert!(r.matches(&OwnedRequest::new("GET", "a", "/login#frag")));
+    assert!(!r.matches(&OwnedRequest::new("GET", "a", "/login/x")));
+    let re = rule(r#"{"uri": {"regex": "/users/[0-9]+"}}"#);
+    assert!(re.matches(&OwnedRequest::new("GET", "a", "/users/42?x=1")));
+    assert!(!re.matches(&OwnedRequest::new("GET", "a", "/users/42/edit")));
+}
+
+#[test]
+fn absent_things_and_present_false() {
+    let r = rule(
+        r#"{"headers": {"x-debug": {"present": false}},
+            "cookies": {"optout": {"present": false}},
+            "queryParams": {"nocanary": {"present": false}}}"#,
+    );
+    assert!(r.matches(&OwnedRequest::new("GET", "a", "/?x=1").with_header("cookie", "a=1")));
+    assert!(!r.matches(&OwnedRequest::new("GET", "a", "/").with_header("x-debug", "")));
+    assert!(!r.matches(&OwnedRequest::new("GET", "a", "/").with_header("cookie", "optout=1")));
+    assert!(
+        !r.matches(&OwnedRequest::new("GET", "a", "/?nocanary")),
+        "valueless parameter is present"
+    );
+    assert!(
+        rule("{}").matches(&OwnedRequest::default()),
+        "an empty rule matches everything"
+    );
+}
+
+#[test]
+fn percent_decoding() {
+    use veer_core::matcher::percent_decode;
+    assert_eq!(&*percent_decode(b"a%20b"), b"a b");
+    assert_eq!(&*percent_decode(b"%zz%4"), b"%zz%4");
+    assert_eq!(&*percent_decode(b"%e2%9C%93"), "\u{2713}".as_bytes());
+    assert_eq!(&*percent_decode(b"%"), b"%");
+}
+
+#[test]
+fn non_utf8_values_never_match_string_conditions() {
+    let r = rule(r#"{"headers": {"x": {"regex": ".*"}}, "queryParams": {"p": {"prefix": ""}}}"#);
+    assert!(!r.matches(&OwnedRequest::new("GET", "a", "/?p=ok").with_header("x", &b"\xc3\x28"[..])));
+    assert!(!r.matches(&OwnedRequest::new("GET", "a", "/?p=%ff").with_header("x", "ok")));
+    assert!(r.matches(&OwnedRequest::new("GET", "a", "/?p=%C3%A9").with_header("x", "ok")));
+}
