@@ -108,9 +108,12 @@ fn error_messages_name_route_path_and_reason() {
     );
 }
 
+/// A change to the base document.
+type Edit = Box<dyn FnOnce(&mut Value)>;
+
 #[test]
 fn more_rules() {
-    let cases: Vec<(Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|v| route0(v)["weight"] = json!("3000")),
          r#"table.routes[0].weight: invalid type: string "3000", expected u32"#),
         (Box::new(|v| route0(v)["weight"] = json!(-1)),
