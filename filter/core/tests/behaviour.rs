@@ -1,11 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Behaviour of veer-core's public API. The same test bodies run natively (`cargo test`)
 //! and compiled to wasm32-unknown-unknown under Node (`run-wasm-tests.sh`): on wasm32 the
-//! `test` attribute below is wasm-bindgen-test's, so 32-bit agreement is checked by running
+//! `test` attribute each module imports is wasm-bindgen-test's, so 32-bit agreement is checked by running
 //! the very same assertions, fixed test vectors included.
-
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[path = "behaviour/fixtures.rs"]
 mod fixtures;
