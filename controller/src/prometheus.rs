@@ -196,9 +196,16 @@ pub fn render_query(template: &str, vars: &QueryVars) -> Result<String, Template
 ///   the seed's `thresholdRange.min: 99` is a percentage.
 /// - `veer` reads the filter's `veer_responses_total` / `veer_request_duration_ms_bucket`
 ///   for `veer_route="<stat_route_token(namespace/name)>"`, `veer_variant="canary"`.
-/// - `envoy` reads `envoy_cluster_upstream_rq_xx` / `envoy_cluster_upstream_rq_time_bucket`
-///   for Istio's canary cluster `outbound|<port>||<target>-canary.<namespace>.svc.cluster.local`
-///   (any port).
+/// - `envoy` reads `envoy_cluster_upstream_rq` / `envoy_cluster_upstream_rq_time_bucket` for
+///   Istio's canary cluster `outbound|<port>||<target>-canary.<namespace>.svc.cluster.local`
+///   (any port), with the labels Istio's bootstrap `stats_tags` produce: `cluster_name` and
+///   `response_code_class="5xx"`. Envoy's *default* tag extraction cannot serve here: it
+///   cuts the cluster name at its first `.` (`envoy_cluster_name="outbound|9898||podinfo-canary"`)
+///   and moves the rest into the metric name. A plain Envoy needs Istio's `stats_config`
+///   (`use_all_default_tags: false`, tags `cluster_name` =
+///   `^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)`, `response_code` = `_rq(_(\d{3}))$`,
+///   `response_code_class` = `_rq(_(\dxx))$`). In Istio the sidecar/gateway must also expose
+///   `cluster.outbound` stats (`proxyStatsMatcher` / `statsInclusionPrefixes`).
 pub fn builtin_query(set: MetricsSet, metric: BuiltinMetric, vars: &QueryVars) -> String {
     let QueryVars {
         name,
@@ -275,18 +282,21 @@ sum(
         }
         (MetricsSet::Envoy, metric) => {
             let cluster = envoy_canary_cluster_regex(target, namespace);
-            let selector = format!("envoy_cluster_name=~{cluster}");
+            let selector = format!("cluster_name=~{cluster}");
             match metric {
+                // Each response is counted twice in `envoy_cluster_upstream_rq`, once with
+                // `response_code` and once with `response_code_class`; only the latter
+                // series are summed.
                 BuiltinMetric::RequestSuccessRate => format!(
                     r#"sum(
     rate(
-        envoy_cluster_upstream_rq_xx{{{selector}, envoy_response_code_class!="5"}}[{interval}]
+        envoy_cluster_upstream_rq{{{selector}, response_code_class=~"[1-4]xx"}}[{interval}]
     )
 )
 /
 sum(
     rate(
-        envoy_cluster_upstream_rq_xx{{{selector}}}[{interval}]
+        envoy_cluster_upstream_rq{{{selector}, response_code_class=~"[1-5]xx"}}[{interval}]
     )
 )
 * 100"#
@@ -713,9 +723,10 @@ mod tests {
             BuiltinMetric::RequestSuccessRate,
             &vars(),
         );
-        let selector = r#"envoy_cluster_name=~"outbound\\|[0-9]+\\|\\|podinfo-canary\\.test\\.svc\\.cluster\\.local""#;
+        let selector = r#"cluster_name=~"outbound\\|[0-9]+\\|\\|podinfo-canary\\.test\\.svc\\.cluster\\.local""#;
         assert!(q.contains(selector), "{q}");
-        assert!(q.contains(r#"envoy_response_code_class!="5""#), "{q}");
+        assert!(q.contains(r#"response_code_class=~"[1-4]xx""#), "{q}");
+        assert!(q.contains(r#"response_code_class=~"[1-5]xx""#), "{q}");
         let d = builtin_query(MetricsSet::Envoy, BuiltinMetric::RequestDuration, &vars());
         assert!(d.contains("envoy_cluster_upstream_rq_time_bucket{"), "{d}");
         assert!(d.contains(selector), "{d}");

@@ -1,0 +1,373 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The metric checks against a real Prometheus scraping a real exporter, plus the ways a
+//! Prometheus can fail (down, hanging, answering HTML).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{poll_until, Exporter, HangingServer, Prometheus, TestServer};
+use veer_controller::prometheus::{
+    builtin_query, BuiltinMetric, MetricError, MetricsSet, PrometheusClient, QueryVars,
+    ThresholdRange,
+};
+
+/// Per-second rates of one route/variant and where its latencies fall.
+struct Traffic {
+    route: &'static str,
+    variant: &'static str,
+    ok_per_s: f64,
+    errors_per_s: f64,
+    /// Cumulative share of observations at or below each bucket bound (ms).
+    buckets: &'static [(f64, f64)],
+}
+
+const FAST: &[(f64, f64)] = &[
+    (5.0, 0.5),
+    (10.0, 0.9),
+    (25.0, 1.0),
+    (50.0, 1.0),
+    (1000.0, 1.0),
+];
+const SLOW: &[(f64, f64)] = &[
+    (5.0, 0.0),
+    (10.0, 0.0),
+    (25.0, 0.0),
+    (50.0, 0.0),
+    (1000.0, 1.0),
+];
+
+const TRAFFIC: &[Traffic] = &[
+    // Passing canary; its primary fails a lot, which a canary query must not see.
+    Traffic {
+        route: "test/podinfo",
+        variant: "canary",
+        ok_per_s: 100.0,
+        errors_per_s: 0.0,
+        buckets: FAST,
+    },
+    Traffic {
+        route: "test/podinfo",
+        variant: "primary",
+        ok_per_s: 50.0,
+        errors_per_s: 50.0,
+        buckets: SLOW,
+    },
+    // Failing canary: 10% 5xx and slow.
+    Traffic {
+        route: "test/failing",
+        variant: "canary",
+        ok_per_s: 90.0,
+        errors_per_s: 10.0,
+        buckets: SLOW,
+    },
+    // Series exist but never move: rate 0/0 is NaN.
+    Traffic {
+        route: "test/idle",
+        variant: "canary",
+        ok_per_s: 0.0,
+        errors_per_s: 0.0,
+        buckets: FAST,
+    },
+];
+
+/// The filter's stats as Prometheus sees them (the names the filter contract fixes),
+/// with counters that grow linearly from the exporter's start.
+fn render(start: Instant) -> String {
+    let t = start.elapsed().as_secs_f64() + 1.0;
+    let mut out = String::new();
+    out.push_str("# TYPE veer_responses_total counter\n");
+    for tr in TRAFFIC {
+        for (class, per_s) in [("2xx", tr.ok_per_s), ("5xx", tr.errors_per_s)] {
+            writeln!(
+                out,
+                "veer_responses_total{{veer_route=\"{}\",veer_variant=\"{}\",veer_class=\"{class}\"}} {}",
+                tr.route,
+                tr.variant,
+                (per_s * t).floor()
+            )
+            .unwrap();
+        }
+    }
+    out.push_str("# TYPE veer_request_duration_ms histogram\n");
+    for tr in TRAFFIC {
+        let count = ((tr.ok_per_s + tr.errors_per_s) * t).floor();
+        let labels = format!(
+            "veer_route=\"{}\",veer_variant=\"{}\"",
+            tr.route, tr.variant
+        );
+        for (le, share) in tr.buckets {
+            writeln!(
+                out,
+                "veer_request_duration_ms_bucket{{{labels},le=\"{le}\"}} {}",
+                (count * share).floor()
+            )
+            .unwrap();
+        }
+        writeln!(
+            out,
+            "veer_request_duration_ms_bucket{{{labels},le=\"+Inf\"}} {count}"
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "veer_request_duration_ms_sum{{{labels}}} {}",
+            count * 20.0
+        )
+        .unwrap();
+        writeln!(out, "veer_request_duration_ms_count{{{labels}}} {count}").unwrap();
+    }
+    out
+}
+
+fn vars(namespace: &str, name: &str) -> QueryVars {
+    QueryVars {
+        name: name.into(),
+        namespace: namespace.into(),
+        target: name.into(),
+        service: name.into(),
+        interval: "10s".into(),
+        variables: BTreeMap::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_veer_queries_against_real_prometheus() {
+    let start = Instant::now();
+    let exporter = Exporter::start(Arc::new(move || render(start))).await;
+    let prometheus = Prometheus::start(&[exporter.addr]).await;
+    let client = PrometheusClient::new(&prometheus.url).unwrap();
+
+    let success = builtin_query(
+        MetricsSet::Veer,
+        BuiltinMetric::RequestSuccessRate,
+        &vars("test", "podinfo"),
+    );
+    // Ready once the exporter is scraped and the 10s rate window holds two samples.
+    let rate = poll_until(
+        "the canary success rate in Prometheus",
+        Duration::from_secs(40),
+        || {
+            let client = client.clone();
+            let q = success.clone();
+            async move { client.query_value(&q).await.map_err(|e| e.to_string()) }
+        },
+    )
+    .await;
+    let min99 = ThresholdRange {
+        min: Some(99.0),
+        max: None,
+    };
+    assert!((rate - 100.0).abs() < 1e-9, "canary has no 5xx, got {rate}");
+    assert!(min99.contains(rate));
+
+    let duration = builtin_query(
+        MetricsSet::Veer,
+        BuiltinMetric::RequestDuration,
+        &vars("test", "podinfo"),
+    );
+    let p99 = poll_until("the canary p99", Duration::from_secs(20), || {
+        let client = client.clone();
+        let q = duration.clone();
+        async move { client.query_value(&q).await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    let max500 = ThresholdRange {
+        min: None,
+        max: Some(500.0),
+    };
+    assert!(
+        (10.0..=25.0).contains(&p99),
+        "p99 of the fast canary, got {p99}"
+    );
+    assert!(max500.contains(p99));
+
+    // The failing canary: 10% 5xx is 90%, below min 99; its p99 is in the 50..1000 bucket.
+    let failing_rate = client
+        .query_value(&builtin_query(
+            MetricsSet::Veer,
+            BuiltinMetric::RequestSuccessRate,
+            &vars("test", "failing"),
+        ))
+        .await
+        .unwrap();
+    assert!((failing_rate - 90.0).abs() < 1.0, "got {failing_rate}");
+    assert!(!min99.contains(failing_rate));
+    let failing_p99 = client
+        .query_value(&builtin_query(
+            MetricsSet::Veer,
+            BuiltinMetric::RequestDuration,
+            &vars("test", "failing"),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        failing_p99 > 500.0 && !max500.contains(failing_p99),
+        "got {failing_p99}"
+    );
+
+    // No series at all for this canary: empty result, with the message that says why.
+    let none = client
+        .query_value(&builtin_query(
+            MetricsSet::Veer,
+            BuiltinMetric::RequestSuccessRate,
+            &vars("test", "absent"),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(none, MetricError::NoValues { .. }), "{none:?}");
+    assert!(
+        none.to_string()
+            .contains("no values found: is traffic reaching the canary?"),
+        "{none}"
+    );
+
+    // Series exist but carry no traffic: 0/0.
+    let idle = client
+        .query_value(&builtin_query(
+            MetricsSet::Veer,
+            BuiltinMetric::RequestSuccessRate,
+            &vars("test", "idle"),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(idle, MetricError::NaN { .. }), "{idle:?}");
+
+    // An unaggregated custom query: several series, named in the error.
+    let several_query = r#"rate(veer_responses_total{veer_route="test/podinfo"}[10s])"#;
+    let several = client.query_value(several_query).await.unwrap_err();
+    match &several {
+        MetricError::SeveralSeries { count, query } => {
+            assert_eq!(*count, 4);
+            assert!(query.contains("veer_route=\"test/podinfo\""), "{query}");
+        }
+        other => panic!("expected SeveralSeries, got {other:?}"),
+    }
+
+    // Prometheus's own answers: a syntax error, a range vector, a scalar, a string.
+    let bad = client
+        .query_value("sum(rate(veer_responses_total[10s])")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&bad, MetricError::PrometheusError { error_type, .. } if error_type == "bad_data"),
+        "{bad:?}"
+    );
+    let matrix = client
+        .query_value("veer_responses_total[10s]")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&matrix, MetricError::UnsupportedResultType { result_type, .. } if result_type == "matrix"),
+        "{matrix:?}"
+    );
+    assert_eq!(
+        client.query_value("scalar(vector(42))").await.unwrap(),
+        42.0
+    );
+    let string = client.query_value("\"hello\"").await.unwrap_err();
+    assert!(
+        matches!(&string, MetricError::UnsupportedResultType { result_type, .. } if result_type == "string"),
+        "{string:?}"
+    );
+    drop(prometheus);
+}
+
+#[tokio::test]
+async fn prometheus_down_is_a_transport_error() {
+    // A port that was just free: nothing listens, so the connection is refused.
+    let port = support::free_port();
+    let client = PrometheusClient::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let err = client.query_value("vector(1)").await.unwrap_err();
+    assert!(matches!(err, MetricError::Transport { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert!(msg.to_lowercase().contains("refused"), "{msg}");
+}
+
+#[tokio::test]
+async fn hanging_prometheus_times_out() {
+    let hanging = HangingServer::start().await;
+    let timeout = Duration::from_millis(500);
+    let client = PrometheusClient::new(&format!("http://{}", hanging.addr))
+        .unwrap()
+        .with_timeout(timeout);
+    let started = Instant::now();
+    let err = client.query_value("vector(1)").await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, MetricError::Timeout { after } if after == timeout),
+        "{err:?}"
+    );
+    assert!(
+        took >= timeout && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    assert!(err.to_string().contains("500ms"), "{err}");
+}
+
+#[tokio::test]
+async fn default_timeout_is_five_seconds() {
+    let hanging = HangingServer::start().await;
+    let client = PrometheusClient::new(&format!("http://{}", hanging.addr)).unwrap();
+    assert_eq!(client.timeout(), Duration::from_secs(5));
+    let started = Instant::now();
+    let err = client.query_value("vector(1)").await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, MetricError::Timeout { .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn html_and_server_errors_are_reported_with_an_excerpt() {
+    use axum::http::{header, StatusCode};
+    let html = "<!doctype html><html><body>Welcome to Grafana</body></html>";
+    let app = axum::Router::new()
+        .route(
+            "/ok-html/api/v1/query",
+            axum::routing::get(
+                move || async move { ([(header::CONTENT_TYPE, "text/html")], html) },
+            ),
+        )
+        .route(
+            "/broken/api/v1/query",
+            axum::routing::get(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    "<html><h1>500 Internal Server Error</h1></html>",
+                )
+            }),
+        );
+    let server = TestServer::start(app).await;
+
+    let err = PrometheusClient::new(&server.url("/ok-html"))
+        .unwrap()
+        .query_value("vector(1)")
+        .await
+        .unwrap_err();
+    match &err {
+        MetricError::Parse { body, .. } => assert!(body.contains("Welcome to Grafana"), "{body}"),
+        other => panic!("expected Parse, got {other:?}"),
+    }
+
+    let err = PrometheusClient::new(&server.url("/broken"))
+        .unwrap()
+        .query_value("vector(1)")
+        .await
+        .unwrap_err();
+    match &err {
+        MetricError::Http { status, body } => {
+            assert_eq!(*status, 500);
+            assert!(body.contains("500 Internal Server Error"), "{body}");
+        }
+        other => panic!("expected Http, got {other:?}"),
+    }
+    assert!(err.to_string().contains("HTTP 500"), "{err}");
+}
