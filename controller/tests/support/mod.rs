@@ -185,9 +185,17 @@ impl Drop for Exporter {
 }
 
 /// Records what a test server received.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Recorder<T: Clone> {
     inner: Arc<Mutex<Vec<T>>>,
+}
+
+impl<T: Clone> Default for Recorder<T> {
+    fn default() -> Self {
+        Recorder {
+            inner: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
 }
 
 impl<T: Clone> Recorder<T> {
