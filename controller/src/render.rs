@@ -1,1 +1,413 @@
-//! (being written)
+//! `veer render`: the Istio resources that route one canary through the veer filter. The
+//! apex, `-primary` and `-canary` Services (as Flagger creates them), the DestinationRules,
+//! a VirtualService with static header routes, and the gateway's WasmPlugin with the
+//! canary's route in its initial table.
+//!
+//! The header routes come from the same `PluginConfig` that goes into the WasmPlugin, and
+//! that config is checked by the filter's own `parse_plugin_config` before anything is
+//! printed: the VirtualService always matches the headers the filter sets, and the output
+//! never holds a config the filter would reject.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+use veer_core::{
+    parse_plugin_config, ConfigError, ControllerEndpoint, CookieSigning, PluginConfig,
+    RoutingTable, Variant, DEFAULT_MIRROR_HEADER, DEFAULT_ROUTE_HEADER, DEFAULT_TABLE_PATH,
+};
+
+use crate::spec::{route_for, CanarySpec};
+
+/// What the filter writes into `mirrorHeader` for a request to mirror (routing-table.md,
+/// step 7); the VirtualService's mirror route matches exactly this.
+pub const MIRROR_HEADER_VALUE: &str = "1";
+
+/// The istio.io API versions written. `networking.istio.io/v1` needs Istio 1.22 or newer.
+const NETWORKING_API: &str = "networking.istio.io/v1";
+const WASMPLUGIN_API: &str = "extensions.istio.io/v1alpha1";
+
+/// Everything about the cluster that the Canary spec does not say. The defaults are the
+/// values of `manifests/istio/` (controller/tests/manifests.rs checks they agree).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderOptions {
+    /// Name of the gateway-wide WasmPlugin. One plugin serves every canary, so this is the
+    /// same object as `manifests/istio/filter/wasmplugin.yaml`: applying updates it.
+    pub plugin_name: String,
+    /// Namespace of the ingress gateway pods (and so of the WasmPlugin).
+    pub gateway_namespace: String,
+    /// Labels of the ingress gateway pods.
+    pub gateway_selector: BTreeMap<String, String>,
+    /// The filter's OCI image (`oci://...`).
+    pub filter_image: String,
+    /// Digest pinning the filter image; `None` leaves `sha256` unset.
+    pub filter_sha256: Option<String>,
+    /// Where the filter long-polls the live table.
+    pub controller: ControllerEndpoint,
+    /// Gateway environment variable with the cookie signing keys; `None` for unsigned cookies.
+    pub cookie_keys_env: Option<String>,
+    /// Pod label the generated Services select on, as Flagger's `app` default.
+    pub selector_label: String,
+    /// The filter's `routeHeader` and `mirrorHeader`. The VirtualService matches these same
+    /// values, taken from the checked plugin configuration.
+    pub route_header: String,
+    pub mirror_header: String,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        let service = "veer-controller";
+        let namespace = "veer-system";
+        RenderOptions {
+            plugin_name: "veer".to_string(),
+            gateway_namespace: "istio-system".to_string(),
+            gateway_selector: BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
+            filter_image: "oci://registry.example.com/veer/veer-filter:0.1.0".to_string(),
+            filter_sha256: None,
+            controller: RenderOptions::controller_endpoint(service, namespace, 8080),
+            cookie_keys_env: Some("VEER_COOKIE_KEYS".to_string()),
+            selector_label: "app".to_string(),
+            route_header: DEFAULT_ROUTE_HEADER.to_string(),
+            mirror_header: DEFAULT_MIRROR_HEADER.to_string(),
+        }
+    }
+}
+
+impl RenderOptions {
+    /// The endpoint of a controller Service: the cluster name istiod generates for it
+    /// (`outbound|PORT||FQDN`) and its FQDN as the authority.
+    pub fn controller_endpoint(service: &str, namespace: &str, port: u16) -> ControllerEndpoint {
+        let fqdn = format!("{service}.{namespace}.svc.cluster.local");
+        ControllerEndpoint {
+            cluster: format!("outbound|{port}||{fqdn}"),
+            authority: Some(fqdn),
+            path: DEFAULT_TABLE_PATH.to_string(),
+            poll_ms: 1000,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Why a canary cannot be rendered. Each names the spec (file and document).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{source_doc}: spec.service.port is required to create the Services")]
+    MissingPort { source_doc: String },
+    #[error(
+        "{source_doc}: spec.service.gateways is empty; veer decides in the ingress gateway, \
+         so the VirtualService must be bound to it (e.g. istio-system/public-gateway)"
+    )]
+    NoGateway { source_doc: String },
+    #[error(
+        "{source_doc}: spec.service.gateways contains \"mesh\"; sidecars run no veer filter, \
+         so inside the mesh nothing would strip a client-sent route header and any client \
+         could pick the canary. Bind the VirtualService to the ingress gateway only"
+    )]
+    MeshGateway { source_doc: String },
+    #[error("{source_doc}: spec.service.{field} must be a mapping with labels/annotations")]
+    ServiceMetadata {
+        source_doc: String,
+        field: &'static str,
+    },
+    #[error("{source_doc}: the filter would reject this canary's plugin configuration: {error}")]
+    FilterRejects {
+        source_doc: String,
+        error: ConfigError,
+    },
+    #[error("{source_doc}: cannot serialize the plugin configuration: {error}")]
+    PluginConfigJson {
+        source_doc: String,
+        error: serde_json::Error,
+    },
+    #[error("cannot write YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+}
+
+/// The resources for one canary, as multi-document YAML.
+pub fn render(spec: &CanarySpec, opts: &RenderOptions) -> Result<String, RenderError> {
+    let docs = render_documents(spec, opts)?;
+    let mut out = format!(
+        "# veer render: Istio resources for canary {} ({}).\n\
+         # The WasmPlugin is the gateway-wide {}/{} (one per gateway, shared by every\n\
+         # canary); its table only holds routes until the first poll of the controller.\n",
+        spec.key(),
+        spec.source,
+        opts.gateway_namespace,
+        opts.plugin_name,
+    );
+    if let Some(signing) = &spec.veer.cookie_signing {
+        if let Some(env) = &opts.cookie_keys_env {
+            out.push_str(&format!(
+                "# Cookie signing keys: the gateway's {env} must come from Secret {}/{} key {}\n\
+                 # (manifests/istio/gateway/ingressgateway-patch.yaml).\n",
+                opts.gateway_namespace, signing.secret_name, signing.key
+            ));
+        }
+    }
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_norway::to_string(&doc)?);
+    }
+    Ok(out)
+}
+
+/// The same resources as JSON values, in apply order: Services, DestinationRules,
+/// VirtualService, WasmPlugin.
+pub fn render_documents(
+    spec: &CanarySpec,
+    opts: &RenderOptions,
+) -> Result<Vec<Value>, RenderError> {
+    let source_doc = spec.source.to_string();
+    let port = spec.service.port.ok_or_else(|| RenderError::MissingPort {
+        source_doc: source_doc.clone(),
+    })?;
+    if spec.service.gateways.is_empty() {
+        return Err(RenderError::NoGateway { source_doc });
+    }
+    if spec.service.gateways.iter().any(|g| g == "mesh") {
+        return Err(RenderError::MeshGateway { source_doc });
+    }
+    let plugin_config = plugin_config(spec, opts)?;
+    let names = ServiceNames::of(spec);
+
+    let mut docs = services(spec, opts, &names, port)?;
+    for host in [&names.primary, &names.canary] {
+        docs.push(destination_rule(spec, host));
+    }
+    docs.push(virtual_service(spec, &names, port, &plugin_config));
+    let config_json =
+        serde_json::to_value(&plugin_config).map_err(|error| RenderError::PluginConfigJson {
+            source_doc: spec.source.to_string(),
+            error,
+        })?;
+    docs.push(wasm_plugin(opts, config_json));
+    Ok(docs)
+}
+
+/// The filter configuration for this canary at weight 0, checked by the filter's parser.
+pub fn plugin_config(spec: &CanarySpec, opts: &RenderOptions) -> Result<PluginConfig, RenderError> {
+    let source_doc = spec.source.to_string();
+    let config = PluginConfig {
+        route_header: opts.route_header.clone(),
+        mirror_header: opts.mirror_header.clone(),
+        cookie_signing: opts.cookie_keys_env.as_ref().map(|env| CookieSigning {
+            keys: Vec::new(),
+            keys_env: Some(env.clone()),
+        }),
+        controller: Some(opts.controller.clone()),
+        // Weight 0: everyone on primary until the controller's first table arrives.
+        table: Some(RoutingTable {
+            generation: 0,
+            routes: vec![route_for(spec, 0, 0, "")],
+        }),
+        ..PluginConfig::default()
+    };
+    let bytes = serde_json::to_vec(&config).map_err(|error| RenderError::PluginConfigJson {
+        source_doc: source_doc.clone(),
+        error,
+    })?;
+    parse_plugin_config(&bytes).map_err(|error| RenderError::FilterRejects { source_doc, error })
+}
+
+/// Flagger's naming: the apex Service is `service.name` (else the target's name); the pods
+/// are the target's (canary) and `<target>-primary`.
+struct ServiceNames {
+    apex: String,
+    primary: String,
+    canary: String,
+    primary_pods: String,
+    canary_pods: String,
+}
+
+impl ServiceNames {
+    fn of(spec: &CanarySpec) -> ServiceNames {
+        let apex = spec.service_name().to_string();
+        let target = &spec.target_ref.name;
+        ServiceNames {
+            primary: format!("{apex}-primary"),
+            canary: format!("{apex}-canary"),
+            apex,
+            primary_pods: format!("{target}-primary"),
+            canary_pods: target.clone(),
+        }
+    }
+}
+
+fn services(
+    spec: &CanarySpec,
+    opts: &RenderOptions,
+    names: &ServiceNames,
+    port: u16,
+) -> Result<Vec<Value>, RenderError> {
+    let s = &spec.service;
+    let mut port_entry = json!({
+        "name": s.port_name.as_deref().unwrap_or("http"),
+        "port": port,
+        "targetPort": s.target_port.clone().unwrap_or(json!(port)),
+        "protocol": "TCP",
+    });
+    if let Some(proto) = &s.app_protocol {
+        port_entry["appProtocol"] = json!(proto);
+    }
+    let variants = [
+        (&names.apex, &names.primary_pods, &s.apex, "apex"),
+        (&names.primary, &names.primary_pods, &s.primary, "primary"),
+        (&names.canary, &names.canary_pods, &s.canary, "canary"),
+    ];
+    let mut out = Vec::new();
+    for (name, pods, extra, field) in variants {
+        let mut metadata = json!({
+            "name": name,
+            "namespace": spec.namespace,
+            "labels": { opts.selector_label.clone(): name },
+        });
+        merge_service_metadata(spec, &mut metadata, extra.as_ref(), field)?;
+        out.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata,
+            "spec": {
+                "type": "ClusterIP",
+                "selector": { opts.selector_label.clone(): pods },
+                "ports": [port_entry.clone()],
+            },
+        }));
+    }
+    Ok(out)
+}
+
+/// `spec.service.{apex,primary,canary}.{labels,annotations}` onto a Service, as Flagger does.
+fn merge_service_metadata(
+    spec: &CanarySpec,
+    metadata: &mut Value,
+    extra: Option<&Value>,
+    field: &'static str,
+) -> Result<(), RenderError> {
+    let Some(extra) = extra else { return Ok(()) };
+    let bad = || RenderError::ServiceMetadata {
+        source_doc: spec.source.to_string(),
+        field,
+    };
+    let extra = extra.as_object().ok_or_else(bad)?;
+    for key in ["labels", "annotations"] {
+        let Some(entries) = extra.get(key) else {
+            continue;
+        };
+        let entries = entries.as_object().ok_or_else(bad)?;
+        let target = metadata
+            .as_object_mut()
+            .ok_or_else(bad)?
+            .entry(key)
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(target) = target.as_object_mut() {
+            for (k, v) in entries {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn destination_rule(spec: &CanarySpec, host: &str) -> Value {
+    let mut dr_spec = json!({ "host": host });
+    if let Some(policy) = &spec.service.traffic_policy {
+        dr_spec["trafficPolicy"] = policy.clone();
+    }
+    json!({
+        "apiVersion": NETWORKING_API,
+        "kind": "DestinationRule",
+        "metadata": { "name": host, "namespace": spec.namespace },
+        "spec": dr_spec,
+    })
+}
+
+/// Three static routes, first match wins: the filter's canary decision, the filter's mirror
+/// decision (primary plus a copy to the canary), and everything else to primary, which is
+/// also where requests go when the filter is absent (FAIL_OPEN).
+fn virtual_service(
+    spec: &CanarySpec,
+    names: &ServiceNames,
+    port: u16,
+    cfg: &PluginConfig,
+) -> Value {
+    let destination = |host: &str| json!({ "host": host, "port": { "number": port } });
+    let header_match =
+        |header: &str, value: &str| json!([{ "headers": { header: { "exact": value } } }]);
+    let mut canary = json!({
+        "name": "canary",
+        "match": header_match(&cfg.route_header, Variant::Canary.as_str()),
+        "route": [{ "destination": destination(&names.canary) }],
+    });
+    let mut mirror = json!({
+        "name": "mirror",
+        "match": header_match(&cfg.mirror_header, MIRROR_HEADER_VALUE),
+        "route": [{ "destination": destination(&names.primary) }],
+        "mirror": destination(&names.canary),
+        // The filter already chose which requests to mirror (mirrorWeight).
+        "mirrorPercentage": { "value": 100 },
+    });
+    let mut primary = json!({
+        "name": "primary",
+        "route": [{ "destination": destination(&names.primary) }],
+    });
+    // Flagger copies these service-level policies onto every route it writes.
+    let s = &spec.service;
+    let policies = [
+        ("retries", s.retries.clone()),
+        ("timeout", s.timeout.clone().map(Value::String)),
+        ("headers", s.headers.clone()),
+        ("corsPolicy", s.cors_policy.clone()),
+        ("rewrite", s.rewrite.clone()),
+    ];
+    for route in [&mut canary, &mut mirror, &mut primary] {
+        for (key, value) in &policies {
+            if let Some(v) = value {
+                route[*key] = v.clone();
+            }
+        }
+    }
+    let hosts = route_for(spec, 0, 0, "").hosts;
+    json!({
+        "apiVersion": NETWORKING_API,
+        "kind": "VirtualService",
+        "metadata": { "name": names.apex, "namespace": spec.namespace },
+        "spec": {
+            "gateways": s.gateways,
+            "hosts": hosts,
+            "http": [canary, mirror, primary],
+        },
+    })
+}
+
+fn wasm_plugin(opts: &RenderOptions, plugin_config: Value) -> Value {
+    let mut spec = json!({
+        "selector": { "matchLabels": opts.gateway_selector },
+        "type": "HTTP",
+        // Before the router, after authn/authz: manifests/istio/filter/wasmplugin.yaml.
+        "phase": "STATS",
+        "priority": -100,
+        // A broken filter sends everyone to primary instead of failing every request.
+        "failStrategy": "FAIL_OPEN",
+        "url": opts.filter_image,
+        "imagePullPolicy": "IfNotPresent",
+        "pluginConfig": plugin_config,
+    });
+    if let Some(digest) = &opts.filter_sha256 {
+        spec["sha256"] = json!(digest);
+    }
+    if let Some(env) = &opts.cookie_keys_env {
+        spec["vmConfig"] = json!({ "env": [{ "name": env, "valueFrom": "HOST" }] });
+    }
+    json!({
+        "apiVersion": WASMPLUGIN_API,
+        "kind": "WasmPlugin",
+        "metadata": {
+            "name": opts.plugin_name,
+            "namespace": opts.gateway_namespace,
+            "labels": {
+                "app.kubernetes.io/name": "veer-filter",
+                "app.kubernetes.io/part-of": "veer",
+            },
+        },
+        "spec": spec,
+    })
+}

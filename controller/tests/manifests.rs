@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use veer_controller::render::{render, RenderOptions};
+use veer_controller::spec::load_file;
 use veer_core::{parse_plugin_config, Variant, DEFAULT_MIRROR_HEADER, DEFAULT_ROUTE_HEADER};
 
 fn repo() -> PathBuf {
@@ -785,6 +787,70 @@ fn example_canary_is_the_seed() {
     let seed = read_docs(&repo().join("controller/tests/data/seed-canary.yaml"));
     assert_eq!(example.len(), 1);
     assert_eq!(example[0].value, seed[0].value);
+}
+
+// ---------------------------------------------------------------------------------------
+// `veer render` for the seed example
+
+const EXAMPLE_CANARY: &str = "manifests/examples/podinfo/canary.yaml";
+
+fn rendered_seed() -> Vec<Doc> {
+    let set = load_file(&repo().join(EXAMPLE_CANARY));
+    let errors: Vec<_> = set.errors().collect();
+    assert!(errors.is_empty(), "{EXAMPLE_CANARY}: {errors:?}");
+    assert_eq!(set.canaries.len(), 1);
+    let text = render(&set.canaries[0], &RenderOptions::default()).unwrap();
+    let docs = parse_docs(&format!("veer render {EXAMPLE_CANARY}"), &text);
+    assert_eq!(docs.len(), 7, "{text}");
+    docs
+}
+
+#[test]
+fn veer_render_output_for_the_seed_is_valid() {
+    let docs = rendered_seed();
+    assert_valid("veer render", &docs);
+    let vs: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == "VirtualService")
+        .collect();
+    assert_header_routes(vs[0], DEFAULT_ROUTE_HEADER, DEFAULT_MIRROR_HEADER);
+}
+
+/// The example is exactly what `veer render` prints (after kustomize applies the table patch
+/// to the base WasmPlugin), so the two cannot drift apart.
+#[test]
+fn the_example_is_what_veer_render_prints() {
+    let built = kustomize(&manifests().join("examples/podinfo"));
+    for doc in rendered_seed() {
+        let twin = built
+            .iter()
+            .find(|b| b.id() == doc.id())
+            .unwrap_or_else(|| panic!("{:?} is rendered but not in the example", doc.id()));
+        assert_eq!(
+            doc.value,
+            twin.value,
+            "{:?} differs.\nveer render:\n{}\nexample:\n{}",
+            doc.id(),
+            serde_norway::to_string(&doc.value).unwrap(),
+            serde_norway::to_string(&twin.value).unwrap()
+        );
+    }
+}
+
+/// The base WasmPlugin is the rendered one without a table: render's defaults are the base's
+/// values, and applying render output updates the base plugin rather than adding one.
+#[test]
+fn the_base_wasmplugin_is_render_without_a_table() {
+    let mut rendered = rendered_seed()
+        .into_iter()
+        .find(|d| d.kind() == "WasmPlugin")
+        .unwrap();
+    rendered.value["spec"]["pluginConfig"]
+        .as_object_mut()
+        .unwrap()
+        .remove("table")
+        .unwrap();
+    assert_eq!(wasmplugin().value, rendered.value);
 }
 
 // ---------------------------------------------------------------------------------------
