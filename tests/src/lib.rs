@@ -1,2 +1,16 @@
 //! Test harness: starts real processes (Envoy, Prometheus, the controller, backends) on free
 //! loopback ports, waits for readiness by polling with deadlines, and kills them on drop.
+
+pub mod backend;
+pub mod client;
+pub mod envoy;
+pub mod http_server;
+pub mod ports;
+pub mod process;
+pub mod table_stub;
+
+/// The workspace root (`/work/main` in this checkout).
+pub fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}

@@ -1,0 +1,183 @@
+//! One HTTP exchange: on request headers, strip client-sent veer headers, decide with
+//! veer-core and set the route header; on response headers, add the affinity cookie and the
+//! decision header and count the response. Any host error leaves the request as it is
+//! (the gateway's default route: primary) and counts `veer_errors_total`; nothing here panics.
+
+use crate::headers::HeaderBlock;
+use crate::host::{self, MapType};
+use crate::metrics::{class_index, RouteStats};
+use crate::root::{ActiveTable, EdgeConfig};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+use veer_core::{decide, decision_header_value, RequestView, Variant, DECISION_HEADER};
+
+impl RequestView for HeaderBlock {
+    fn header(&self, lowercase_name: &str) -> Option<&[u8]> {
+        self.get(lowercase_name)
+    }
+    fn authority(&self) -> &[u8] {
+        self.get(":authority").unwrap_or_default()
+    }
+    fn path(&self) -> &[u8] {
+        self.get(":path").unwrap_or_default()
+    }
+    fn method(&self) -> &[u8] {
+        self.get(":method").unwrap_or_default()
+    }
+}
+
+/// What the request decided, kept for the response.
+struct Outcome {
+    stats: Option<RouteStats>,
+    variant: Variant,
+    set_cookie: Option<String>,
+    decision: Option<String>,
+    started_ns: Option<u64>,
+}
+
+pub struct Exchange {
+    config: Rc<EdgeConfig>,
+    table: Option<Rc<ActiveTable>>,
+    entropy: u64,
+    outcome: Option<Outcome>,
+}
+
+impl Exchange {
+    pub fn new(config: Rc<EdgeConfig>, table: Option<Rc<ActiveTable>>, entropy: u64) -> Self {
+        Exchange {
+            config,
+            table,
+            entropy,
+            outcome: None,
+        }
+    }
+
+    fn strip(&self, name: &str) {
+        if host::remove_header(MapType::RequestHeaders, name).is_err() {
+            self.config.count_error();
+        }
+    }
+
+    fn on_request(&mut self) {
+        let config = Rc::clone(&self.config);
+        let block = host::header_pairs(MapType::RequestHeaders)
+            .ok()
+            .and_then(HeaderBlock::parse);
+        let Some(block) = block else {
+            // Cannot see the headers: still make sure no client-chosen variant gets through.
+            config.count_error();
+            self.strip(&config.route_header);
+            self.strip(&config.mirror_header);
+            return;
+        };
+        if block.contains(&config.mirror_header) {
+            self.strip(&config.mirror_header);
+        }
+        let Some(active) = self.table.clone() else {
+            if block.contains(&config.route_header) {
+                self.strip(&config.route_header);
+            }
+            return;
+        };
+        let Some(route) = active.table.find_route(block.authority(), block.path()) else {
+            if block.contains(&config.route_header) {
+                self.strip(&config.route_header);
+            }
+            return;
+        };
+        let decision = decide(route, &block, config.keys.as_ref(), self.entropy);
+        // Replacing also drops any client-sent value of the route header.
+        let routed = host::replace_header(
+            MapType::RequestHeaders,
+            &config.route_header,
+            decision.variant.as_str().as_bytes(),
+        );
+        if routed.is_err() {
+            config.count_error();
+            self.strip(&config.route_header);
+            return;
+        }
+        if decision.mirror
+            && host::replace_header(MapType::RequestHeaders, &config.mirror_header, b"1").is_err()
+        {
+            config.count_error();
+        }
+        let index = active
+            .table
+            .routes()
+            .iter()
+            .position(|r| std::ptr::eq(r, route));
+        let stats = index.and_then(|i| active.stats.get(i).copied().flatten());
+        if let Some(stats) = stats {
+            if host::increment_metric(stats.request(decision.variant, decision.reason), 1).is_err()
+            {
+                config.count_error();
+            }
+        }
+        let decision_value = config
+            .decision_header
+            .then(|| decision_header_value(route.name(), &decision, active.table.generation()));
+        self.outcome = Some(Outcome {
+            stats,
+            variant: decision.variant,
+            set_cookie: decision.set_cookie,
+            decision: decision_value,
+            started_ns: host::now_nanos().ok(),
+        });
+    }
+
+    fn on_response(&mut self) {
+        let Some(outcome) = self.outcome.take() else {
+            return;
+        };
+        let config = &self.config;
+        if let Some(cookie) = &outcome.set_cookie {
+            // Added, never replaced: the upstream may set cookies of its own.
+            if host::add_header(MapType::ResponseHeaders, "set-cookie", cookie.as_bytes()).is_err()
+            {
+                config.count_error();
+            }
+        }
+        if let Some(value) = &outcome.decision {
+            if host::replace_header(MapType::ResponseHeaders, DECISION_HEADER, value.as_bytes())
+                .is_err()
+            {
+                config.count_error();
+            }
+        }
+        let Some(stats) = outcome.stats else { return };
+        match host::header_value(MapType::ResponseHeaders, ":status") {
+            Ok(Some(status)) => {
+                let counter = class_index(&status).and_then(|c| stats.response(outcome.variant, c));
+                if let Some(id) = counter {
+                    if host::increment_metric(id, 1).is_err() {
+                        config.count_error();
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(_) => config.count_error(),
+        }
+        if let (Some(start), Ok(end)) = (outcome.started_ns, host::now_nanos()) {
+            let ms = end.saturating_sub(start) / 1_000_000;
+            if host::record_metric(stats.duration(outcome.variant), ms).is_err() {
+                config.count_error();
+            }
+        }
+    }
+}
+
+impl Context for Exchange {}
+
+impl HttpContext for Exchange {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.on_request();
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.on_response();
+        Action::Continue
+    }
+}

@@ -1,0 +1,783 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The veer filter in a real Envoy 1.40 (V8): weight split, overrides, A/B rules, spoofed
+//! headers, affinity cookies (attributes, signing, tampering), live table updates through a
+//! long-polling controller stub (propagation to every worker, sticky users while the weight
+//! rises, a controller outage), bad configurations, and the Prometheus-visible metrics.
+//!
+//! Needs the release .wasm and Envoy; both missing-cases fail with the command to run:
+//!   cargo build -p veer-filter --target wasm32-unknown-unknown --release
+//!   cargo test -p veer-e2e --test filter_envoy -- --nocapture
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use veer_core::{bucket, encode_cookie_value, fresh_seed, SigningKeys};
+use veer_e2e::backend::Backend;
+use veer_e2e::client::{HttpClient, Response};
+use veer_e2e::envoy::{envoy_binary, filter_wasm, prometheus_value, Envoy, GatewaySpec};
+use veer_e2e::process::{poll_until, work_dir};
+use veer_e2e::table_stub::TableStub;
+
+/// base64 of "0123456789abcdef0123456789abcdef".
+const KEY_A: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+/// base64 of "fedcba9876543210fedcba9876543210".
+const KEY_B: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+/// base64 of "an attacker's own key material!!".
+const KEY_FORGER: &str = "YW4gYXR0YWNrZXIncyBvd24ga2V5IG1hdGVyaWFsISE=";
+
+const CONTROLLER_CLUSTER: &str = "outbound|8080||veer-controller.veer-system.svc.cluster.local";
+
+fn require_tools() {
+    if let Err(e) = envoy_binary() {
+        panic!("{e}");
+    }
+    if let Err(e) = filter_wasm() {
+        panic!("{e}");
+    }
+}
+
+fn backends() -> (Backend, Backend) {
+    (
+        Backend::start("primary").unwrap(),
+        Backend::start("canary").unwrap(),
+    )
+}
+
+fn variant(r: &Response) -> &str {
+    r.header("x-backend").unwrap_or("none")
+}
+
+/// `(route, variant, reason, generation)` from `x-veer-decision`.
+fn decision(r: &Response) -> Option<(String, String, String, u64)> {
+    let v = r.header("x-veer-decision")?;
+    let parts: Vec<&str> = v.split(';').collect();
+    let generation = parts.get(3)?.strip_prefix("g=")?.parse().ok()?;
+    Some((
+        parts.first()?.to_string(),
+        parts.get(1)?.to_string(),
+        parts.get(2)?.to_string(),
+        generation,
+    ))
+}
+
+/// The `name=value` part of the veer cookie in a response, if it set one.
+fn veer_cookie<'a>(r: &'a Response, cookie_name: &str) -> Option<&'a str> {
+    r.headers_named("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with(&format!("{cookie_name}=")))
+        .map(|c| c.split(';').next().unwrap_or(c))
+}
+
+fn share(n: usize, of: usize) -> f64 {
+    100.0 * n as f64 / of as f64
+}
+
+fn assert_no_crash(envoy: &Envoy) {
+    let crashes = envoy.crash_lines();
+    assert!(
+        crashes.is_empty(),
+        "filter crash lines in the Envoy log: {crashes:#?}"
+    );
+}
+
+fn static_config() -> serde_json::Value {
+    serde_json::json!({
+        "decisionHeader": true,
+        "cookieSigning": { "keys": [KEY_A] },
+        "table": { "generation": 7, "routes": [
+            { "name": "test/podinfo", "hosts": ["app.example.com"], "weight": 3000, "revision": "r1",
+              "overrides": [
+                { "match": { "headers": { "x-canary": { "exact": "always" } } }, "variant": "canary" },
+                { "match": { "headers": { "x-canary": { "exact": "never" } } }, "variant": "primary" }
+              ] },
+            { "name": "test/ab", "hosts": ["ab.example.com"], "weight": 10000,
+              "match": [ { "headers": { "x-user-group": { "exact": "beta" } } } ] },
+            { "name": "test/zero", "hosts": ["zero.example.com"], "weight": 0 },
+            { "name": "test/cookie", "hosts": ["cookie.example.com"], "weight": 5000, "revision": "r1",
+              "sessionAffinity": { "cookieName": "veer-cookie", "maxAge": 3600, "path": "/app",
+                "domain": "example.com", "secure": true, "httpOnly": true, "sameSite": "Strict",
+                "partitioned": true } }
+        ] }
+    })
+}
+
+/// One Envoy with a static table: split, overrides, A/B, spoofing, cookies, metrics.
+#[test]
+fn static_table_routes_splits_and_counts_in_envoy() {
+    require_tools();
+    let (primary, canary) = backends();
+    let dir = work_dir("filter-static").unwrap();
+    let spec = GatewaySpec::new(&static_config(), primary.addr(), canary.addr());
+    let envoy = Envoy::start_gateway(&dir, &spec).unwrap();
+    let gw = envoy.gateway_addr().unwrap();
+    let mut client = HttpClient::new(gw);
+
+    // --- 30% weight over 4,000 cookieless requests ---
+    let n = 4000;
+    let started = Instant::now();
+    let mut canary_hits = 0;
+    for _ in 0..n {
+        let r = client.get("app.example.com", "/", &[]).unwrap();
+        assert_eq!(r.status, 200);
+        let (route, v, reason, generation) = decision(&r).expect("decision header");
+        assert_eq!(
+            (route.as_str(), reason.as_str(), generation),
+            ("test/podinfo", "weight", 7)
+        );
+        assert_eq!(
+            v,
+            variant(&r),
+            "decision header and the backend reached agree"
+        );
+        assert_eq!(
+            r.header("x-seen-route"),
+            Some(v.as_str()),
+            "route header reached the backend"
+        );
+        if variant(&r) == "canary" {
+            canary_hits += 1;
+        }
+    }
+    let pct = share(canary_hits, n);
+    println!(
+        "split: {canary_hits}/{n} = {pct:.2}% canary at weight 30% ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        (27.0..=33.0).contains(&pct),
+        "canary share {pct:.2}% not within 30±3"
+    );
+    assert_eq!(canary.requests(), canary_hits as u64);
+    assert_eq!(primary.requests(), (n - canary_hits) as u64);
+
+    // --- overrides force each variant ---
+    for (value, want) in [("always", "canary"), ("never", "primary")] {
+        for _ in 0..50 {
+            let r = client
+                .get("app.example.com", "/", &[("x-canary", value)])
+                .unwrap();
+            assert_eq!(variant(&r), want, "x-canary: {value}");
+            assert_eq!(decision(&r).unwrap().2, "override");
+        }
+    }
+
+    // --- A/B: only matching requests take part ---
+    for _ in 0..200 {
+        let r = client
+            .get("ab.example.com", "/", &[("x-user-group", "beta")])
+            .unwrap();
+        assert_eq!(variant(&r), "canary");
+        let r = client
+            .get("ab.example.com", "/", &[("x-user-group", "alpha")])
+            .unwrap();
+        assert_eq!(variant(&r), "primary");
+        assert_eq!(decision(&r).unwrap().2, "unmatched");
+        let r = client.get("ab.example.com", "/", &[]).unwrap();
+        assert_eq!(variant(&r), "primary");
+    }
+
+    // --- spoofed route/mirror headers never pick the canary ---
+    let spoof = [("x-veer-route", "canary"), ("x-veer-mirror", "1")];
+    for _ in 0..500 {
+        let r = client.get("zero.example.com", "/", &spoof).unwrap();
+        assert_eq!(variant(&r), "primary", "spoofed header at weight 0");
+        assert_eq!(r.header("x-seen-route"), Some("primary"));
+        assert_eq!(
+            r.header("x-seen-mirror"),
+            Some("-"),
+            "client mirror header removed"
+        );
+        let r = client.get("nomatch.example.com", "/", &spoof).unwrap();
+        assert_eq!(
+            variant(&r),
+            "primary",
+            "spoofed header with no route matching"
+        );
+        assert_eq!(
+            r.header("x-seen-route"),
+            Some("-"),
+            "route header stripped without a route"
+        );
+        assert_eq!(r.header("x-seen-mirror"), Some("-"));
+        assert!(r.header("x-veer-decision").is_none());
+    }
+    assert_eq!(canary.mirrored(), 0, "no request was mirrored");
+
+    // --- Set-Cookie attributes, added next to the upstream's own cookie ---
+    let r = client
+        .get("cookie.example.com", "/app?setcookie=1", &[])
+        .unwrap();
+    let cookies = r.headers_named("set-cookie");
+    assert_eq!(
+        cookies.len(),
+        2,
+        "upstream cookie kept, veer cookie added: {cookies:?}"
+    );
+    assert!(cookies.iter().any(|c| c.starts_with("backend=")));
+    let full = cookies
+        .iter()
+        .find(|c| c.starts_with("veer-cookie="))
+        .unwrap();
+    let attrs: Vec<&str> = full.split("; ").skip(1).collect();
+    assert_eq!(
+        attrs,
+        [
+            "Max-Age=3600",
+            "Path=/app",
+            "Domain=example.com",
+            "Secure",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Partitioned"
+        ],
+        "Set-Cookie: {full}"
+    );
+    let cookie = veer_cookie(&r, "veer-cookie").unwrap().to_string();
+    let first_variant = variant(&r).to_string();
+    for _ in 0..20 {
+        let r = client
+            .get("cookie.example.com", "/app", &[("cookie", &cookie)])
+            .unwrap();
+        assert_eq!(variant(&r), first_variant, "cookie keeps the user in place");
+        assert_eq!(decision(&r).unwrap().2, "cookie");
+        assert!(
+            veer_cookie(&r, "veer-cookie").is_none(),
+            "valid cookie is not re-issued"
+        );
+    }
+
+    // --- signed cookies: a correctly signed canary seat is honoured, forged ones are not ---
+    let right = SigningKeys::from_base64(&[KEY_A.to_string()]).unwrap();
+    let wrong = SigningKeys::from_base64(&[KEY_FORGER.to_string()]).unwrap();
+    let canary_seeds: Vec<_> = (0u64..)
+        .map(fresh_seed)
+        .filter(|s| bucket("r1", s) < 5000)
+        .take(200)
+        .collect();
+    let honest = format!(
+        "veer-cookie={}",
+        encode_cookie_value("test/cookie", &canary_seeds[0], Some(&right))
+    );
+    let r = client
+        .get("cookie.example.com", "/app", &[("cookie", &honest)])
+        .unwrap();
+    assert_eq!(
+        (variant(&r), decision(&r).unwrap().2.as_str()),
+        ("canary", "cookie")
+    );
+    let mut forged_canary = 0;
+    for (i, seed) in canary_seeds.iter().enumerate() {
+        let value = if i % 2 == 0 {
+            encode_cookie_value("test/cookie", seed, Some(&wrong))
+        } else {
+            encode_cookie_value("test/cookie", seed, None) // unsigned, while keys are configured
+        };
+        let forged = format!("veer-cookie={value}");
+        let r = client
+            .get("cookie.example.com", "/app", &[("cookie", &forged)])
+            .unwrap();
+        assert_eq!(
+            decision(&r).unwrap().2,
+            "weight",
+            "forged cookie must not be used"
+        );
+        let fresh = veer_cookie(&r, "veer-cookie").expect("forged cookie is replaced");
+        assert_ne!(fresh, forged);
+        if variant(&r) == "canary" {
+            forged_canary += 1;
+        }
+    }
+    let forged_pct = share(forged_canary, canary_seeds.len());
+    println!("forged canary-seat cookies: {forged_canary}/200 reached canary (weight 50%)");
+    assert!(
+        forged_pct < 75.0,
+        "forged seats were honoured: {forged_pct:.1}% canary"
+    );
+    // Tampering with a real cookie (one character of its MAC) also gets it replaced.
+    let mut tampered = cookie.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let r = client
+        .get("cookie.example.com", "/app", &[("cookie", &tampered)])
+        .unwrap();
+    assert_eq!(decision(&r).unwrap().2, "weight");
+    assert!(veer_cookie(&r, "veer-cookie").is_some_and(|c| c != tampered));
+
+    // --- metrics in /stats/prometheus, with the exact names and labels ---
+    let route = ("veer_route", "test/podinfo");
+    let prom = envoy.prometheus().unwrap();
+    let weight_canary = prometheus_value(
+        &prom,
+        "veer_requests_total",
+        &[route, ("veer_variant", "canary"), ("veer_reason", "weight")],
+    );
+    assert_eq!(
+        weight_canary,
+        Some(canary_hits as f64),
+        "counter = canary requests seen\n{prom}"
+    );
+    let weight_primary = prometheus_value(
+        &prom,
+        "veer_requests_total",
+        &[
+            route,
+            ("veer_variant", "primary"),
+            ("veer_reason", "weight"),
+        ],
+    );
+    assert_eq!(weight_primary, Some((n - canary_hits) as f64));
+    assert_eq!(
+        prometheus_value(
+            &prom,
+            "veer_requests_total",
+            &[
+                route,
+                ("veer_variant", "canary"),
+                ("veer_reason", "override")
+            ]
+        ),
+        Some(50.0)
+    );
+    assert_eq!(
+        prometheus_value(
+            &prom,
+            "veer_requests_total",
+            &[
+                ("veer_route", "test/ab"),
+                ("veer_variant", "primary"),
+                ("veer_reason", "unmatched")
+            ]
+        ),
+        Some(400.0)
+    );
+    assert_eq!(
+        prometheus_value(
+            &prom,
+            "veer_responses_total",
+            &[route, ("veer_variant", "canary"), ("veer_class", "2xx")]
+        ),
+        Some((canary_hits + 50) as f64)
+    );
+    assert_eq!(
+        prometheus_value(
+            &prom,
+            "veer_responses_total",
+            &[route, ("veer_variant", "canary"), ("veer_class", "5xx")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        prom.contains("# TYPE veer_request_duration_ms histogram"),
+        "{prom}"
+    );
+    // Histograms reach the admin output at Envoy's stats flush (5 s): poll for it.
+    let expected = (canary_hits + 50) as f64;
+    poll_until(
+        "the duration histogram to be flushed",
+        Duration::from_secs(15),
+        Duration::from_millis(250),
+        || {
+            let prom = envoy.prometheus()?;
+            let count = prometheus_value(
+                &prom,
+                "veer_request_duration_ms_count",
+                &[route, ("veer_variant", "canary")],
+            );
+            let inf = prometheus_value(
+                &prom,
+                "veer_request_duration_ms_bucket",
+                &[route, ("veer_variant", "canary"), ("le", "+Inf")],
+            );
+            if count == Some(expected) && inf == Some(expected) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "count {count:?}, +Inf bucket {inf:?}, want {expected}"
+                ))
+            }
+        },
+    )
+    .unwrap();
+    poll_until(
+        "veer_table_generation to read 7",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let prom = envoy.prometheus()?;
+            match prometheus_value(&prom, "veer_table_generation", &[]) {
+                Some(g) if g == 7.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .unwrap();
+    let prom = envoy.prometheus().unwrap();
+    assert!(
+        prometheus_value(&prom, "veer_table_age_seconds", &[]).is_some(),
+        "{prom}"
+    );
+    assert_eq!(prometheus_value(&prom, "veer_errors_total", &[]), Some(0.0));
+    assert_no_crash(&envoy);
+}
+
+/// `x-veer-decision` generation seen on a request through `client`.
+fn generation_seen(client: &mut HttpClient) -> Result<u64, String> {
+    let r = client.get("app.example.com", "/", &[])?;
+    decision(&r)
+        .map(|d| d.3)
+        .ok_or_else(|| format!("no decision header (status {})", r.status))
+}
+
+fn worker_connections(envoy: &Envoy) -> (u64, u64) {
+    let w = envoy.worker_connections().unwrap();
+    (
+        w.first().copied().unwrap_or(0),
+        w.get(1).copied().unwrap_or(0),
+    )
+}
+
+/// Sets `table` in the stub and returns how long until 16 fresh connections (spread over both
+/// workers) all see its generation.
+fn propagate(
+    envoy: &Envoy,
+    gw: SocketAddr,
+    stub: &TableStub,
+    table: &serde_json::Value,
+) -> Duration {
+    let generation = table["generation"].as_u64().unwrap();
+    let before = worker_connections(envoy);
+    let mut clients: Vec<HttpClient> = (0..16).map(|_| HttpClient::new(gw)).collect();
+    for c in &mut clients {
+        c.connect().unwrap();
+    }
+    poll_until(
+        "connections to reach both workers",
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || {
+            let now = worker_connections(envoy);
+            if now.0 - before.0 + now.1 - before.1 >= 16 {
+                Ok(now)
+            } else {
+                Err(format!("{now:?} vs {before:?}"))
+            }
+        },
+    )
+    .map(|after| {
+        assert!(
+            after.0 > before.0 && after.1 > before.1,
+            "16 connections did not reach both workers: {before:?} -> {after:?}"
+        )
+    })
+    .unwrap();
+    let set_at = Instant::now();
+    stub.set_table(table).unwrap();
+    let mut done = vec![false; clients.len()];
+    poll_until(
+        &format!("generation {generation} on every connection"),
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        || {
+            for (i, c) in clients.iter_mut().enumerate() {
+                if !done[i] {
+                    done[i] = generation_seen(c)? == generation;
+                }
+            }
+            if done.iter().all(|d| *d) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} of 16 connections updated",
+                    done.iter().filter(|d| **d).count()
+                ))
+            }
+        },
+    )
+    .unwrap();
+    set_at.elapsed()
+}
+
+fn live_table(generation: u64, weight: u32) -> serde_json::Value {
+    serde_json::json!({
+        "generation": generation,
+        "routes": [{
+            "name": "test/podinfo", "hosts": ["*"], "weight": weight, "revision": "run-1",
+            "sessionAffinity": { "cookieName": "flagger-cookie", "maxAge": 86400 }
+        }]
+    })
+}
+
+/// One Envoy polling a controller stub: propagation, sticky users, single poller, a bad
+/// table from the controller, then the controller dies.
+#[test]
+fn live_table_propagates_keeps_users_sticky_and_survives_controller_loss() {
+    require_tools();
+    let (primary, canary) = backends();
+    let mut stub = TableStub::start(&live_table(1, 1000)).unwrap();
+    let config = serde_json::json!({
+        "decisionHeader": true,
+        "cookieSigning": { "keysEnv": "VEER_COOKIE_KEYS" },
+        "controller": { "cluster": CONTROLLER_CLUSTER, "pollMs": 200, "timeoutMs": 10000 },
+        "table": live_table(1, 1000),
+    });
+    let mut spec = GatewaySpec::new(&config, primary.addr(), canary.addr());
+    spec.controller = Some(stub.addr());
+    spec.node_id = "gateway-live-test".into();
+    // Key rotation order: B signs, A still verifies.
+    spec.env
+        .push(("VEER_COOKIE_KEYS".into(), format!("{KEY_B}, {KEY_A}")));
+    let dir = work_dir("filter-live").unwrap();
+    let envoy = Envoy::start_gateway(&dir, &spec).unwrap();
+    let gw = envoy.gateway_addr().unwrap();
+
+    // 1,000 users get their cookie at 10%. (With 300, the binomial spread of the user share at
+    // 50% is ±2.9 points (1σ) and a ±5-point check would fail about one run in twelve.)
+    let users = 1000;
+    let mut pool: Vec<HttpClient> = (0..8).map(|_| HttpClient::new(gw)).collect();
+    let mut jar: Vec<String> = Vec::with_capacity(users);
+    let mut on_canary = vec![false; users];
+    let signer_b = SigningKeys::from_base64(&[KEY_B.to_string()]).unwrap();
+    let only_a = SigningKeys::from_base64(&[KEY_A.to_string()]).unwrap();
+    for u in 0..users {
+        let r = pool[u % 8].get("app.example.com", "/", &[]).unwrap();
+        let cookie = veer_cookie(&r, "flagger-cookie").expect("first visit sets the cookie");
+        let value = cookie.split_once('=').unwrap().1;
+        assert!(
+            veer_core::verify_cookie_value("test/podinfo", value.as_bytes(), Some(&signer_b))
+                .is_some()
+                && veer_core::verify_cookie_value("test/podinfo", value.as_bytes(), Some(&only_a))
+                    .is_none(),
+            "cookie must be signed by the first key from VEER_COOKIE_KEYS"
+        );
+        on_canary[u] = variant(&r) == "canary";
+        jar.push(cookie.to_string());
+    }
+
+    let mut latencies = Vec::new();
+    for (step, weight) in [10u32, 20, 30, 40, 50].into_iter().enumerate() {
+        let generation = step as u64 + 1;
+        if generation > 1 {
+            let took = propagate(&envoy, gw, &stub, &live_table(generation, weight * 100));
+            println!("generation {generation} (weight {weight}%) on both workers after {took:?}");
+            latencies.push(took);
+        }
+        for replay in 0..2 {
+            for u in 0..users {
+                let r = pool[u % 8]
+                    .get("app.example.com", "/", &[("cookie", &jar[u])])
+                    .unwrap();
+                let (_, v, reason, g) = decision(&r).unwrap();
+                assert_eq!(
+                    (reason.as_str(), g),
+                    ("cookie", generation),
+                    "user {u} replay {replay}"
+                );
+                assert!(veer_cookie(&r, "flagger-cookie").is_none());
+                let now_canary = variant(&r) == "canary";
+                assert_eq!(v, variant(&r));
+                assert!(
+                    !(on_canary[u] && !now_canary),
+                    "user {u} flipped canary -> primary at weight {weight}%"
+                );
+                on_canary[u] = now_canary;
+            }
+        }
+        let pct = share(on_canary.iter().filter(|c| **c).count(), users);
+        println!("weight {weight}%: {pct:.1}% of {users} users on canary");
+        assert!(
+            (pct - f64::from(weight)).abs() <= 5.0,
+            "user share {pct:.1}% vs weight {weight}%"
+        );
+    }
+    let worst = latencies.iter().max().copied().unwrap();
+    println!("propagation to both workers: {latencies:?} (worst {worst:?})");
+    assert!(
+        worst < Duration::from_secs(1),
+        "table change took {worst:?}"
+    );
+
+    // Exactly one poller, identifying the gateway.
+    let polls = stub.polls();
+    assert!(!polls.is_empty());
+    assert_eq!(
+        stub.max_concurrent_polls(),
+        1,
+        "more than one worker polled at once"
+    );
+    for p in &polls {
+        assert_eq!(p.gateway.as_deref(), Some("gateway-live-test"));
+        assert_eq!(p.wait_ms, Some(10000));
+        assert_eq!(
+            p.generation_header.as_deref(),
+            p.after.map(|a| a.to_string()).as_deref()
+        );
+        assert_eq!(
+            p.authority.as_deref(),
+            Some("veer-controller.veer-system.svc.cluster.local")
+        );
+    }
+
+    // A table the controller serves but that fails validation is not applied.
+    let errors_before = prom_errors(&envoy);
+    stub.set_table(&live_table(6, 10001)).unwrap();
+    poll_until(
+        "the bad table to be counted as an error",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let e = prom_errors(&envoy);
+            if e > errors_before {
+                Ok(())
+            } else {
+                Err(format!("errors {e}"))
+            }
+        },
+    )
+    .unwrap();
+    let mut client = HttpClient::new(gw);
+    assert_eq!(
+        generation_seen(&mut client).unwrap(),
+        5,
+        "invalid generation 6 was applied"
+    );
+    poll_until(
+        "the rejection in the log",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let log = envoy.log();
+            let line = log
+                .lines()
+                .find(|l| l.contains("table rejected"))
+                .ok_or("no rejection line")?;
+            if line.contains("routes[0].weight") {
+                Ok(())
+            } else {
+                Err(format!("field not named: {line}"))
+            }
+        },
+    )
+    .unwrap();
+    stub.set_table(&live_table(7, 5000)).unwrap();
+    poll_until(
+        "generation 7",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || match generation_seen(&mut client)? {
+            7 => Ok(()),
+            g => Err(format!("still {g}")),
+        },
+    )
+    .unwrap();
+
+    // The controller dies: routing continues on generation 7, no 5xx.
+    stub.stop();
+    let errors_at_stop = prom_errors(&envoy);
+    poll_until(
+        "the filter to notice the controller is gone",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            let e = prom_errors(&envoy);
+            if e > errors_at_stop {
+                Ok(())
+            } else {
+                Err(format!("errors {e}"))
+            }
+        },
+    )
+    .unwrap();
+    let mut canary_hits = 0;
+    let n = 1000;
+    for _ in 0..n {
+        let r = client.get("app.example.com", "/", &[]).unwrap();
+        assert_eq!(r.status, 200, "request failed while the controller is down");
+        assert_eq!(decision(&r).unwrap().3, 7);
+        if variant(&r) == "canary" {
+            canary_hits += 1;
+        }
+    }
+    let pct = share(canary_hits, n);
+    println!("controller down: {pct:.1}% canary over {n} requests on the last table (weight 50%)");
+    assert!((45.0..=55.0).contains(&pct));
+    poll_until(
+        "table age to grow while the controller is down",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let prom = envoy.prometheus()?;
+            match prometheus_value(&prom, "veer_table_age_seconds", &[]) {
+                Some(a) if a >= 2.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .unwrap();
+    assert_no_crash(&envoy);
+}
+
+fn prom_errors(envoy: &Envoy) -> f64 {
+    let prom = envoy.prometheus().unwrap();
+    prometheus_value(&prom, "veer_errors_total", &[]).unwrap_or(0.0)
+}
+
+/// Bad plugin configurations stop Envoy from loading the listener, and the log names the field.
+#[test]
+fn bad_plugin_configs_are_rejected_with_the_field_named() {
+    require_tools();
+    let route = |extra: serde_json::Value| {
+        let mut r = serde_json::json!({ "name": "test/podinfo", "hosts": ["*"], "weight": 1000 });
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        serde_json::json!({ "table": { "generation": 1, "routes": [r] } })
+    };
+    let cases = vec![
+        (
+            "weight",
+            route(serde_json::json!({ "weight": 10001 })),
+            vec!["table.routes[0].weight", "test/podinfo"],
+        ),
+        (
+            "regex",
+            route(
+                serde_json::json!({ "match": [{ "headers": { "x-user": { "regex": "([a-z" } } }] }),
+            ),
+            vec!["table.routes[0].match[0].headers.x-user.regex"],
+        ),
+        (
+            "unknown",
+            route(serde_json::json!({ "hostz": ["x"] })),
+            vec!["table.routes[0].hostz", "unknown field"],
+        ),
+        (
+            "keys-env",
+            serde_json::json!({ "cookieSigning": { "keysEnv": "VEER_KEYS_NOT_SET" } }),
+            vec!["cookieSigning.keysEnv", "VEER_KEYS_NOT_SET"],
+        ),
+    ];
+    let unused: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let handles: Vec<_> = cases
+        .into_iter()
+        .map(|(name, config, wants)| {
+            std::thread::spawn(move || {
+                let dir = work_dir(&format!("filter-bad-{name}")).unwrap();
+                let spec = GatewaySpec::new(&config, unused, unused);
+                let (status, log) = Envoy::start_expecting_failure(&dir, &spec)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(!status.success(), "{name}: Envoy exited successfully");
+                let line = log
+                    .lines()
+                    .find(|l| l.contains("invalid plugin configuration"))
+                    .unwrap_or_else(|| panic!("{name}: no rejection line in the log:\n{log}"));
+                for want in wants {
+                    assert!(line.contains(want), "{name}: {want:?} not in {line:?}");
+                }
+                println!("{name}: {}", line.split("wasm log").nth(1).unwrap_or(line));
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
