@@ -56,6 +56,9 @@ pub enum CommandError {
     /// The request itself is wrong (400).
     #[error("{0}")]
     Invalid(String),
+    /// The controller cannot apply it now, e.g. the state file cannot be written (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl CommandError {
@@ -64,6 +67,7 @@ impl CommandError {
             CommandError::NotFound(_) => StatusCode::NOT_FOUND,
             CommandError::Conflict(_) => StatusCode::CONFLICT,
             CommandError::Invalid(_) => StatusCode::BAD_REQUEST,
+            CommandError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -155,6 +159,13 @@ impl Collector for TableMetrics {
             "Remembered gateways whose last confirmed generation is older than the served one",
             None,
             behind.metric_type(),
+        )?)?;
+        let waiting = ConstGauge::new(i64::try_from(self.hub.waiting()).unwrap_or(i64::MAX));
+        waiting.encode(encoder.encode_descriptor(
+            "veer_table_long_polls",
+            "Table long-polls currently held open",
+            None,
+            waiting.metric_type(),
         )?)?;
         Ok(())
     }

@@ -143,6 +143,11 @@ impl TableHub {
         newer(&served).then(|| served.table.as_ref().clone())
     }
 
+    /// How many long-polls are waiting right now.
+    pub fn waiting(&self) -> usize {
+        self.served.receiver_count()
+    }
+
     /// Ends every pending and future [`wait_newer`](TableHub::wait_newer) at once, so a
     /// graceful shutdown does not wait for long-polls to run out.
     pub fn close(&self) {
