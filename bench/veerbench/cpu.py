@@ -50,11 +50,45 @@ def veer_route(**extra) -> dict:
     return route
 
 
-def veer_plugin_config() -> dict:
-    return {
-        "cookieSigning": {"keys": [SIGNING_KEY]},
-        "table": {"generation": 1, "routes": [veer_route()]},
-    }
+def veer_plugin_config(signed: bool = True, **route_changes) -> dict:
+    config: dict = {"table": {"generation": 1, "routes": [veer_route(**route_changes)]}}
+    if signed:
+        config["cookieSigning"] = {"keys": [SIGNING_KEY]}
+    return config
+
+
+def ablations() -> list["Variant"]:
+    """veer with one part of the decision taken away at a time, same traffic: the difference
+    to the full variant is what that part costs (the evidence behind a missed target)."""
+    wasm = lambda cfg: [envoy.wasm_filter("veer", VEER_WASM, cfg)]  # noqa: E731
+    return [
+        Variant(
+            "veer-noroute",
+            "3a. veer, no route for the host (plumbing only)",
+            envoy.header_routes(),
+            wasm(veer_plugin_config(hosts=["other.example.com"])),
+        ),
+        Variant(
+            "veer-noregex",
+            "3b. veer, regex rule -> exact header rule",
+            envoy.header_routes(),
+            wasm(
+                veer_plugin_config(
+                    match=[{"headers": {"x-user-group": {"exact": "beta"}}}, {"uri": {"prefix": "/api/"}}]
+                )
+            ),
+            sets_cookies=True,
+            splits=True,
+        ),
+        Variant(
+            "veer-unsigned",
+            "3c. veer, unsigned cookies (no HMAC)",
+            envoy.header_routes(),
+            wasm(veer_plugin_config(signed=False)),
+            sets_cookies=True,
+            splits=True,
+        ),
+    ]
 
 
 @dataclass
@@ -67,7 +101,7 @@ class Variant:
     splits: bool = False
 
 
-def variants(include_veer: bool) -> list[Variant]:
+def variants(include_veer: bool, ablation: bool = False) -> list[Variant]:
     out = [
         Variant("none", "1. no filter (header route only)", envoy.header_routes(), []),
         Variant(
@@ -88,6 +122,8 @@ def variants(include_veer: bool) -> list[Variant]:
                 splits=True,
             )
         )
+        if ablation:
+            out += ablations()
     out += [
         Variant(
             "lua",
@@ -183,7 +219,7 @@ def measure(gw: envoy.Envoy, duration_s: float, env: dict[str, str]) -> Sample:
     )
 
 
-def run(*, rounds: int, duration_s: float, warmup_s: float, log=print) -> dict:
+def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = True, log=print) -> dict:
     work = procs.OUT / "cpu"
     include_veer = VEER_WASM.exists()
     if not EMPTY_WASM.exists():
@@ -195,7 +231,7 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, log=print) -> dict:
     gateways: dict[str, envoy.Envoy] = {}
     cookie_files: dict[str, Path] = {}
     try:
-        for v in variants(include_veer):
+        for v in variants(include_veer, ablation):
             gateways[v.key] = envoy.start(
                 f"gw-{v.key}",
                 {"ingress": (v.routes, v.filters)},
@@ -234,6 +270,15 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, log=print) -> dict:
         backend.stop()
 
     med = {r.variant.key: r.median("cpu_us_per_rq") for r in results}
+    by_key = {r.variant.key: r for r in results}
+
+    def paired(key: str, ref: str) -> list[float]:
+        """Per-round ratios (same round, measured back to back): their spread shows the noise."""
+        return [
+            round(a.cpu_us_per_rq / b.cpu_us_per_rq, 3)
+            for a, b in zip(by_key[key].samples, by_key[ref].samples)
+        ]
+
     out = {
         "rounds": rounds,
         "duration_s": duration_s,
@@ -251,6 +296,9 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, log=print) -> dict:
                 "vs_none": med[r.variant.key] / med["none"],
                 "vs_empty_wasm": med[r.variant.key] / med["empty-wasm"],
                 "vs_lua": med[r.variant.key] / med["lua"],
+                "paired_vs_none": paired(r.variant.key, "none"),
+                "paired_vs_empty_wasm": paired(r.variant.key, "empty-wasm"),
+                "paired_vs_lua": paired(r.variant.key, "lua"),
             }
             for r in results
         ],

@@ -47,7 +47,7 @@ def wrk(
         binary,
         "-t", str(threads),
         "-c", str(connections),
-        "-d", f"{duration_s}s",
+        "-d", f"{max(1, round(duration_s))}s",
         "--timeout", "5s",
         "-s", str(WRK_DIR / script),
         url,

@@ -78,6 +78,16 @@ def render(results: dict) -> str:
                 rows,
             )
         )
+        for v in c["variants"]:
+            if v["key"] == "veer":
+                parts.append(
+                    "veer per-round ratios (noise): /none "
+                    + ", ".join(f"{x:.2f}" for x in v["paired_vs_none"])
+                    + "; /empty "
+                    + ", ".join(f"{x:.2f}" for x in v["paired_vs_empty_wasm"])
+                    + "; /lua "
+                    + ", ".join(f"{x:.2f}" for x in v["paired_vs_lua"])
+                )
         if not c.get("veer_measured"):
             parts.append("veer (variant 3) NOT MEASURED: target/wasm32-unknown-unknown/release/veer_filter.wasm missing")
 
