@@ -9,3 +9,10 @@ test:
 
 wasm:
 	cargo build -p veer-filter --target wasm32-unknown-unknown --release
+
+# Benchmarks (BENCHMARKS.md): about 12 minutes on 2 cores; not part of `make test`.
+bench:
+	scripts/setup.sh
+	cargo build -p veer-filter -p veer-bench-empty-filter --target wasm32-unknown-unknown --release
+	cargo build --release -p veer-controller --bins
+	python3 bench/run.py

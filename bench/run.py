@@ -89,7 +89,17 @@ def _run_section(section: str, args) -> dict:
     if section == "propagation":
         from veerbench import propagation
 
-        return propagation.run(changes=10 if args.quick else 50)
+        n = 10 if args.quick else 50
+        out = {}
+        for source in ("controller", "table-server"):
+            try:
+                out[source] = propagation.run(changes=n, source=source)
+            except procs.BenchError as e:
+                print(f"propagation via {source} failed: {e}", flush=True)
+                out[f"{source}_error"] = str(e)
+        if not any(k in out for k in ("controller", "table-server")):
+            raise procs.BenchError("propagation: no source worked")
+        return out
     if section == "controller":
         from veerbench import controller_scale
 

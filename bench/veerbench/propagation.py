@@ -5,18 +5,25 @@ request was decided with is read from `x-veer-decision: <route>;<variant>;<reaso
 The delay of one change is from the publish instant to the first response carrying the new
 generation on the last connection to see it.
 
-The source is a minimal table server speaking the controller's long-poll contract
-(table_server.py): publishing there is one function call with a precise instant, where the
-real controller only publishes after an analysis pass. Before each change the benchmark waits
-until the gateway's long-poll is being held (the steady state with a live gateway)."""
+Two sources of changes, each measured on its own gateway:
+- the real controller (`veer controller`), whose analysis passes publish the changes. The
+  filter paces its polls (`pollMs`, default 1000), so a change that comes soon after the
+  previous one waits for the next poll: this is what an operator sees.
+- the bench's table server (table_server.py), speaking the same long-poll contract, which
+  publishes only while the gateway's poll is held: the filter's own share of the delay
+  (controller answer -> shared data -> every worker's tick)."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import random
 import re
 import statistics
+import shutil
 import time
+import urllib.request
+from pathlib import Path
 
 from . import cpu, envoy, procs
 from .table_server import TableServer
@@ -63,36 +70,173 @@ def _percentile(xs: list[float], q: float) -> float:
     return s[k]
 
 
-def run(changes: int = 50, connections: int = 8, log=print) -> dict:
+class TableServerSource:
+    """Changes published through the bench's table server at random phases of the filter's
+    tick, each once the gateway's long-poll is held (the steady state with a live gateway)."""
+
+    name = "bench table server (long-poll contract)"
+
+    def __init__(self):
+        self.server = TableServer(_table(1))
+        self.port = self.server.port
+        self.rng = random.Random(6)
+        self.hold_waits_ms: list[float] = []
+
+    def initial_table(self) -> dict | None:
+        return _table(1)
+
+    def current(self) -> int:
+        return self.server.generation
+
+    def next_change(self) -> tuple[int, float]:
+        time.sleep(self.rng.uniform(0.05, 0.25))  # spacing, not synchronization
+        t_hold = time.perf_counter()
+        procs.wait_until("gateway long-poll held", lambda: self.server.waiting > 0, 10)
+        self.hold_waits_ms.append((time.perf_counter() - t_hold) * 1000)
+        gen = self.server.generation + 1
+        return gen, self.server.publish(_table(gen))
+
+    def details(self) -> dict:
+        return {
+            "wait_for_held_poll_ms_median": statistics.median(self.hold_waits_ms),
+            "polls_answered_200": len(self.server.answered),
+        }
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class ControllerSource:
+    """The real controller (`veer controller`), running one canary without metrics at a 2s
+    interval, so every pass steps the weight and publishes a generation; a new revision is
+    posted whenever the run has finished. The publish instant is when the bench's own
+    long-poll of /v1/table (held alongside the gateway's) returns the new generation."""
+
+    name = "veer controller"
+
+    def __init__(self, work: Path):
+        from .controller_scale import controller_binary
+
+        binary = controller_binary()
+        self.conn: http.client.HTTPConnection | None = None
+        specs = work / "canaries"
+        shutil.rmtree(specs, ignore_errors=True)
+        specs.mkdir(parents=True)
+        (specs / "prop.yaml").write_text(
+            f"""apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: prop
+  namespace: bench
+spec:
+  targetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: prop
+  service:
+    hosts:
+      - {HOST}
+    port: 9898
+  analysis:
+    interval: 2s
+    threshold: 5
+    maxWeight: 50
+    stepWeight: 10
+"""
+        )
+        state = work / "state.json"
+        state.unlink(missing_ok=True)
+        self.port = procs.free_port()
+        self.api = f"http://127.0.0.1:{self.port}"
+        log = work / "controller.log"
+        self.proc = procs.spawn(
+            [
+                str(binary), "controller",
+                "--canaries", str(specs),
+                "--prometheus", "http://127.0.0.1:9",  # no metrics in this canary
+                "--listen", f"127.0.0.1:{self.port}",
+                "--state", str(state),
+            ],
+            cpus=None,
+            log=log,
+        )
+        procs.wait_until("controller /healthz", lambda: procs.http_get(f"{self.api}/healthz")[0] == 200, 60, self.proc, log)
+        self.revision = 0
+        self._post_revision()
+        procs.wait_until("first revision applied", lambda: self._poll(0, 1000)[0] > 0, 30, self.proc, log)
+        self._post_revision()
+        self.generation, _ = self._poll(0, 1000)
+
+    def _post_revision(self) -> None:
+        self.revision += 1
+        req = urllib.request.Request(
+            f"{self.api}/v1/canaries/bench/prop/revision",
+            data=json.dumps({"revision": f"r{self.revision}"}).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+
+    def _poll(self, after: int, wait_ms: int) -> tuple[int, float]:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=wait_ms / 1000 + 10)
+        self.conn.request("GET", f"/v1/table?after={after}&waitMs={wait_ms}", headers={"x-veer-gateway": "bench-observer"})
+        resp = self.conn.getresponse()
+        body = resp.read()
+        t = time.perf_counter()
+        if resp.status == 200:
+            return int(json.loads(body)["generation"]), t
+        return after, t
+
+    def initial_table(self) -> dict | None:
+        return None
+
+    def current(self) -> int:
+        return self.generation
+
+    def next_change(self) -> tuple[int, float]:
+        for _ in range(3):
+            gen, t = self._poll(self.generation, 5000)
+            if gen > self.generation:
+                self.generation = gen
+                return gen, t
+            self._post_revision()  # the run finished: start another
+        raise procs.BenchError("the controller published no new generation in 15s")
+
+    def details(self) -> dict:
+        return {"revisions_posted": self.revision}
+
+    def close(self) -> None:
+        procs.stop(self.proc)
+
+
+def run(changes: int = 50, connections: int = 8, source: str = "controller", log=print) -> dict:
     if not cpu.VEER_WASM.exists():
         raise procs.BenchError(f"{cpu.VEER_WASM} missing: make wasm")
-    work = procs.OUT / "propagation"
-    server = TableServer(_table(1))
+    work = procs.OUT / f"propagation-{source}"
+    work.mkdir(parents=True, exist_ok=True)
+    src = ControllerSource(work) if source == "controller" else TableServerSource()
     backend = envoy.start_backend(work, None)
-    config = {
+    config: dict = {
         "decisionHeader": True,
         "controller": {"cluster": "veer-controller", "authority": "veer-controller", "timeoutMs": 30000},
-        "table": _table(1),
     }
+    if src.initial_table() is not None:
+        config["table"] = src.initial_table()
     workers = 2
-    gw = envoy.start(
-        "gw-prop",
-        {"ingress": (envoy.header_routes(), [envoy.wasm_filter("veer", cpu.VEER_WASM, config)])},
-        [*envoy.backend_clusters(backend), envoy.static_cluster("veer-controller", server.port)],
-        cpus=None,
-        concurrency=workers,
-        workdir=work,
-    )
+    gw = None
     delays_ms: list[float] = []
-    hold_waits_ms: list[float] = []
     try:
+        gw = envoy.start(
+            "gw-prop",
+            {"ingress": (envoy.header_routes(), [envoy.wasm_filter("veer", cpu.VEER_WASM, config)])},
+            [*envoy.backend_clusters(backend), envoy.static_cluster("veer-controller", src.port)],
+            cpus=None,
+            concurrency=workers,
+            workdir=work,
+        )
         probes = [Probe(gw.ports["ingress"]) for _ in range(connections)]
-        for p in probes:
-            p.generation()
-        per_worker = gw.counters(r"^listener\.127\.0\.0\.1_\d+\.worker_\d+\.downstream_cx_active$")
-        covered = sorted(k.split(".")[-2] for k, v in per_worker.items() if v > 0)
-        if len(covered) < workers:
-            raise procs.BenchError(f"probe connections reach only {covered} of {workers} workers: {per_worker}")
 
         def wait_all(gen: int, deadline_s: float) -> float:
             """Poll every probe until each has decided with `gen`; returns the instant the
@@ -105,44 +249,39 @@ def run(changes: int = 50, connections: int = 8, log=print) -> dict:
                 for i, p in enumerate(probes):
                     if i in seen:
                         continue
-                    g = p.generation()
-                    if g >= gen:
+                    if p.generation() >= gen:
                         seen[i] = time.perf_counter()
             return max(seen.values())
 
-        # The initial table is the first generation the poll confirms.
-        wait_all(1, 10)
-        rng = random.Random(6)
-        for gen in range(2, changes + 2):
-            # Spacing at random phases of the filter's tick, so no change is systematically
-            # lucky or unlucky. Then the steady state: the gateway's long-poll is held.
-            time.sleep(rng.uniform(0.05, 0.25))
-            t_hold = time.perf_counter()
-            procs.wait_until("gateway long-poll held", lambda: server.waiting > 0, 10)
-            hold_waits_ms.append((time.perf_counter() - t_hold) * 1000)
-            t0 = server.publish(_table(gen))
-            t_last = wait_all(gen, 10)
-            delays_ms.append((t_last - t0) * 1000)
-        answered = len(server.answered)
+        wait_all(src.current(), 20)
+        per_worker = gw.counters(r"^listener\.127\.0\.0\.1_\d+\.worker_\d+\.downstream_cx_active$")
+        covered = sorted(k.split(".")[-2] for k, v in per_worker.items() if v > 0)
+        if len(covered) < workers:
+            raise procs.BenchError(f"probe connections reach only {covered} of {workers} workers: {per_worker}")
+        for _ in range(changes):
+            gen, t0 = src.next_change()
+            delays_ms.append((wait_all(gen, 10) - t0) * 1000)
+        details = src.details()
     finally:
-        gw.stop()
+        if gw is not None:
+            gw.stop()
         backend.stop()
-        server.close()
+        src.close()
     result = {
-        "source": "bench table server (long-poll contract)",
+        "source": src.name,
         "workers": workers,
         "connections": connections,
+        "workers_covered": covered,
         "changes": len(delays_ms),
         "p50_ms": statistics.median(delays_ms),
         "p99_ms": _percentile(delays_ms, 0.99),
         "max_ms": max(delays_ms),
         "min_ms": min(delays_ms),
         "delays_ms": [round(d, 2) for d in delays_ms],
-        "wait_for_held_poll_ms_median": statistics.median(hold_waits_ms),
-        "polls_answered_200": answered,
+        **details,
     }
     log(
-        f"  {result['changes']} changes: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"  {src.name}: {result['changes']} changes: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"max {result['max_ms']:.1f} ms (min {result['min_ms']:.1f})"
     )
     return result

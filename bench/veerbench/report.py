@@ -30,7 +30,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     add("veer / empty Wasm <= 1.05", veer and veer["vs_empty_wasm"], 1.05, "{:.3f}")
     add("veer / Lua <= 1.00", veer and veer["vs_lua"], 1.00, "{:.3f}")
 
-    prop = s.get("propagation")
+    prop = (s.get("propagation") or {}).get("controller")
     add("propagation p99 <= 100 ms", prop and prop["p99_ms"], 100, "{:.1f} ms")
     add("propagation max <= 250 ms", prop and prop["max_ms"], 250, "{:.1f} ms")
 
@@ -115,11 +115,15 @@ def render(results: dict) -> str:
             parts.append(_table(["code attributed to", "bytes", "share"], rows))
 
     if "propagation" in s:
-        p = s["propagation"]
-        parts.append(
-            f"\nPropagation ({p['changes']} changes, {p['source']}, Envoy --concurrency {p['workers']}, "
-            f"{p['connections']} probe connections): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms"
-        )
+        parts.append("\nPropagation (publish -> every worker of an Envoy --concurrency 2 decides with it)")
+        rows = []
+        for key in ("controller", "table-server"):
+            p = s["propagation"].get(key)
+            if p:
+                rows.append([p["source"], str(p["changes"]), f"{p['p50_ms']:.1f}", f"{p['p99_ms']:.1f}", f"{p['max_ms']:.1f}"])
+            elif s["propagation"].get(f"{key}_error"):
+                rows.append([key, "FAILED", "", "", ""])
+        parts.append(_table(["source", "changes", "p50 ms", "p99 ms", "max ms"], rows))
 
     if "controller" in s:
         k = s["controller"]
