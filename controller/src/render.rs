@@ -118,24 +118,37 @@ pub enum RenderError {
         source_doc: String,
         error: serde_json::Error,
     },
+    #[error("no canary to render")]
+    NoCanary,
     #[error("cannot write YAML: {0}")]
     Yaml(#[from] serde_norway::Error),
 }
 
 /// The resources for one canary, as multi-document YAML.
 pub fn render(spec: &CanarySpec, opts: &RenderOptions) -> Result<String, RenderError> {
-    let docs = render_documents(spec, opts)?;
+    render_all(std::slice::from_ref(spec), opts)
+}
+
+/// The resources for several canaries (e.g. every Canary in one file): each canary's
+/// Services, DestinationRules and VirtualService, then one WasmPlugin whose table holds all
+/// their routes. Rendering them one by one would print the same WasmPlugin several times,
+/// each with a single route.
+pub fn render_all(specs: &[CanarySpec], opts: &RenderOptions) -> Result<String, RenderError> {
+    let docs = render_all_documents(specs, opts)?;
+    let keys: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{} ({})", s.key(), s.source))
+        .collect();
     let mut out = format!(
-        "# veer render: Istio resources for canary {} ({}).\n\
+        "# veer render: Istio resources for {}.\n\
          # The WasmPlugin is the gateway-wide {}/{} (one per gateway, shared by every\n\
          # canary); its table only holds routes until the first poll of the controller.\n",
-        spec.key(),
-        spec.source,
+        keys.join(", "),
         opts.gateway_namespace,
         opts.plugin_name,
     );
-    if let Some(signing) = &spec.veer.cookie_signing {
-        if let Some(env) = &opts.cookie_keys_env {
+    for spec in specs {
+        if let (Some(signing), Some(env)) = (&spec.veer.cookie_signing, &opts.cookie_keys_env) {
             out.push_str(&format!(
                 "# Cookie signing keys: the gateway's {env} must come from Secret {}/{} key {}\n\
                  # (manifests/istio/gateway/ingressgateway-patch.yaml).\n",
@@ -150,42 +163,63 @@ pub fn render(spec: &CanarySpec, opts: &RenderOptions) -> Result<String, RenderE
     Ok(out)
 }
 
-/// The same resources as JSON values, in apply order: Services, DestinationRules,
-/// VirtualService, WasmPlugin.
+/// The resources for one canary as JSON values, in apply order: Services,
+/// DestinationRules, VirtualService, WasmPlugin.
 pub fn render_documents(
     spec: &CanarySpec,
     opts: &RenderOptions,
 ) -> Result<Vec<Value>, RenderError> {
-    let source_doc = spec.source.to_string();
-    let port = spec.service.port.ok_or_else(|| RenderError::MissingPort {
-        source_doc: source_doc.clone(),
-    })?;
-    if spec.service.gateways.is_empty() {
-        return Err(RenderError::NoGateway { source_doc });
-    }
-    if spec.service.gateways.iter().any(|g| g == "mesh") {
-        return Err(RenderError::MeshGateway { source_doc });
-    }
-    let plugin_config = plugin_config(spec, opts)?;
-    let names = ServiceNames::of(spec);
+    render_all_documents(std::slice::from_ref(spec), opts)
+}
 
-    let mut docs = services(spec, opts, &names, port)?;
-    for host in [&names.primary, &names.canary] {
-        docs.push(destination_rule(spec, host));
+/// [`render_all`] as JSON values.
+pub fn render_all_documents(
+    specs: &[CanarySpec],
+    opts: &RenderOptions,
+) -> Result<Vec<Value>, RenderError> {
+    let plugin_config = plugin_config(specs, opts)?;
+    let mut docs = Vec::new();
+    for spec in specs {
+        let source_doc = spec.source.to_string();
+        let port = spec.service.port.ok_or_else(|| RenderError::MissingPort {
+            source_doc: source_doc.clone(),
+        })?;
+        if spec.service.gateways.is_empty() {
+            return Err(RenderError::NoGateway { source_doc });
+        }
+        if spec.service.gateways.iter().any(|g| g == "mesh") {
+            return Err(RenderError::MeshGateway { source_doc });
+        }
+        let names = ServiceNames::of(spec);
+        docs.extend(services(spec, opts, &names, port)?);
+        for host in [&names.primary, &names.canary] {
+            docs.push(destination_rule(spec, host));
+        }
+        docs.push(virtual_service(spec, &names, port, &plugin_config));
     }
-    docs.push(virtual_service(spec, &names, port, &plugin_config));
     let config_json =
         serde_json::to_value(&plugin_config).map_err(|error| RenderError::PluginConfigJson {
-            source_doc: spec.source.to_string(),
+            source_doc: sources(specs),
             error,
         })?;
     docs.push(wasm_plugin(opts, config_json));
     Ok(docs)
 }
 
-/// The filter configuration for this canary at weight 0, checked by the filter's parser.
-pub fn plugin_config(spec: &CanarySpec, opts: &RenderOptions) -> Result<PluginConfig, RenderError> {
-    let source_doc = spec.source.to_string();
+fn sources(specs: &[CanarySpec]) -> String {
+    let all: Vec<String> = specs.iter().map(|s| s.source.to_string()).collect();
+    all.join(", ")
+}
+
+/// The filter configuration for these canaries at weight 0, checked by the filter's parser
+/// (which also rejects two canaries with the same route name).
+pub fn plugin_config(
+    specs: &[CanarySpec],
+    opts: &RenderOptions,
+) -> Result<PluginConfig, RenderError> {
+    if specs.is_empty() {
+        return Err(RenderError::NoCanary);
+    }
     let config = PluginConfig {
         route_header: opts.route_header.clone(),
         mirror_header: opts.mirror_header.clone(),
@@ -197,15 +231,18 @@ pub fn plugin_config(spec: &CanarySpec, opts: &RenderOptions) -> Result<PluginCo
         // Weight 0: everyone on primary until the controller's first table arrives.
         table: Some(RoutingTable {
             generation: 0,
-            routes: vec![route_for(spec, 0, 0, "")],
+            routes: specs.iter().map(|s| route_for(s, 0, 0, "")).collect(),
         }),
         ..PluginConfig::default()
     };
     let bytes = serde_json::to_vec(&config).map_err(|error| RenderError::PluginConfigJson {
-        source_doc: source_doc.clone(),
+        source_doc: sources(specs),
         error,
     })?;
-    parse_plugin_config(&bytes).map_err(|error| RenderError::FilterRejects { source_doc, error })
+    parse_plugin_config(&bytes).map_err(|error| RenderError::FilterRejects {
+        source_doc: sources(specs),
+        error,
+    })
 }
 
 /// Flagger's naming: the apex Service is `service.name` (else the target's name); the pods

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use veer_controller::render::{render, RenderOptions};
+use veer_controller::render::{render, RenderOptions, MIRROR_HEADER_VALUE};
 use veer_controller::spec::load_file;
 use veer_core::{parse_plugin_config, Variant, DEFAULT_MIRROR_HEADER, DEFAULT_ROUTE_HEADER};
 
@@ -773,7 +773,7 @@ fn assert_header_routes(vs: &Doc, route_header: &str, mirror_header: &str) {
     assert!(dest(&http[0]).ends_with("-canary"));
     assert_eq!(
         only_header(&http[1]),
-        (mirror_header.to_string(), "1".to_string())
+        (mirror_header.to_string(), MIRROR_HEADER_VALUE.to_string())
     );
     assert!(dest(&http[1]).ends_with("-primary"));
     assert_eq!(http[1]["mirror"]["host"].as_str().unwrap(), dest(&http[0]));

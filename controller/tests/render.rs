@@ -6,7 +6,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use veer_controller::render::{render, render_documents, RenderError, RenderOptions};
+use veer_controller::render::{
+    render, render_all, render_all_documents, render_documents, RenderError, RenderOptions,
+    MIRROR_HEADER_VALUE,
+};
 use veer_controller::spec::{load_file, CanarySpec};
 use veer_core::{
     parse_plugin_config, MatchRule, StringMatch, DEFAULT_MIRROR_HEADER, DEFAULT_ROUTE_HEADER,
@@ -98,7 +101,7 @@ fn seed_renders_flaggers_services_destination_rules_routes_and_the_plugin() {
     assert_eq!(http[0]["route"][0]["destination"]["host"], "podinfo-canary");
     assert_eq!(
         http[1]["match"],
-        json!([{ "headers": { DEFAULT_MIRROR_HEADER: { "exact": "1" } } }])
+        json!([{ "headers": { DEFAULT_MIRROR_HEADER: { "exact": MIRROR_HEADER_VALUE } } }])
     );
     assert_eq!(
         http[1]["route"][0]["destination"]["host"],
@@ -185,7 +188,10 @@ fn yaml_output_is_the_documents_with_a_header() {
     let spec = seed();
     let opts = RenderOptions::default();
     let text = render(&spec, &opts).unwrap();
-    assert!(text.starts_with("# veer render: Istio resources for canary test/podinfo"));
+    assert!(
+        text.starts_with("# veer render: Istio resources for test/podinfo ("),
+        "{text}"
+    );
     let parsed: Vec<Value> = serde_norway::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
@@ -324,4 +330,37 @@ fn service_metadata_that_is_not_a_mapping_is_an_error() {
     spec.service.canary = Some(json!(["labels"]));
     let err = render(&spec, &RenderOptions::default()).unwrap_err();
     assert!(err.to_string().contains("spec.service.canary"), "{err}");
+}
+
+#[test]
+fn several_canaries_share_one_wasmplugin_with_all_their_routes() {
+    let first = seed();
+    let mut second = seed();
+    second.name = "checkout".to_string();
+    second.namespace = "shop".to_string();
+    second.target_ref.name = "checkout".to_string();
+    second.service.hosts = vec!["shop.example.com".to_string()];
+    let docs = render_all_documents(&[first, second], &RenderOptions::default()).unwrap();
+    let plugins: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "WasmPlugin").collect();
+    assert_eq!(plugins.len(), 1, "one gateway-wide plugin");
+    assert_eq!(docs.last().unwrap()["kind"], "WasmPlugin", "applied last");
+    let routes = &plugins[0]["spec"]["pluginConfig"]["table"]["routes"];
+    assert_eq!(routes[0]["name"], "test/podinfo");
+    assert_eq!(routes[1]["name"], "shop/checkout");
+    assert_eq!(routes[1]["hosts"], json!(["shop.example.com"]));
+    let vs = find(&docs, "VirtualService", "checkout");
+    assert_eq!(vs["metadata"]["namespace"], "shop");
+    assert_eq!(vs["spec"]["hosts"], json!(["shop.example.com"]));
+    assert_eq!(docs.len(), 6 + 6 + 1);
+    let text = render_all(&[seed()], &RenderOptions::default()).unwrap();
+    assert_eq!(text, render(&seed(), &RenderOptions::default()).unwrap());
+}
+
+#[test]
+fn the_same_canary_twice_is_rejected_by_the_filters_rules() {
+    let err = render_all(&[seed(), seed()], &RenderOptions::default()).unwrap_err();
+    assert!(matches!(err, RenderError::FilterRejects { .. }), "{err}");
+    assert!(err.to_string().contains("test/podinfo"), "{err}");
+    let err = render_all(&[], &RenderOptions::default()).unwrap_err();
+    assert!(matches!(err, RenderError::NoCanary), "{err}");
 }
