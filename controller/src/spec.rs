@@ -1287,6 +1287,24 @@ fn check_canary(
                 duration: Duration::from_secs(60),
             },
         };
+        if let MetricSource::Query(q) | MetricSource::Template { query: q, .. } = &source_of {
+            let vars = QueryVars {
+                name: raw.metadata.name.clone(),
+                namespace: namespace.clone(),
+                target: body.target_ref.name.clone(),
+                service: body
+                    .service
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| body.target_ref.name.clone()),
+                interval: interval.text.clone(),
+                variables: m.template_variables.clone(),
+            };
+            if let Err(e) = crate::prometheus::render_query(q, &vars) {
+                error(&format!("{path}.query"), e.to_string());
+                continue;
+            }
+        }
         metrics.push(MetricSpec {
             name: m.name,
             interval,

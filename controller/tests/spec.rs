@@ -376,6 +376,7 @@ fn semantic_errors_name_their_fields() {
         ("type: rollout", "type: during-rollout", "spec.analysis.webhooks[1].type: unknown webhook type \"during-rollout\""),
         ("timeout: 30s", "timeout: soon", "spec.analysis.webhooks[0].timeout: invalid duration \"soon\""),
         ("  - name: request-duration", "  - name: latency", "spec.analysis.metrics[1].name: \"latency\" is not a builtin metric"),
+        ("        thresholdRange:\n          max: 500", "        query: sum(up{job=\"{{ variables.job }}\"})\n        thresholdRange:\n          max: 500", "spec.analysis.metrics[1].query: unknown template variable \"variables.job\""),
     ];
     for (from, to, expected) in cases {
         let set = load(&seed_with(from, to));
