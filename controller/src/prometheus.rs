@@ -477,8 +477,10 @@ impl PrometheusClient {
     pub async fn query_value(&self, promql: &str) -> Result<f64, MetricError> {
         let request = self
             .http
-            .get(self.query_url.clone())
-            .query(&[("query", promql)])
+            // POST (form-encoded), which Prometheus accepts like GET: long rendered
+            // templates cannot hit URL length limits of proxies in front of it.
+            .post(self.query_url.clone())
+            .form(&[("query", promql)])
             .timeout(self.timeout)
             .send();
         let (status, body) = tokio::time::timeout(self.timeout, async {

@@ -399,13 +399,13 @@ async fn html_and_server_errors_are_reported_with_an_excerpt() {
     let app = axum::Router::new()
         .route(
             "/ok-html/api/v1/query",
-            axum::routing::get(
+            axum::routing::post(
                 move || async move { ([(header::CONTENT_TYPE, "text/html")], html) },
             ),
         )
         .route(
             "/broken/api/v1/query",
-            axum::routing::get(|| async {
+            axum::routing::post(|| async {
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     [(header::CONTENT_TYPE, "text/html")],
