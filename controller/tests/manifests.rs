@@ -581,6 +581,45 @@ fn cookie_keys_flow_from_secret_to_gateway_to_filter() {
     );
 }
 
+/// ISTIO_BOOTSTRAP_OVERRIDE names a file that the patch really mounts from the bootstrap
+/// ConfigMap: the directory is the mount, the file name is one of the ConfigMap's keys.
+#[test]
+fn patched_gateway_points_istio_at_the_mounted_bootstrap_override() {
+    let patched =
+        patch_stand_in_gateway(&manifests().join("istio/gateway/ingressgateway-patch.yaml"));
+    let pod = &patched.value["spec"]["template"]["spec"];
+    let proxy = &pod["containers"][0];
+    let file = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "ISTIO_BOOTSTRAP_OVERRIDE")
+        .expect("ISTIO_BOOTSTRAP_OVERRIDE is not set")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (dir, key) = file.rsplit_once('/').unwrap();
+    let mount = proxy["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at {dir}"));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let cm = read_docs(&manifests().join("istio/gateway/bootstrap-configmap.yaml")).remove(0);
+    assert_eq!(volume["configMap"]["name"], cm.name());
+    assert_eq!(cm.namespace(), patched.namespace());
+    assert!(
+        cm.value["data"][key].is_string(),
+        "the ConfigMap has no key {key}"
+    );
+}
+
 #[test]
 fn wasmplugin_is_deployable_as_the_issue_requires() {
     let doc = read_docs(&manifests().join("istio/filter/wasmplugin.yaml")).remove(0);
