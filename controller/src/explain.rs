@@ -829,7 +829,7 @@ fn traps(spec: &CanarySpec) -> Vec<String> {
     let gateways = &spec.service.gateways;
     if !gateways.is_empty() && !gateways.iter().any(|g| g == "mesh") {
         w.push(format!(
-            "service.gateways lists {} without `mesh`: only requests entering through that gateway are split; in-mesh calls to {}.{} bypass the canary routing and always reach the primary.",
+            "service.gateways lists {} without `mesh`: only requests entering through that gateway are split; in-mesh calls to {}.{} bypass the canary routing and always reach the primary (veer decides in the ingress gateway; sidecars run no veer filter).",
             gateways.join(", "),
             spec.service_name(),
             spec.namespace
