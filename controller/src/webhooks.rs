@@ -206,7 +206,8 @@ impl HookError {
 
 /// The first hook of a list that failed, and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{hook_type} webhook {} of {total} failed, the rest were not called: {error}", .index + 1)]
+#[error("{hook_type} webhook {} of {total} failed{}: {error}", .index + 1,
+    if .index + 1 < *.total { ", the rest were not called" } else { "" })]
 pub struct HookFailure {
     pub hook_type: HookType,
     /// Position of the failed hook in the list (0-based).
