@@ -120,6 +120,8 @@ pub enum RenderError {
     },
     #[error("no canary to render")]
     NoCanary,
+    #[error("filter sha256 {0:?} is not a digest: Istio wants 64 lowercase hex digits")]
+    BadSha256(String),
     #[error("cannot write YAML: {0}")]
     Yaml(#[from] serde_norway::Error),
 }
@@ -219,6 +221,12 @@ pub fn plugin_config(
 ) -> Result<PluginConfig, RenderError> {
     if specs.is_empty() {
         return Err(RenderError::NoCanary);
+    }
+    if let Some(digest) = &opts.filter_sha256 {
+        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+        if digest.len() != 64 || !digest.chars().all(hex) {
+            return Err(RenderError::BadSha256(digest.clone()));
+        }
     }
     let config = PluginConfig {
         route_header: opts.route_header.clone(),

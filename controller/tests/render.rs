@@ -214,6 +214,12 @@ fn sha256_pin_and_image_are_written_when_given() {
         "oci://ghcr.io/example/veer-filter:1.2.3"
     );
     assert_eq!(wasm["spec"]["sha256"], digest);
+    let bad = RenderOptions {
+        filter_sha256: Some("sha256:ABC".to_string()),
+        ..RenderOptions::default()
+    };
+    let err = render(&seed(), &bad).unwrap_err();
+    assert!(matches!(err, RenderError::BadSha256(_)), "{err}");
     let unpinned = docs_default_wasm();
     assert!(unpinned["spec"].get("sha256").is_none());
 }
