@@ -49,6 +49,9 @@ impl CanaryControl for FakeRunner {
                 Ok(json!({"accepted": format!("{cmd:?}")}))
             }
             ("test", "busy") => Err(CommandError::Conflict("test/busy is Promoting".into())),
+            ("test", "stuck") => Err(CommandError::Unavailable(
+                "cannot write state file /var/lib/veer/state.json".into(),
+            )),
             _ => Err(CommandError::NotFound(format!("no canary {ns}/{name}"))),
         }
     }
@@ -480,7 +483,13 @@ async fn canary_endpoints_go_through_the_runner() {
         ]
     );
 
-    let cases: [(&str, Option<Value>, StatusCode, &str); 7] = [
+    let cases: [(&str, Option<Value>, StatusCode, &str); 8] = [
+        (
+            "/v1/canaries/test/stuck/pause",
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state file",
+        ),
         (
             "/v1/canaries/test/busy/promote",
             None,
