@@ -1,4 +1,4 @@
-//! `veer render`: the Istio resources that route one canary through the veer filter. The
+//! `veer render`: the Istio resources that route canaries through the veer filter. The
 //! apex, `-primary` and `-canary` Services (as Flagger creates them), the DestinationRules,
 //! a VirtualService with static header routes, and the gateway's WasmPlugin with the
 //! canary's route in its initial table.

@@ -620,6 +620,54 @@ fn patched_gateway_points_istio_at_the_mounted_bootstrap_override() {
     );
 }
 
+/// The Dockerfile instructions of the final stage (after the last FROM), comments dropped.
+fn final_stage(dockerfile: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dockerfile).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    let last_from = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
+    lines[last_from..].to_vec()
+}
+
+/// No Docker engine here, so the images are not built; their Dockerfiles are checked for
+/// what Istio and the Deployment rely on.
+#[test]
+fn dockerfiles_make_what_istio_and_the_deployment_expect() {
+    // Istio's Wasm image format: a scratch image whose only layer holds /plugin.wasm.
+    let filter = final_stage(&manifests().join("istio/filter/Dockerfile"));
+    assert_eq!(filter.len(), 2, "{filter:?}");
+    assert_eq!(filter[0], "FROM scratch");
+    assert!(
+        filter[1].starts_with("COPY --from=build ")
+            && filter[1]
+                .ends_with("/target/wasm32-unknown-unknown/release/veer_filter.wasm /plugin.wasm"),
+        "{}",
+        filter[1]
+    );
+    let filter_text = std::fs::read_to_string(manifests().join("istio/filter/Dockerfile")).unwrap();
+    assert!(filter_text
+        .contains("cargo build --locked --release -p veer-filter --target wasm32-unknown-unknown"));
+
+    // The controller image runs as the user the Deployment's securityContext names.
+    let controller = final_stage(&manifests().join("istio/controller/Dockerfile"));
+    let deploy = read_docs(&manifests().join("istio/controller/deployment.yaml")).remove(0);
+    let pod = &deploy.value["spec"]["template"]["spec"]["securityContext"];
+    let user = format!("USER {}:{}", pod["runAsUser"], pod["runAsGroup"]);
+    assert!(
+        controller.contains(&user),
+        "{user} missing from {controller:?}"
+    );
+    assert!(controller.contains(&r#"ENTRYPOINT ["/usr/local/bin/veer"]"#.to_string()));
+    assert_eq!(
+        deploy.value["spec"]["template"]["spec"]["containers"][0]["args"][0],
+        "controller"
+    );
+}
+
 #[test]
 fn wasmplugin_is_deployable_as_the_issue_requires() {
     let doc = read_docs(&manifests().join("istio/filter/wasmplugin.yaml")).remove(0);
