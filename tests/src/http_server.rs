@@ -174,6 +174,9 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>, handler: Handler) {
     let mut reader = BufReader::new(stream);
     while !shared.stopped.load(Ordering::SeqCst) {
         let Some(request) = read_request(&mut reader) else {
+            // The server keeps a clone of every stream (to cut them on stop), so dropping ours
+            // would not close the socket: shut it down explicitly.
+            let _ = writer.shutdown(Shutdown::Both);
             return;
         };
         let reply = handler(&request);
@@ -218,20 +221,23 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
+/// One line, with bytes that are not UTF-8 (legal obs-text in header values) replaced.
+fn read_line(reader: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut raw = Vec::new();
+    if reader.read_until(b'\n', &mut raw).ok()? == 0 {
         return None;
     }
+    Some(String::from_utf8_lossy(&raw).into_owned())
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let line = read_line(reader)?;
     let mut parts = line.trim_end().split(' ');
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let mut headers = Vec::new();
     loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
+        let h = read_line(reader)?;
         let h = h.trim_end();
         if h.is_empty() {
             break;

@@ -92,6 +92,7 @@ fn static_config() -> serde_json::Value {
             { "name": "test/ab", "hosts": ["ab.example.com"], "weight": 10000,
               "match": [ { "headers": { "x-user-group": { "exact": "beta" } } } ] },
             { "name": "test/zero", "hosts": ["zero.example.com"], "weight": 0 },
+            { "name": "test/mirror", "hosts": ["mirror.example.com"], "weight": 2000, "mirrorWeight": 10000 },
             { "name": "test/cookie", "hosts": ["cookie.example.com"], "weight": 5000, "revision": "r1",
               "sessionAffinity": { "cookieName": "veer-cookie", "maxAge": 3600, "path": "/app",
                 "domain": "example.com", "secure": true, "httpOnly": true, "sameSite": "Strict",
@@ -175,6 +176,121 @@ fn static_table_routes_splits_and_counts_in_envoy() {
         assert_eq!(variant(&r), "primary");
     }
 
+    // --- metrics (snapshot before other hosts' traffic) in /stats/prometheus, with the exact names and labels ---
+    let route = ("veer_route", "test/podinfo");
+    let prom = envoy.prometheus().unwrap();
+    let weight_canary = prometheus_value(
+        &prom,
+        "veer_requests_total",
+        &[route, ("veer_variant", "canary"), ("veer_reason", "weight")],
+    );
+    assert_eq!(
+        weight_canary,
+        Some(canary_hits as f64),
+        "counter = canary requests seen\n{prom}"
+    );
+    let weight_primary = prometheus_value(
+        &prom,
+        "veer_requests_total",
+        &[
+            route,
+            ("veer_variant", "primary"),
+            ("veer_reason", "weight"),
+        ],
+    );
+    assert_eq!(weight_primary, Some((n - canary_hits) as f64));
+    assert_eq!(
+        prometheus_value(
+            &prom,
+            "veer_requests_total",
+            &[
+                route,
+                ("veer_variant", "canary"),
+                ("veer_reason", "override")
+            ]
+        ),
+        Some(50.0)
+    );
+    assert_eq!(
+        prometheus_value(
+            &prom,
+            "veer_requests_total",
+            &[
+                ("veer_route", "test/ab"),
+                ("veer_variant", "primary"),
+                ("veer_reason", "unmatched")
+            ]
+        ),
+        Some(400.0)
+    );
+    assert_eq!(
+        prometheus_value(
+            &prom,
+            "veer_responses_total",
+            &[route, ("veer_variant", "canary"), ("veer_class", "2xx")]
+        ),
+        Some((canary_hits + 50) as f64)
+    );
+    assert_eq!(
+        prometheus_value(
+            &prom,
+            "veer_responses_total",
+            &[route, ("veer_variant", "canary"), ("veer_class", "5xx")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        prom.contains("# TYPE veer_request_duration_ms histogram"),
+        "{prom}"
+    );
+    // Histograms reach the admin output at Envoy's stats flush (5 s): poll for it.
+    let expected = (canary_hits + 50) as f64;
+    poll_until(
+        "the duration histogram to be flushed",
+        Duration::from_secs(15),
+        Duration::from_millis(250),
+        || {
+            let prom = envoy.prometheus()?;
+            let count = prometheus_value(
+                &prom,
+                "veer_request_duration_ms_count",
+                &[route, ("veer_variant", "canary")],
+            );
+            let inf = prometheus_value(
+                &prom,
+                "veer_request_duration_ms_bucket",
+                &[route, ("veer_variant", "canary"), ("le", "+Inf")],
+            );
+            if count == Some(expected) && inf == Some(expected) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "count {count:?}, +Inf bucket {inf:?}, want {expected}"
+                ))
+            }
+        },
+    )
+    .unwrap();
+    poll_until(
+        "veer_table_generation to read 7",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let prom = envoy.prometheus()?;
+            match prometheus_value(&prom, "veer_table_generation", &[]) {
+                Some(7.0) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .unwrap();
+    let prom = envoy.prometheus().unwrap();
+    assert!(
+        prometheus_value(&prom, "veer_table_age_seconds", &[]).is_some(),
+        "{prom}"
+    );
+    assert_eq!(prometheus_value(&prom, "veer_errors_total", &[]), Some(0.0));
+
     // --- spoofed route/mirror headers never pick the canary ---
     let spoof = [("x-veer-route", "canary"), ("x-veer-mirror", "1")];
     for _ in 0..500 {
@@ -201,6 +317,87 @@ fn static_table_routes_splits_and_counts_in_envoy() {
         assert!(r.header("x-veer-decision").is_none());
     }
     assert_eq!(canary.mirrored(), 0, "no request was mirrored");
+
+    // --- mirror: every primary-bound request of the route carries the mirror header ---
+    let (mut mirrored_primary, mut to_canary) = (0u64, 0u64);
+    for _ in 0..300 {
+        let r = client.get("mirror.example.com", "/", &[]).unwrap();
+        match variant(&r) {
+            "primary" => {
+                assert_eq!(r.header("x-seen-mirror"), Some("1"));
+                mirrored_primary += 1;
+            }
+            _ => {
+                assert_eq!(
+                    r.header("x-seen-mirror"),
+                    Some("-"),
+                    "canary requests are not mirrored"
+                );
+                to_canary += 1;
+            }
+        }
+    }
+    assert!(to_canary > 0 && mirrored_primary > 0);
+    poll_until(
+        "Envoy to deliver the mirrored copies",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            if canary.mirrored() == mirrored_primary {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} of {mirrored_primary} mirrored",
+                    canary.mirrored()
+                ))
+            }
+        },
+    )
+    .unwrap();
+
+    // --- hostile input never crashes the filter or picks the canary by accident ---
+    let huge_cookie = format!("veer-cookie=v1.{}", "A".repeat(64 * 1024));
+    let long_group = "b".repeat(64 * 1024);
+    let many_copies = (0..500)
+        .map(|i| format!("veer-cookie=v1.x{i}.y"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let hostile: Vec<Vec<(&str, &str)>> = vec![
+        vec![("cookie", &huge_cookie)],
+        vec![("cookie", &many_copies)],
+        vec![(
+            "cookie",
+            "veer-cookie=\"v1.unterminated; =; ;;; veer-cookie",
+        )],
+        vec![("x-canary", "\u{00e9}t\u{00e9}")],
+        vec![("x-user-group", &long_group)],
+    ];
+    for headers in &hostile {
+        for host in ["app.example.com", "cookie.example.com", "ab.example.com"] {
+            let r = client.get(host, "/app", headers).unwrap();
+            assert_eq!(
+                r.status,
+                200,
+                "{host} with {:?}",
+                headers.iter().map(|h| h.0).collect::<Vec<_>>()
+            );
+        }
+        let r = client.get("ab.example.com", "/", headers).unwrap();
+        assert_eq!(variant(&r), "primary", "hostile input matched the A/B rule");
+    }
+    // Raw non-UTF-8 bytes in a header value (obs-text, which HTTP/1.1 allows).
+    {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(gw).unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nhost: cookie.example.com\r\ncookie: veer-cookie=\xff\xfe\x80\r\nx-user-group: \xc3\x28\r\nconnection: close\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        raw.read_to_end(&mut out).unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
 
     // --- Set-Cookie attributes, added next to the upstream's own cookie ---
     let r = client
@@ -303,120 +500,12 @@ fn static_table_routes_splits_and_counts_in_envoy() {
     assert_eq!(decision(&r).unwrap().2, "weight");
     assert!(veer_cookie(&r, "veer-cookie").is_some_and(|c| c != tampered));
 
-    // --- metrics in /stats/prometheus, with the exact names and labels ---
-    let route = ("veer_route", "test/podinfo");
     let prom = envoy.prometheus().unwrap();
-    let weight_canary = prometheus_value(
-        &prom,
-        "veer_requests_total",
-        &[route, ("veer_variant", "canary"), ("veer_reason", "weight")],
-    );
     assert_eq!(
-        weight_canary,
-        Some(canary_hits as f64),
-        "counter = canary requests seen\n{prom}"
+        prometheus_value(&prom, "veer_errors_total", &[]),
+        Some(0.0),
+        "hostile input is not an error"
     );
-    let weight_primary = prometheus_value(
-        &prom,
-        "veer_requests_total",
-        &[
-            route,
-            ("veer_variant", "primary"),
-            ("veer_reason", "weight"),
-        ],
-    );
-    assert_eq!(weight_primary, Some((n - canary_hits) as f64));
-    assert_eq!(
-        prometheus_value(
-            &prom,
-            "veer_requests_total",
-            &[
-                route,
-                ("veer_variant", "canary"),
-                ("veer_reason", "override")
-            ]
-        ),
-        Some(50.0)
-    );
-    assert_eq!(
-        prometheus_value(
-            &prom,
-            "veer_requests_total",
-            &[
-                ("veer_route", "test/ab"),
-                ("veer_variant", "primary"),
-                ("veer_reason", "unmatched")
-            ]
-        ),
-        Some(400.0)
-    );
-    assert_eq!(
-        prometheus_value(
-            &prom,
-            "veer_responses_total",
-            &[route, ("veer_variant", "canary"), ("veer_class", "2xx")]
-        ),
-        Some((canary_hits + 50) as f64)
-    );
-    assert_eq!(
-        prometheus_value(
-            &prom,
-            "veer_responses_total",
-            &[route, ("veer_variant", "canary"), ("veer_class", "5xx")]
-        ),
-        Some(0.0)
-    );
-    assert!(
-        prom.contains("# TYPE veer_request_duration_ms histogram"),
-        "{prom}"
-    );
-    // Histograms reach the admin output at Envoy's stats flush (5 s): poll for it.
-    let expected = (canary_hits + 50) as f64;
-    poll_until(
-        "the duration histogram to be flushed",
-        Duration::from_secs(15),
-        Duration::from_millis(250),
-        || {
-            let prom = envoy.prometheus()?;
-            let count = prometheus_value(
-                &prom,
-                "veer_request_duration_ms_count",
-                &[route, ("veer_variant", "canary")],
-            );
-            let inf = prometheus_value(
-                &prom,
-                "veer_request_duration_ms_bucket",
-                &[route, ("veer_variant", "canary"), ("le", "+Inf")],
-            );
-            if count == Some(expected) && inf == Some(expected) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "count {count:?}, +Inf bucket {inf:?}, want {expected}"
-                ))
-            }
-        },
-    )
-    .unwrap();
-    poll_until(
-        "veer_table_generation to read 7",
-        Duration::from_secs(5),
-        Duration::from_millis(100),
-        || {
-            let prom = envoy.prometheus()?;
-            match prometheus_value(&prom, "veer_table_generation", &[]) {
-                Some(g) if g == 7.0 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .unwrap();
-    let prom = envoy.prometheus().unwrap();
-    assert!(
-        prometheus_value(&prom, "veer_table_age_seconds", &[]).is_some(),
-        "{prom}"
-    );
-    assert_eq!(prometheus_value(&prom, "veer_errors_total", &[]), Some(0.0));
     assert_no_crash(&envoy);
 }
 
@@ -576,7 +665,7 @@ fn live_table_propagates_keeps_users_sticky_and_survives_controller_loss() {
                 let now_canary = variant(&r) == "canary";
                 assert_eq!(v, variant(&r));
                 assert!(
-                    !(on_canary[u] && !now_canary),
+                    !on_canary[u] || now_canary,
                     "user {u} flipped canary -> primary at weight {weight}%"
                 );
                 on_canary[u] = now_canary;

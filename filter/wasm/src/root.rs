@@ -165,7 +165,7 @@ impl VeerRoot {
         let cfg = parse_plugin_config(bytes).map_err(|e| e.to_string())?;
         let keys = signing_keys(&cfg, |var| host::env_var(var).ok().flatten())
             .map_err(|e| e.to_string())?;
-        let table: RoutingTable = cfg.table.clone().map(Into::into).unwrap_or_default();
+        let table: RoutingTable = cfg.table.clone().unwrap_or_default();
         let active = self.compile(&table).map_err(|e| format!("table: {e}"))?;
         self.config = Rc::new(EdgeConfig {
             route_header: cfg.route_header.to_ascii_lowercase(),
@@ -295,7 +295,7 @@ impl VeerRoot {
         };
         if live.leading && !was_leading {
             info!(
-                "this worker now polls the controller ({}) as gateway {:?}",
+                "this thread now polls the controller ({}) as gateway {:?}",
                 live.endpoint.cluster, live.node_id
             );
         }
