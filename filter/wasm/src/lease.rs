@@ -59,6 +59,97 @@ pub fn step(me: u64, now_ms: u64, ttl_ms: u64, current: Option<&[u8]>, cas: u32)
 mod tests {
     use super::*;
 
+    /// Envoy shared data as the lease sees it: a value and a CAS token that changes on every
+    /// write; a write with CAS 0 is unconditional (that is Envoy's behaviour).
+    #[derive(Default)]
+    struct FakeSharedData {
+        value: Option<String>,
+        cas: u32,
+    }
+
+    impl FakeSharedData {
+        fn read(&self) -> (Option<String>, u32) {
+            (self.value.clone(), self.cas)
+        }
+        fn write(&mut self, record: String, cas: u32) -> bool {
+            if cas != 0 && cas != self.cas {
+                return false;
+            }
+            self.value = Some(record);
+            self.cas += 1;
+            true
+        }
+    }
+
+    /// One tick of contender `me` whose read happened earlier (`seen`): returns whether it leads.
+    fn apply(store: &mut FakeSharedData, me: u64, now: u64, seen: (Option<String>, u32)) -> bool {
+        match step(me, now, 3000, seen.0.as_deref().map(str::as_bytes), seen.1) {
+            LeaseStep::Follow => false,
+            LeaseStep::Claim { record, cas } => {
+                store.write(record, cas);
+                false
+            }
+            LeaseStep::Renew { record, cas } => store.write(record, cas),
+        }
+    }
+
+    #[test]
+    fn racing_claims_on_an_absent_lease_end_with_one_leader() {
+        let mut store = FakeSharedData::default();
+        // Both read "absent" before either writes: both claims land (CAS 0 is unconditional).
+        let (seen_a, seen_b) = (store.read(), store.read());
+        assert!(!apply(&mut store, 1, 0, seen_a));
+        assert!(!apply(&mut store, 2, 0, seen_b));
+        // Next ticks, in either order: only the claim written last survives.
+        for order in [[1u64, 2], [2, 1]] {
+            let mut s = FakeSharedData {
+                value: store.value.clone(),
+                cas: store.cas,
+            };
+            let leaders: Vec<u64> = order
+                .iter()
+                .filter(|&&me| {
+                    let seen = s.read();
+                    apply(&mut s, me, 100, seen)
+                })
+                .copied()
+                .collect();
+            assert_eq!(leaders, vec![2]);
+        }
+    }
+
+    #[test]
+    fn a_silent_leader_is_replaced_after_the_ttl_and_only_once() {
+        let mut store = FakeSharedData::default();
+        let seen = store.read();
+        apply(&mut store, 1, 0, seen);
+        let seen = store.read();
+        assert!(
+            apply(&mut store, 1, 100, seen),
+            "claimant leads on its next tick"
+        );
+        // Leader 1 stops ticking. Before expiry, 2 and 3 follow.
+        for me in [2, 3] {
+            let seen = store.read();
+            assert!(!apply(&mut store, me, 3000, seen));
+        }
+        // After expiry both read the same expired record; CAS lets exactly one claim land.
+        let (seen2, seen3) = (store.read(), store.read());
+        apply(&mut store, 2, 3200, seen2);
+        apply(&mut store, 3, 3200, seen3);
+        let winners: Vec<u64> = [2u64, 3]
+            .into_iter()
+            .filter(|&me| {
+                let seen = store.read();
+                apply(&mut store, me, 3300, seen)
+            })
+            .collect();
+        assert_eq!(winners, vec![2]);
+        // The old leader, back from a stall, finds a live foreign lease and follows.
+        let seen = store.read();
+        assert!(!apply(&mut store, 1, 3400, seen));
+    }
+
     #[test]
     fn record_round_trips_and_rejects_garbage() {
         let r = LeaseRecord {
