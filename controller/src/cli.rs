@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::explain::{explain, ExplainOptions, DEFAULT_SCRAPE_INTERVAL};
 use crate::prometheus::{MetricsSet, PrometheusClient};
-use crate::render::{render, RenderOptions};
+use crate::render::{render, render_all, RenderOptions};
 use crate::runner::{self, log_problems, Runner, RunnerConfig, SpecDir};
 use crate::server::{self, ServerState};
 use crate::spec::{self, MetricSource, SpecSet};
@@ -228,6 +228,7 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -470,10 +471,12 @@ fn render_file(args: &RenderArgs) -> Result<ExitCode, CliError> {
         let (service, namespace, port) = parse_controller_endpoint(endpoint)?;
         opts.controller = RenderOptions::controller_endpoint(&service, &namespace, port);
     }
-    let mut out = String::new();
-    for spec in &set.canaries {
-        out.push_str(&render(spec, &opts).map_err(|e| fail(e.to_string()))?);
+    // Several canaries share the gateway's one WasmPlugin, so they render together.
+    let out = match set.canaries.as_slice() {
+        [one] => render(one, &opts),
+        all => render_all(all, &opts),
     }
+    .map_err(|e| fail(e.to_string()))?;
     print!("{out}");
     Ok(ExitCode::SUCCESS)
 }

@@ -62,6 +62,29 @@ pub trait GaugeSource: Send + Sync + 'static {
 pub struct RunnerMetrics {
     pass_duration: Family<Labels, Histogram>,
     checks: Family<Labels, Counter>,
+    passes: Family<Labels, Counter>,
+}
+
+/// What became of a pass's transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassOutcome {
+    /// Saved and applied.
+    Committed,
+    /// Dropped: a command or a new spec changed the state while the pass ran; the pass
+    /// runs again from the new state.
+    Stale,
+    /// Not taken: the state file could not be written.
+    NotSaved,
+}
+
+impl PassOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassOutcome::Committed => "committed",
+            PassOutcome::Stale => "stale",
+            PassOutcome::NotSaved => "not_saved",
+        }
+    }
 }
 
 impl RunnerMetrics {
@@ -71,9 +94,10 @@ impl RunnerMetrics {
         let pass_duration: Family<Labels, Histogram> =
             Family::new_with_constructor(|| Histogram::new(PASS_DURATION_BUCKETS));
         let checks = Family::<Labels, Counter>::default();
+        let passes = Family::<Labels, Counter>::default();
         registry.register(
             "veer_analysis_pass_duration_seconds",
-            "Time an analysis pass took, from planning to the persisted transition",
+            "Time an analysis pass took to run its hooks and metric queries",
             pass_duration.clone(),
         );
         registry.register(
@@ -81,10 +105,17 @@ impl RunnerMetrics {
             "Hook calls and metric queries run by analysis passes, by result (pass or fail)",
             checks.clone(),
         );
+        registry.register(
+            "veer_analysis_passes",
+            "Analysis passes by outcome: committed, stale (dropped because a command or spec \
+             change came first; re-run) or not_saved (the state file could not be written)",
+            passes.clone(),
+        );
         registry.register_collector(Box::new(GaugeCollector { source }));
         RunnerMetrics {
             pass_duration,
             checks,
+            passes,
         }
     }
 
@@ -108,6 +139,16 @@ impl RunnerMetrics {
                 ])
                 .inc();
         }
+    }
+
+    /// Counts a pass by what became of its transition.
+    pub fn count_pass(&self, canary: &str, outcome: PassOutcome) {
+        self.passes
+            .get_or_create(&vec![
+                ("canary", canary.to_string()),
+                ("outcome", outcome.as_str().to_string()),
+            ])
+            .inc();
     }
 
     /// Drops the series of a canary that is no longer loaded.

@@ -14,9 +14,9 @@
 //! one (it never runs ahead of the file), the table is not changed, and the pass is retried
 //! one interval later.
 //!
-//! The committer is one long-lived thread that batches the transitions arriving within a
-//! short window into one write, so a thousand canaries do not mean a thousand writes of the
-//! state file per interval. Every commit carries the version of the state it was computed
+//! The committer is one long-lived thread. Under load it batches the transitions that
+//! arrive while it waits for the spacing between writes into one write, so a thousand
+//! canaries do not mean a thousand writes of the state file per interval. Every commit carries the version of the state it was computed
 //! from; a commit computed from an outdated state (a command arrived during the pass, or
 //! the spec changed) is refused and the pass runs again from the new state.
 
@@ -36,7 +36,7 @@ use crate::analysis::{
     self, Action, CanaryState, CheckKind, CheckResult, EventSeverity, IdleReason, PassObservations,
     PassPlan, PassStep, Phase, StepResult, Timestamp,
 };
-use crate::observe::{CanaryGauges, GaugeSource, RunnerMetrics};
+use crate::observe::{CanaryGauges, GaugeSource, PassOutcome, RunnerMetrics};
 use crate::prometheus::{builtin_query, render_query, MetricsSet, PrometheusClient};
 use crate::server::{CanaryControl, Command, CommandError};
 use crate::spec::{CanarySpec, MetricSource, Severity, SpecSet};
@@ -51,13 +51,13 @@ pub const STATE_FILE_VERSION: u32 = 1;
 /// Aborting is safe (nothing is committed mid-pass), only effects in flight are lost.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Bounds of the committer's batching window. The window follows the last write's
-/// duration (times [`COMMIT_WINDOW_FACTOR`]), so writing the state file takes at most about
-/// 1/20 of the committer's time however many canaries there are, and a small state file
-/// adds only a few milliseconds to a transition.
-const MIN_COMMIT_WINDOW: Duration = Duration::from_millis(2);
-const MAX_COMMIT_WINDOW: Duration = Duration::from_millis(250);
-const COMMIT_WINDOW_FACTOR: u32 = 19;
+/// Spacing of state file writes: a write starts no sooner than [`WRITE_SPACING_FACTOR`]
+/// times the previous write's duration after the previous one started (capped at
+/// [`MAX_WRITE_SPACING`]), and transitions arriving meanwhile share the next write. So
+/// writing takes at most about 1/20 of a core however many canaries there are, while a
+/// lone transition (the usual case) is written at once.
+const MAX_WRITE_SPACING: Duration = Duration::from_millis(250);
+const WRITE_SPACING_FACTOR: u32 = 20;
 
 // ---------------------------------------------------------------------------------------
 // The state file
@@ -195,7 +195,8 @@ struct Committer {
     orphans: BTreeMap<String, CanaryState>,
     served_routes: BTreeMap<String, Route>,
     next_version: u64,
-    window: Duration,
+    /// When the last write started, and the earliest start of the next one.
+    next_write_at: Option<Instant>,
 }
 
 struct Staged {
@@ -208,18 +209,20 @@ impl Committer {
     fn run(mut self, requests: mpsc::Receiver<CommitRequest>) {
         while let Ok(first) = requests.recv() {
             let mut batch = vec![first];
-            let deadline = Instant::now() + self.window;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match requests.recv_timeout(left) {
-                    Ok(request) => batch.push(request),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            if let Some(not_before) = self.next_write_at {
+                while let Some(left) = not_before.checked_duration_since(Instant::now()) {
+                    match requests.recv_timeout(left) {
+                        Ok(request) => batch.push(request),
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             }
+            // Whatever is already queued shares this write.
+            batch.extend(requests.try_iter());
             let started = Instant::now();
             self.commit(batch);
-            self.window = (started.elapsed() * COMMIT_WINDOW_FACTOR)
-                .clamp(MIN_COMMIT_WINDOW, MAX_COMMIT_WINDOW);
+            let spacing = (started.elapsed() * WRITE_SPACING_FACTOR).min(MAX_WRITE_SPACING);
+            self.next_write_at = Some(started + spacing);
         }
     }
 
@@ -490,7 +493,7 @@ impl Runner {
             orphans: saved.canaries,
             served_routes: BTreeMap::new(),
             next_version: 0,
-            window: MIN_COMMIT_WINDOW,
+            next_write_at: None,
         };
         let thread = std::thread::Builder::new()
             .name("veer-state-writer".into())
@@ -660,8 +663,14 @@ impl Runner {
                     PassPlan::Idle(IdleReason::NotDue { next_at }) => Some(next_at.since(now)),
                     _ => None,
                 };
+                let until_due = async {
+                    match sleep {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    () = async { match sleep { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
+                    () = until_due => {}
                     () = wake.notified() => {}
                     _ = stop.wait_for(|stopped| *stopped) => return,
                 }
@@ -675,6 +684,7 @@ impl Runner {
                     return;
                 }
             };
+            let took = started.elapsed();
             let transition = analysis::advance(&spec, &state, &plan, &observations, self::now());
             let new_state = transition.state.clone();
             match self
@@ -686,18 +696,20 @@ impl Runner {
                 .await
             {
                 Ok(receipt) => {
-                    self.metrics
-                        .observe_pass(&key, started.elapsed(), &observations);
+                    self.metrics.observe_pass(&key, took, &observations);
+                    self.metrics.count_pass(&key, PassOutcome::Committed);
                     tokio::select! {
                         () = self.apply_actions(&spec, &new_state, transition.actions, receipt.generation) => {}
                         _ = stop.wait_for(|stopped| *stopped) => return,
                     }
                 }
                 Err(CommitError::Stale) => {
-                    tracing::debug!(canary = %key, "the state changed during the pass; its results are dropped and it runs again");
+                    self.metrics.count_pass(&key, PassOutcome::Stale);
+                    tracing::info!(canary = %key, "the state changed during the pass (a command or a new spec); its results are dropped and it runs again");
                 }
                 Err(CommitError::Gone | CommitError::Closed) => return,
                 Err(CommitError::Save(error)) => {
+                    self.metrics.count_pass(&key, PassOutcome::NotSaved);
                     tracing::warn!(
                         canary = %key, %error,
                         "the pass's transition is not taken because the state could not be saved; retrying in one interval"
