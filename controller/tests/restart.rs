@@ -147,7 +147,11 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
     let dir = tempfile::tempdir().unwrap();
     let canaries = dir.path().join("canaries");
     std::fs::create_dir(&canaries).unwrap();
-    write_spec(&canaries, "podinfo.yaml", &canary_yaml(&fakes_server.url("/gate")));
+    write_spec(
+        &canaries,
+        "podinfo.yaml",
+        &canary_yaml(&fakes_server.url("/gate")),
+    );
     let state_file = dir.path().join("state.json");
     let args = vec![
         format!("--canaries={}", canaries.display()),
@@ -177,10 +181,14 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
     // Close the gate and wait until two passes have been refused: the weight is still.
     fakes.gate_open.store(false, Ordering::SeqCst);
     let calls_at_close = fakes.gate_calls.load(Ordering::SeqCst);
-    poll_until("two refused gate calls", Duration::from_secs(20), || async {
-        let calls = fakes.gate_calls.load(Ordering::SeqCst) - calls_at_close;
-        (calls >= 2).then_some(()).ok_or(format!("{calls} calls"))
-    })
+    poll_until(
+        "two refused gate calls",
+        Duration::from_secs(20),
+        || async {
+            let calls = fakes.gate_calls.load(Ordering::SeqCst) - calls_at_close;
+            (calls >= 2).then_some(()).ok_or(format!("{calls} calls"))
+        },
+    )
     .await;
     let before = first.canary(KEY).await;
     weights.push(weight(&before));
@@ -257,7 +265,10 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
         max_weight = max_weight.max(weight(&s));
         if let Some(t) = second.table().await {
             let g = t["generation"].as_u64().unwrap();
-            assert!(g >= generation_seen, "generation went back from {generation_seen} to {g}");
+            assert!(
+                g >= generation_seen,
+                "generation went back from {generation_seen} to {g}"
+            );
             generation_seen = g;
         }
         if phase(&s) == "Succeeded" {
@@ -269,7 +280,11 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
     let done = second.canary(KEY).await;
     assert_eq!(weight(&done), 0);
     assert_eq!(done["primaryRevision"], "v2");
-    assert_eq!(max_weight, 50, "the run reached maxWeight: {:?}", weights.seen);
+    assert_eq!(
+        max_weight, 50,
+        "the run reached maxWeight: {:?}",
+        weights.seen
+    );
     let raises_after_restart = weights.increases() - increases_before;
     let queries_after_restart = fakes.queries.load(Ordering::SeqCst) - queries_at_restart;
     assert!(
@@ -287,15 +302,24 @@ async fn a_corrupt_state_file_stops_the_controller_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let canaries = dir.path().join("canaries");
     std::fs::create_dir(&canaries).unwrap();
-    write_spec(&canaries, "podinfo.yaml", &canary_yaml("http://127.0.0.1:9/gate"));
+    write_spec(
+        &canaries,
+        "podinfo.yaml",
+        &canary_yaml("http://127.0.0.1:9/gate"),
+    );
     let cases = [
-        ("truncated", "{\"version\": 1, \"tableGeneration\": 4, \"canaries\": {"),
+        (
+            "truncated",
+            "{\"version\": 1, \"tableGeneration\": 4, \"canaries\": {",
+        ),
         ("empty", ""),
         ("not JSON", "phase: Progressing\n"),
         ("newer format", "{\"version\": 2, \"tableGeneration\": 4}"),
     ];
     for (what, content) in cases {
-        let state_file = dir.path().join(format!("state-{}.json", what.replace(' ', "-")));
+        let state_file = dir
+            .path()
+            .join(format!("state-{}.json", what.replace(' ', "-")));
         std::fs::write(&state_file, content).unwrap();
         let port = support::free_port();
         let output = run_veer(
@@ -308,7 +332,10 @@ async fn a_corrupt_state_file_stops_the_controller_with_its_name() {
             Duration::from_secs(30),
         );
         let stderr = text(&output.stderr);
-        assert!(!output.status.success(), "{what}: exited successfully; {stderr}");
+        assert!(
+            !output.status.success(),
+            "{what}: exited successfully; {stderr}"
+        );
         assert!(
             stderr.contains(&state_file.display().to_string()),
             "{what}: the message must name the state file; stderr:\n{stderr}"
@@ -319,6 +346,10 @@ async fn a_corrupt_state_file_stops_the_controller_with_its_name() {
             .unwrap_or_else(|| panic!("{what}: no `error:` line in:\n{stderr}"));
         assert!(error_line.contains("state file"), "{what}: {error_line}");
         // Never a silent reset: the file is left as it was.
-        assert_eq!(std::fs::read_to_string(&state_file).unwrap(), content, "{what}");
+        assert_eq!(
+            std::fs::read_to_string(&state_file).unwrap(),
+            content,
+            "{what}"
+        );
     }
 }

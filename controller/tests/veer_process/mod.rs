@@ -68,7 +68,11 @@ impl Controller {
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}\nlog:\n{}", self.log_text()));
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 
@@ -93,10 +97,7 @@ impl Controller {
 
     /// POSTs a command; returns the status code and the JSON answer.
     pub async fn post(&self, path: &str, body: Value, token: Option<&str>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .json(&body);
+        let mut request = self.http.post(format!("{}{path}", self.url)).json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

@@ -1,0 +1,407 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The `veer` command line, run as the real binary: `explain`, `validate` and `render` on
+//! files, and `status`, `rollout`, `pause`/`resume`, `promote` and `rollback` against a
+//! running controller (with its bearer token).
+
+mod support;
+mod veer_process;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::poll_until;
+use veer_process::{run_to_exit, run_veer, text, write_spec, Controller, VEER};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn seed() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/seed-canary.yaml")
+}
+
+fn quick_canary(name: &str) -> String {
+    format!(
+        r#"apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: {name}
+  namespace: test
+spec:
+  targetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {name}
+  service:
+    port: 80
+    hosts: [{name}.example.com]
+  analysis:
+    interval: 1s
+    threshold: 2
+    maxWeight: 30
+    stepWeight: 10
+"#
+    )
+}
+
+#[test]
+fn explain_the_seed_prints_the_weight_steps_and_exits_zero() {
+    let seed = seed();
+    let output = run_veer(&["explain", seed.to_str().unwrap()], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("test/podinfo"), "{stdout}");
+    for step in ["0 → 10", "10 → 20", "20 → 30", "30 → 40", "40 → 50"] {
+        assert!(
+            stdout.contains(step),
+            "missing weight step {step:?} in:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("maxWeight 50"), "{stdout}");
+    // The seed's builtin metrics, with their PromQL rendered for the canary.
+    assert!(stdout.contains("istio_requests_total"), "{stdout}");
+    assert!(
+        stdout.contains("destination_workload=~\"podinfo\""),
+        "{stdout}"
+    );
+
+    // Another query set and scrape interval are taken into account.
+    let output = run_veer(
+        &[
+            "explain",
+            seed.to_str().unwrap(),
+            "--metrics-set=veer",
+            "--scrape-interval=30s",
+        ],
+        DEADLINE,
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!stdout.contains("istio_requests_total"), "{stdout}");
+    assert!(stdout.contains("query set veer"), "{stdout}");
+}
+
+#[test]
+fn explain_and_render_fail_clearly_on_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        quick_canary("app").replace("stepWeight: 10", "stepWeight: ten"),
+    )
+    .unwrap();
+    for command in ["explain", "render"] {
+        let output = run_veer(&[command, bad.to_str().unwrap()], DEADLINE);
+        assert!(!output.status.success(), "{command} exited 0");
+        let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        assert!(all.contains("bad.yaml"), "{command}: {all}");
+        assert!(all.contains("spec.analysis.stepWeight"), "{command}: {all}");
+    }
+    let output = run_veer(&["explain", "/nonexistent/canary.yaml"], DEADLINE);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).starts_with("error: "),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn render_the_seed_prints_the_istio_resources() {
+    let seed = seed();
+    let output = run_veer(&["render", seed.to_str().unwrap()], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    for kind in [
+        "kind: Service",
+        "kind: DestinationRule",
+        "kind: VirtualService",
+        "kind: WasmPlugin",
+    ] {
+        assert!(stdout.contains(kind), "missing {kind}:\n{stdout}");
+    }
+    // The same bytes as the library's render with the defaults.
+    let set = veer_controller::spec::load_file(&seed);
+    let expected = veer_controller::render::render(
+        &set.canaries[0],
+        &veer_controller::render::RenderOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(stdout, expected);
+
+    let output = run_veer(
+        &[
+            "render",
+            seed.to_str().unwrap(),
+            "--filter-image=oci://example.org/veer:9.9.9",
+            "--controller=ctl.ops:9000",
+        ],
+        DEADLINE,
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(stdout.contains("oci://example.org/veer:9.9.9"), "{stdout}");
+    assert!(
+        stdout.contains("outbound|9000||ctl.ops.svc.cluster.local"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn validate_reports_the_bad_file_with_its_field_path_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), "good.yaml", &quick_canary("good"));
+    write_spec(
+        dir.path(),
+        "bad.yaml",
+        &quick_canary("bad").replace("maxWeight: 30", "maxWeight: lots"),
+    );
+    let output = run_veer(&["validate", dir.path().to_str().unwrap()], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(!output.status.success(), "validate must fail:\n{stdout}");
+    let error = stdout
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line:\n{stdout}"));
+    assert!(error.contains("bad.yaml"), "{error}");
+    assert!(error.contains("spec.analysis.maxWeight"), "{error}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.starts_with("error: ") && l.contains("good.yaml")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok: test/good"), "{stdout}");
+    assert!(stdout.contains("1 canary valid"), "{stdout}");
+
+    // Only the good file: exit 0. The seed's unused fields are warnings, not errors.
+    std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
+    std::fs::copy(seed(), dir.path().join("seed.yaml")).unwrap();
+    let output = run_veer(&["validate", dir.path().to_str().unwrap()], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("warning: "), "{stdout}");
+    assert!(stdout.contains("spec.autoscalerRef"), "{stdout}");
+    assert!(stdout.contains("2 canaries valid"), "{stdout}");
+
+    let output = run_veer(&["validate", "/nonexistent"], DEADLINE);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("/nonexistent"));
+}
+
+#[test]
+fn kubernetes_mode_says_it_is_not_implemented() {
+    let output = run_veer(&["controller", "--kubernetes"], DEADLINE);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("Kubernetes mode is not implemented yet"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+/// Runs a client command against `controller` with `VEER_TOKEN` set to `token`.
+fn client(controller: &Controller, args: &[&str], token: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(VEER);
+    cmd.args(args)
+        .arg(format!("--server={}", controller.url))
+        .env_remove("VEER_TOKEN")
+        .env_remove("VEER_SERVER");
+    if let Some(token) = token {
+        cmd.env("VEER_TOKEN", token);
+    }
+    let output = run_to_exit(&mut cmd, DEADLINE);
+    (
+        output.status.success(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_rollout_and_gates_against_a_running_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let canaries = dir.path().join("canaries");
+    std::fs::create_dir(&canaries).unwrap();
+    write_spec(&canaries, "app.yaml", &quick_canary("app"));
+    write_spec(&canaries, "web.yaml", &quick_canary("web"));
+    let token = "s3cret-token-for-writes";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let args = vec![
+        format!("--canaries={}", canaries.display()),
+        format!("--state={}", dir.path().join("state.json").display()),
+        format!("--token-file={}", token_file.display()),
+    ];
+    let controller = Controller::start(&args, dir.path().join("controller.log")).await;
+
+    let (ok, stdout, stderr) =
+        tokio::task::block_in_place(|| client(&controller, &["status"], None));
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    for column in [
+        "NAME", "PHASE", "WEIGHT", "FAILED", "ITER", "REVISION", "GATEWAYS",
+    ] {
+        assert!(lines[0].contains(column), "{stdout}");
+    }
+    assert!(
+        lines[1].starts_with("test/app") && lines[1].contains("Initializing"),
+        "{stdout}"
+    );
+    assert!(lines[2].starts_with("test/web"), "{stdout}");
+    assert!(stdout.contains("table generation 1"), "{stdout}");
+
+    // Writes need the token.
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        client(
+            &controller,
+            &["rollout", "test/app", "--revision", "v1"],
+            None,
+        )
+    });
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token));
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        client(
+            &controller,
+            &["rollout", "test/app", "--revision", "v1"],
+            Some("wrong"),
+        )
+    });
+    assert!(!ok, "{stderr}");
+
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| {
+        client(
+            &controller,
+            &["rollout", "test/app", "--revision", "v1"],
+            Some(token),
+        )
+    });
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("test/app: Initialized, weight 0"),
+        "{stdout}"
+    );
+
+    // Pause before the run starts: the revision waits.
+    let (ok, _, stderr) =
+        tokio::task::block_in_place(|| client(&controller, &["pause", "test/app"], Some(token)));
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        client(
+            &controller,
+            &["rollout", "test/app", "--revision", "v2"],
+            Some(token),
+        )
+    });
+    assert!(ok, "{stderr}");
+    let paused = controller.canary("test/app").await;
+    assert_eq!(paused["paused"], true);
+    assert_eq!(
+        paused["phase"], "Initialized",
+        "paused: no pass starts the run: {paused}"
+    );
+    let (ok, stdout, _) = tokio::task::block_in_place(|| client(&controller, &["status"], None));
+    assert!(ok && stdout.contains("(paused)"), "{stdout}");
+
+    let (ok, _, stderr) =
+        tokio::task::block_in_place(|| client(&controller, &["resume", "test/app"], Some(token)));
+    assert!(ok, "{stderr}");
+    poll_until("test/app at weight 10", DEADLINE, || async {
+        let s = controller.canary("test/app").await;
+        (s["weight"].as_u64() >= Some(10))
+            .then_some(())
+            .ok_or(format!("{} at {}", s["phase"], s["weight"]))
+    })
+    .await;
+
+    // Manual promotion from Progressing.
+    let (ok, stdout, stderr) =
+        tokio::task::block_in_place(|| client(&controller, &["promote", "test/app"], Some(token)));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Promoting")
+            || stdout.contains("Finalising")
+            || stdout.contains("Succeeded"),
+        "{stdout}"
+    );
+    poll_until("test/app Succeeded", DEADLINE, || async {
+        let s = controller.canary("test/app").await;
+        (s["phase"] == "Succeeded")
+            .then_some(())
+            .ok_or(format!("{}", s["phase"]))
+    })
+    .await;
+    let done = controller.canary("test/app").await;
+    assert_eq!(done["primaryRevision"], "v2");
+    assert_eq!(done["weight"], 0);
+
+    // A command that does not apply is a clear error, not a silent no-op.
+    let (ok, _, stderr) =
+        tokio::task::block_in_place(|| client(&controller, &["rollback", "test/app"], Some(token)));
+    assert!(!ok);
+    assert!(
+        stderr.contains("409") && stderr.contains("Succeeded"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) =
+        tokio::task::block_in_place(|| client(&controller, &["promote", "test/nope"], Some(token)));
+    assert!(!ok);
+    assert!(stderr.contains("404"), "{stderr}");
+    let (ok, _, stderr) =
+        tokio::task::block_in_place(|| client(&controller, &["promote", "no-slash"], Some(token)));
+    assert!(!ok);
+    assert!(stderr.contains("NAMESPACE/NAME"), "{stderr}");
+
+    // Rollback of a running canary.
+    for revision in ["w1", "w2"] {
+        let (ok, _, stderr) = tokio::task::block_in_place(|| {
+            client(
+                &controller,
+                &["rollout", "test/web", "--revision", revision],
+                Some(token),
+            )
+        });
+        assert!(ok, "{stderr}");
+    }
+    poll_until("test/web Progressing", DEADLINE, || async {
+        let s = controller.canary("test/web").await;
+        (s["phase"] == "Progressing")
+            .then_some(())
+            .ok_or(format!("{}", s["phase"]))
+    })
+    .await;
+    let (ok, stdout, stderr) =
+        tokio::task::block_in_place(|| client(&controller, &["rollback", "test/web"], Some(token)));
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("test/web: Failed, weight 0"), "{stdout}");
+
+    let (ok, stdout, _) =
+        tokio::task::block_in_place(|| client(&controller, &["status", "--json"], None));
+    assert!(ok);
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["canaries"].as_array().unwrap().len(), 2);
+    assert!(
+        !controller.log_text().contains(token),
+        "the token must never be logged"
+    );
+
+    // Nobody listening: a clear error.
+    let mut cmd = Command::new(VEER);
+    cmd.args(["status", "--server=http://127.0.0.1:9"]);
+    let output = run_to_exit(&mut cmd, DEADLINE);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("cannot reach the controller"),
+        "{}",
+        text(&output.stderr)
+    );
+}
