@@ -8,7 +8,7 @@
 //! `/stats/prometheus` shows `veer_requests_total{veer_route="test/podinfo",...}`.
 
 use crate::host::{self, HostResult, MetricType};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use veer_core::{Reason, Variant};
 
 pub const REQUESTS: &str = "veer_requests_total";
@@ -127,7 +127,7 @@ impl RouteStats {
 /// generations rather than defined again on every change.
 #[derive(Debug, Default)]
 pub struct MetricIds {
-    routes: HashMap<String, RouteStats>,
+    routes: BTreeMap<String, RouteStats>,
     generation: Option<u32>,
     age: Option<u32>,
     errors: Option<u32>,
