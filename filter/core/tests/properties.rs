@@ -155,3 +155,34 @@ proptest! {
         let _ = t.find_route(&authority, &path);
     }
 }
+
+/// Patterns of the shapes the matcher answers without the regex engine, plus near misses.
+fn shortcut_pattern() -> impl Strategy<Value = String> {
+    let lit = "[ab;= /-]{1,4}";
+    prop_oneof![
+        lit.prop_map(|l| l.to_string()),
+        (lit, lit).prop_map(|(a, b)| format!("{a}|{b}")),
+        lit.prop_map(|l| format!(".*{l}.*")),
+        lit.prop_map(|l| format!("{l}.*")),
+        lit.prop_map(|l| format!(".*{l}")),
+        lit.prop_map(|l| format!(".*{l}.+")),
+        lit.prop_map(|l| format!("{l}|")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The byte-comparison shortcuts give exactly the anchored regex's answers.
+    #[test]
+    fn regex_shortcuts_agree_with_the_regex_engine(
+        pattern in shortcut_pattern(),
+        value in prop::collection::vec(prop::sample::select(b"ab;= /-\n\xff".to_vec()), 0..10),
+    ) {
+        let m = StringMatch { regex: Some(pattern.clone()), ..StringMatch::default() };
+        let compiled = CompiledMatch::compile(&m, "m").unwrap();
+        let re = regex::Regex::new(&format!(r"\A(?:{pattern})\z")).unwrap();
+        let want = std::str::from_utf8(&value).is_ok_and(|s| re.is_match(s));
+        prop_assert_eq!(compiled.matches(Some(&value)), want, "{:?} on {:?}", pattern, value);
+    }
+}
