@@ -16,3 +16,11 @@ bench:
 	cargo build -p veer-filter -p veer-bench-empty-filter --target wasm32-unknown-unknown --release
 	cargo build --release -p veer-controller --bins
 	python3 bench/run.py
+
+# Soak (RELIABILITY.md): 10 minutes of wrk load through the gateway while the controller moves
+# the weights (a new table about every 100 ms); SOAK_SECONDS=60 for a short run.
+soak:
+	scripts/setup.sh
+	cargo build -p veer-filter --target wasm32-unknown-unknown --release
+	cargo build --release -p veer-controller --bins
+	VEER_CONTROLLER=target/release/veer cargo run --release -p veer-e2e --bin soak
