@@ -39,6 +39,9 @@ pub struct Backend {
     server: HttpServer,
     counters: Arc<Counters>,
     fault: Arc<Mutex<Fault>>,
+    /// What it answers as (`x-backend` and the body): `name` until `set_identity`, which
+    /// plays a Deployment rolling to another version (the primary taking the canary's).
+    identity: Arc<Mutex<String>>,
 }
 
 impl Backend {
@@ -46,17 +49,25 @@ impl Backend {
         let (listener, _) = bind_loopback()?;
         let counters = Arc::new(Counters::default());
         let fault = Arc::new(Mutex::new(Fault::default()));
-        let (h_name, h_counters, h_fault) =
-            (name.to_string(), Arc::clone(&counters), Arc::clone(&fault));
+        let identity = Arc::new(Mutex::new(name.to_string()));
+        let (h_identity, h_counters, h_fault) = (
+            Arc::clone(&identity),
+            Arc::clone(&counters),
+            Arc::clone(&fault),
+        );
         let server = HttpServer::start(
             listener,
-            Arc::new(move |req: &Request| handle(&h_name, &h_counters, &h_fault, req)),
+            Arc::new(move |req: &Request| {
+                let name = h_identity.lock().map(|n| n.clone()).unwrap_or_default();
+                handle(&name, &h_counters, &h_fault, req)
+            }),
         )?;
         Ok(Backend {
             name: name.to_string(),
             server,
             counters,
             fault,
+            identity,
         })
     }
 
@@ -66,6 +77,25 @@ impl Backend {
 
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
+    }
+
+    /// Answers as `identity` from now on (the name it was started with stays `name()`).
+    pub fn set_identity(&self, identity: &str) {
+        if let Ok(mut slot) = self.identity.lock() {
+            *slot = identity.to_string();
+        }
+    }
+
+    /// What it currently answers as.
+    pub fn identity(&self) -> String {
+        self.identity
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn fault(&self) -> Fault {
+        self.fault.lock().map(|f| *f).unwrap_or_default()
     }
 
     pub fn set_fault(&self, fault: Fault) {

@@ -3,11 +3,16 @@
 
 pub mod backend;
 pub mod client;
+pub mod controller;
 pub mod envoy;
 pub mod http_server;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
+pub mod stack;
 pub mod table_stub;
+pub mod users;
+pub mod webhook_receiver;
 
 /// The workspace root (`/work/main` in this checkout).
 pub fn workspace_root() -> std::path::PathBuf {

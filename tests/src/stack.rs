@@ -1,0 +1,233 @@
+//! The whole loop on 127.0.0.1, as the full-loop tests and the demo run it: two backends
+//! (primary and canary), a webhook receiver, the gateway Envoy with the release filter pulling
+//! its table from the controller, Prometheus scraping the gateway, the real `veer controller`
+//! with one Canary, and the recorders of what the controller served and decided. Everything
+//! stops on drop (children are killed), also when a test panics.
+
+use crate::backend::Backend;
+use crate::controller::{Controller, ControllerSpec, StatusLog, TableLog};
+use crate::envoy::{render, Envoy, GatewaySpec};
+use crate::ports::free_port;
+use crate::process::{poll_until, work_dir};
+use crate::prometheus::Prometheus;
+use crate::webhook_receiver::WebhookReceiver;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The gateway template's cluster for the controller.
+pub const CONTROLLER_CLUSTER: &str = "outbound|8080||veer-controller.veer-system.svc.cluster.local";
+
+/// What varies between stacks.
+#[derive(Debug, Clone)]
+pub struct StackSpec {
+    /// Names the work directory under `target/e2e/`.
+    pub name: String,
+    /// The Canary YAML; `${WEBHOOK_URL}` is replaced with the webhook receiver's base URL.
+    pub canary_yaml: String,
+    /// `namespace/name` of the Canary.
+    pub key: String,
+    /// What the two backends answer as at the start.
+    pub primary_identity: String,
+    pub canary_identity: String,
+    pub scrape_interval: Duration,
+    /// Gateway Envoy worker threads.
+    pub concurrency: u32,
+    /// How often the filter polls the controller when a poll fails (it long-polls otherwise).
+    pub poll_ms: u64,
+}
+
+impl StackSpec {
+    pub fn new(name: &str, canary_yaml: &str) -> StackSpec {
+        StackSpec {
+            name: name.to_string(),
+            canary_yaml: canary_yaml.to_string(),
+            key: "test/podinfo".into(),
+            primary_identity: "v1".into(),
+            canary_identity: "v2".into(),
+            scrape_interval: Duration::from_secs(1),
+            concurrency: 2,
+            poll_ms: 200,
+        }
+    }
+}
+
+/// A running loop. Fields drop in order: the recorders first, the backends last.
+pub struct Stack {
+    pub status_log: StatusLog,
+    pub table_log: TableLog,
+    pub controller: Controller,
+    pub prometheus: Prometheus,
+    pub gateway: Envoy,
+    pub webhooks: WebhookReceiver,
+    pub primary: Backend,
+    pub canary: Backend,
+    pub gateway_addr: SocketAddr,
+    pub dir: PathBuf,
+    pub key: String,
+}
+
+impl Stack {
+    /// Starts every part and waits until each is ready and the controller has loaded the
+    /// Canary.
+    pub fn start(spec: &StackSpec) -> Result<Stack, String> {
+        // Missing tools fail before anything starts, each with its install command.
+        crate::envoy::envoy_binary()?;
+        crate::envoy::filter_wasm()?;
+        crate::prometheus::prometheus_binary()?;
+        crate::controller::controller_binary()?;
+
+        let dir = work_dir(&spec.name)?;
+        let primary = Backend::start(&spec.primary_identity)?;
+        let canary = Backend::start(&spec.canary_identity)?;
+        let webhooks = WebhookReceiver::start()?;
+        // The gateway's bootstrap names the controller's port, so it is picked first; a
+        // restarted controller binds it again.
+        let controller_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+
+        let plugin_config = serde_json::json!({
+            "decisionHeader": true,
+            "controller": {
+                "cluster": CONTROLLER_CLUSTER,
+                "pollMs": spec.poll_ms,
+                "timeoutMs": 10000
+            }
+        });
+        let mut gateway_spec = GatewaySpec::new(&plugin_config, primary.addr(), canary.addr());
+        gateway_spec.controller = Some(controller_addr);
+        gateway_spec.node_id = format!("{}-gateway", spec.name);
+        gateway_spec.concurrency = spec.concurrency;
+        // Envoy merges histograms into what /stats/prometheus shows only at each stats
+        // flush (5s by default); with a 1s scrape the P99 would lag by up to 5s.
+        let bootstrap = format!(
+            "{}\nstats_flush_interval: {}s\n",
+            gateway_spec.bootstrap()?,
+            spec.scrape_interval.as_secs().max(1)
+        );
+        let gateway_dir = dir.join("gateway");
+        std::fs::create_dir_all(&gateway_dir).map_err(|e| e.to_string())?;
+        let gateway = Envoy::start(
+            &gateway_dir,
+            &bootstrap,
+            gateway_spec.concurrency,
+            &gateway_spec.env,
+        )?;
+        let gateway_addr = gateway.gateway_addr()?;
+
+        let prometheus = Prometheus::start(
+            &dir,
+            gateway.admin_addr(),
+            controller_addr,
+            spec.scrape_interval,
+        )?;
+        prometheus.wait_for_gateway_scrape(Duration::from_secs(20))?;
+
+        let canaries_dir = dir.join("canaries");
+        std::fs::create_dir_all(&canaries_dir).map_err(|e| e.to_string())?;
+        let yaml = render(&spec.canary_yaml, &[("WEBHOOK_URL", webhooks.base_url())])?;
+        std::fs::write(canaries_dir.join("canary.yaml"), yaml).map_err(|e| e.to_string())?;
+        let controller = Controller::start(
+            &dir,
+            ControllerSpec {
+                canaries_dir,
+                state_file: dir.join("state.json"),
+                prometheus_url: prometheus.url(),
+                listen: controller_addr,
+                metrics_set: "veer".into(),
+            },
+        )?;
+        controller.wait_for_canary(&spec.key)?;
+        let table_log = TableLog::start(controller_addr, &spec.key)?;
+        let status_log = StatusLog::start(controller_addr, &spec.key)?;
+        Ok(Stack {
+            status_log,
+            table_log,
+            controller,
+            prometheus,
+            gateway,
+            webhooks,
+            primary,
+            canary,
+            gateway_addr,
+            dir,
+            key: spec.key.clone(),
+        })
+    }
+
+    /// The canary's status now.
+    pub fn status(&self) -> Result<serde_json::Value, String> {
+        self.controller.canary(&self.key)
+    }
+
+    /// Gives the canary its first revision, which becomes the primary without analysis
+    /// (phase Initialized), and waits until the gateway applied that table.
+    pub fn initialize(&self, revision: &str) -> Result<(), String> {
+        self.controller.rollout(&self.key, revision)?;
+        let rev = revision.to_string();
+        self.controller.wait_status(
+            &self.key,
+            &format!("{} to be Initialized on {revision}", self.key),
+            Duration::from_secs(20),
+            |s| s["phase"] == "Initialized" && s["primaryRevision"] == rev.as_str(),
+        )?;
+        self.wait_gateway_applied(Duration::from_secs(10))
+    }
+
+    /// Waits until the gateway reports (through its polls) the generation of the canary's
+    /// current route.
+    pub fn wait_gateway_applied(&self, timeout: Duration) -> Result<(), String> {
+        poll_until(
+            "the gateway to apply the canary's current table",
+            timeout,
+            Duration::from_millis(50),
+            || {
+                let s = self.status()?;
+                let gateways = s["gateways"].as_array().cloned().unwrap_or_default();
+                if !gateways.is_empty() && gateways.iter().all(|g| g["applied"] == true) {
+                    Ok(())
+                } else {
+                    Err(format!("gateways: {}", s["gateways"]))
+                }
+            },
+        )
+    }
+
+    /// Waits for the run to end (phase Succeeded or Failed), returning the final status.
+    pub fn wait_run_end(&self, timeout: Duration) -> Result<serde_json::Value, String> {
+        let end = self.controller.wait_status(
+            &self.key,
+            &format!("the run of {} to end", self.key),
+            timeout,
+            |s| s["phase"] == "Succeeded" || s["phase"] == "Failed",
+        )?;
+        let phase = end["phase"].as_str().unwrap_or("");
+        self.status_log
+            .wait_for_phase(phase, Duration::from_secs(5))?;
+        Ok(end)
+    }
+
+    /// Waits until Prometheus has seen traffic through the gateway on the primary (two
+    /// scrapes with requests in them), so the first analysis of a run has a baseline and
+    /// a scrape history to work with.
+    pub fn wait_for_primary_traffic(&self, timeout: Duration) -> Result<(), String> {
+        let route = veer_core::stat_route_token(&self.key);
+        let query = format!(
+            r#"sum(rate(veer_responses_total{{veer_route="{route}", veer_variant="primary"}}[10s]))"#
+        );
+        poll_until(
+            "Prometheus to see traffic on the primary",
+            timeout,
+            Duration::from_millis(200),
+            || match self.prometheus.query(&query)? {
+                Some(v) if v > 0.0 => Ok(()),
+                other => Err(format!("{query} = {other:?}")),
+            },
+        )
+    }
+
+    /// The filter's `veer_errors_total` in the gateway.
+    pub fn filter_errors(&self) -> Result<f64, String> {
+        let text = self.gateway.prometheus()?;
+        Ok(crate::envoy::prometheus_value(&text, "veer_errors_total", &[]).unwrap_or(0.0))
+    }
+}
