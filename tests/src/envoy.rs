@@ -36,15 +36,47 @@ pub fn filter_wasm() -> Result<PathBuf, String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     let path = target.join("wasm32-unknown-unknown/release/veer_filter.wasm");
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "the filter is not built: {} is missing. Build it with: \
-             cargo build -p veer-filter --target wasm32-unknown-unknown --release",
+    let build = "cargo build -p veer-filter --target wasm32-unknown-unknown --release";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .map_err(|_| {
+            format!(
+                "the filter is not built: {} is missing. Build it with: {build}",
+                path.display()
+            )
+        })?;
+    // Testing an old build would test old code: refuse a .wasm older than its sources.
+    let root = workspace_root();
+    let newer = [
+        "filter/wasm/src",
+        "filter/core/src",
+        "filter/wasm/Cargo.toml",
+        "filter/core/Cargo.toml",
+    ]
+    .iter()
+    .filter_map(|p| newest_mtime(&root.join(p)))
+    .max()
+    .filter(|newest| *newest > built);
+    if newer.is_some() {
+        return Err(format!(
+            "the filter build is older than its sources ({}). Rebuild it with: {build}",
             path.display()
-        ))
+        ));
     }
+    Ok(path)
+}
+
+/// The newest modification time of a file, or of any file under a directory.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// The gateway bootstrap template.
