@@ -7,7 +7,8 @@
 //! - `GET /__backend/stats` returns `{"name":..,"requests":..,"mirrored":..}`.
 //!
 //! Every other request is answered 200 with body `<name>` and headers `x-backend: <name>`,
-//! `x-seen-route`/`x-seen-mirror` (the request's `x-veer-route`/`x-veer-mirror`, or `-`).
+//! `x-seen-route`/`x-seen-mirror` (every value of the request's `x-veer-route`/`x-veer-mirror`
+//! joined by `,`, or `-`: a duplicate a filter failed to remove shows up).
 //! `?setcookie=1` makes it add its own `set-cookie: backend=<name>`, to check that the filter's
 //! cookie is added next to the upstream's and not over it.
 
@@ -88,10 +89,7 @@ impl Backend {
 
     /// What it currently answers as.
     pub fn identity(&self) -> String {
-        self.identity
-            .lock()
-            .map(|n| n.clone())
-            .unwrap_or_default()
+        self.identity.lock().map(|n| n.clone()).unwrap_or_default()
     }
 
     pub fn fault(&self) -> Fault {
@@ -159,10 +157,15 @@ fn handle(name: &str, counters: &Counters, fault: &Mutex<Fault>, req: &Request) 
     let status = if failing { f.status } else { 200 };
     let mut reply = Reply::text(status, name.to_string())
         .with_header("x-backend", name)
-        .with_header("x-seen-route", req.header("x-veer-route").unwrap_or("-"))
-        .with_header("x-seen-mirror", req.header("x-veer-mirror").unwrap_or("-"));
+        .with_header("x-seen-route", seen(req, "x-veer-route"))
+        .with_header("x-seen-mirror", seen(req, "x-veer-mirror"));
     if req.query("setcookie").is_some() {
         reply = reply.with_header("set-cookie", format!("backend={name}; Path=/"));
     }
     reply
+}
+
+/// All values of a request header as received, or `-`.
+fn seen(req: &Request, name: &str) -> String {
+    req.header_values(name).unwrap_or_else(|| "-".to_string())
 }

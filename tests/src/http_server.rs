@@ -27,6 +27,17 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of `name`, joined with `,` (as a proxy would fold them); `None` if absent.
+    pub fn header_values(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
+
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }

@@ -292,7 +292,13 @@ fn static_table_routes_splits_and_counts_in_envoy() {
     assert_eq!(prometheus_value(&prom, "veer_errors_total", &[]), Some(0.0));
 
     // --- spoofed route/mirror headers never pick the canary ---
-    let spoof = [("x-veer-route", "canary"), ("x-veer-mirror", "1")];
+    // Duplicates too: every copy must go, not just the first.
+    let spoof = [
+        ("x-veer-route", "canary"),
+        ("x-veer-mirror", "1"),
+        ("x-veer-route", "canary"),
+        ("x-veer-mirror", "1"),
+    ];
     for _ in 0..500 {
         let r = client.get("zero.example.com", "/", &spoof).unwrap();
         assert_eq!(variant(&r), "primary", "spoofed header at weight 0");
