@@ -23,6 +23,8 @@ const MAC_LEN: usize = 16;
 /// Unpadded base64 length of 16 bytes.
 const B64_16_LEN: usize = 22;
 const MAC_DOMAIN: &[u8] = b"veer-affinity-v1\0";
+const _: () =
+    assert!(crate::keys::SIGNED_VALUE_LEN == VERSION_PREFIX.len() + B64_16_LEN + 1 + B64_16_LEN);
 
 /// The cookie value carrying `seed` for `route`, signed with the first key when `keys` is
 /// given.
@@ -39,7 +41,8 @@ pub fn encode_cookie_value(route: &str, seed: &Seed, keys: Option<&SigningKeys>)
 }
 
 /// The seed in `value` if it is a well-formed cookie for `route` and, with `keys`, carries
-/// a MAC by one of them. `None` for anything else; never panics.
+/// a MAC by one of them. `None` for anything else; never panics. Values these keys verified
+/// before are recognised from memory without recomputing the MAC (see `keys`).
 pub fn verify_cookie_value(route: &str, value: &[u8], keys: Option<&SigningKeys>) -> Option<Seed> {
     let rest = value.strip_prefix(VERSION_PREFIX)?;
     let (seed_b64, mac_b64) = match rest.iter().position(|&b| b == b'.') {
@@ -53,10 +56,15 @@ pub fn verify_cookie_value(route: &str, value: &[u8], keys: Option<&SigningKeys>
         (None, Some(m)) => decode_16(m).map(|_| seed),
         (Some(_), None) => None,
         (Some(keys), Some(m)) => {
+            if let Some(known) = keys.recall(route, value) {
+                return Some(known);
+            }
             let tag: [u8; MAC_LEN] = decode_16(m)?;
-            keys.verifiers()
-                .any(|k| verify(k, route, &seed, &tag))
-                .then_some(seed)
+            let valid = keys.verifiers().any(|k| verify(k, route, &seed, &tag));
+            if valid {
+                keys.remember(route, value, seed);
+            }
+            valid.then_some(seed)
         }
     }
 }
@@ -102,21 +110,33 @@ fn verify(k: &HmacSha256, route: &str, seed: &Seed, tag: &[u8; MAC_LEN]) -> bool
 /// Every value of cookie `name` in a `Cookie` header, in order. Tolerant of what browsers
 /// and clients really send: missing spaces, stray `;`, pairs without `=`, values in double
 /// quotes (stripped), non-UTF-8 bytes. Lazy: it stops scanning when the caller stops.
+/// A `name` that is not a cookie name (contains `=`, `;` or is empty) finds nothing.
 pub fn find_cookie<'a>(
     cookie_header: &'a [u8],
     name: &'a str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     let name = name.as_bytes();
-    cookie_header.split(|&b| b == b';').filter_map(move |pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        if trim_ows(&pair[..eq]) != name {
-            return None;
+    let usable = !name.is_empty() && !name.iter().any(|&b| b == b'=' || b == b';');
+    let mut rest: &[u8] = if usable { cookie_header } else { &[] };
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+            let pair = &rest[..end];
+            rest = rest.get(end + 1..).unwrap_or_default();
+            // Cheap rejection first: most pairs are other cookies.
+            let Some(after_name) = trim_ows(pair).strip_prefix(name) else {
+                continue;
+            };
+            let Some(value) = trim_ows(after_name).strip_prefix(b"=") else {
+                continue;
+            };
+            let v = trim_ows(value);
+            return Some(match v {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => v,
+            });
         }
-        let v = trim_ows(&pair[eq + 1..]);
-        Some(match v {
-            [b'"', inner @ .., b'"'] => inner,
-            _ => v,
-        })
+        None
     })
 }
 

@@ -15,15 +15,15 @@ pub trait RequestView {
     fn method(&self) -> &[u8];
 }
 
-/// Headers as (name, value) byte pairs, in arrival order; pseudo-headers included.
+/// Headers as (name, value) byte pairs, in arrival order; pseudo-headers included. Names
+/// are lowercased once on construction (Envoy's already are), so lookups compare bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OwnedRequest {
     headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl OwnedRequest {
-    /// Takes the pairs as given; names are compared case-insensitively on lookup, so they
-    /// need not be lowercased (Envoy's are).
+    /// Takes the pairs, lowercasing the names in place (no copy).
     pub fn from_pairs<N, V, I>(pairs: I) -> Self
     where
         N: Into<Vec<u8>>,
@@ -33,7 +33,11 @@ impl OwnedRequest {
         OwnedRequest {
             headers: pairs
                 .into_iter()
-                .map(|(n, v)| (n.into(), v.into()))
+                .map(|(n, v)| {
+                    let mut n: Vec<u8> = n.into();
+                    n.make_ascii_lowercase();
+                    (n, v.into())
+                })
                 .collect(),
         }
     }
@@ -49,7 +53,9 @@ impl OwnedRequest {
 
     /// Appends a header (builder style, for tests and the edge).
     pub fn with_header(mut self, name: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        let mut name: Vec<u8> = name.into();
+        name.make_ascii_lowercase();
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -67,7 +73,7 @@ impl RequestView for OwnedRequest {
         let want = lowercase_name.as_bytes();
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(want))
+            .find(|(n, _)| n.as_slice() == want)
             .map(|(_, v)| v.as_slice())
     }
     fn authority(&self) -> &[u8] {

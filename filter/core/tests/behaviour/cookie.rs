@@ -91,6 +91,41 @@ fn signed_round_trip_and_tampering() {
 }
 
 #[test]
+fn remembered_verifications_stay_exact() {
+    // More distinct cookies than the key set remembers, each checked twice, interleaved
+    // with forgeries that share the memory slots' neighbourhood.
+    let k = keys(&[KEY_A]);
+    let other = keys(&[KEY_B]);
+    for i in 0..1000u32 {
+        let mut seed = SEED;
+        seed[..4].copy_from_slice(&i.to_le_bytes());
+        let v = encode_cookie_value(ROUTE, &seed, Some(&k));
+        let forged = encode_cookie_value(ROUTE, &seed, Some(&other));
+        for _ in 0..2 {
+            assert_eq!(
+                verify_cookie_value(ROUTE, v.as_bytes(), Some(&k)),
+                Some(seed)
+            );
+            assert_eq!(
+                verify_cookie_value(ROUTE, forged.as_bytes(), Some(&k)),
+                None
+            );
+            // Same length as ROUTE: only the name itself tells the two apart.
+            assert_eq!(
+                verify_cookie_value("test/podinfp", v.as_bytes(), Some(&k)),
+                None
+            );
+        }
+        // A clone shares keys and memory; a fresh set with other keys shares neither.
+        assert_eq!(
+            verify_cookie_value(ROUTE, v.as_bytes(), Some(&k.clone())),
+            Some(seed)
+        );
+        assert_eq!(verify_cookie_value(ROUTE, v.as_bytes(), Some(&other)), None);
+    }
+}
+
+#[test]
 fn key_rotation_keeps_old_cookies_valid() {
     let old = keys(&[KEY_A]);
     let v = encode_cookie_value(ROUTE, &SEED, Some(&old));
