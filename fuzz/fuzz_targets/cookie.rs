@@ -1,8 +1,10 @@
 //! Fuzz target `cookie`: a client-chosen `Cookie` header, looked up and verified with and
 //! without signing keys, plus the round trip of cookies the filter mints itself.
 //!
-//! Properties: nothing panics; with one key, the only value accepted for a seed is the one
-//! the filter would mint (no second encoding of the same seat); a value accepted with keys is
+//! Properties: nothing panics; verdicts with a key agree with an independent MAC check and
+//! do not change when repeated (veer-core answers repeats from a memory of verified values);
+//! with one key, the only value accepted for a seed is the one the filter would mint (no
+//! second encoding of the same seat); a value accepted with keys is
 //! also accepted, for the same seed, after signing is turned off; minted cookies verify to
 //! their seed, survive key rotation, and are refused for another route or by another key;
 //! a minted cookie spliced into arbitrary header bytes is still found.
@@ -11,7 +13,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use veer_core::{encode_cookie_value, find_cookie, verify_cookie_value, SigningKeys};
-use veer_fuzz::{keys, KEY_A, KEY_B};
+use veer_fuzz::{genuine_seed, key_a_bytes, keys, KEY_A, KEY_B};
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {
@@ -77,6 +79,12 @@ fuzz_target!(|input: Input| {
         verify_cookie_value(input.route, unsigned.as_bytes(), Some(&one)),
         None
     );
+    // Asked again, from memory this time (the same key set remembers what it verified).
+    assert_eq!(
+        verify_cookie_value(input.route, signed.as_bytes(), Some(&one)),
+        Some(seed)
+    );
+    // The memory is per route: a value remembered for one route is not valid for another.
     if input.other_route != input.route {
         assert_eq!(
             verify_cookie_value(input.other_route, signed.as_bytes(), Some(&one)),
@@ -108,7 +116,20 @@ fuzz_target!(|input: Input| {
 
 fn check_client_value(route: &str, v: &[u8], one: &SigningKeys, rotated: &SigningKeys) {
     let unsigned_ok = verify_cookie_value(route, v, None);
-    if let Some(seed) = verify_cookie_value(route, v, Some(one)) {
+    let verdict = verify_cookie_value(route, v, Some(one));
+    // The second call may be answered from the key set's memory: same verdict, and the
+    // same as an independent MAC check.
+    assert_eq!(
+        verify_cookie_value(route, v, Some(one)),
+        verdict,
+        "memory changed {v:?}"
+    );
+    assert_eq!(
+        verdict,
+        genuine_seed(&key_a_bytes(), route, v),
+        "MAC verdict on {v:?}"
+    );
+    if let Some(seed) = verdict {
         let minted = encode_cookie_value(route, &seed, Some(one));
         assert_eq!(
             v,
