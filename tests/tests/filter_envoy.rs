@@ -876,3 +876,99 @@ fn bad_plugin_configs_are_rejected_with_the_field_named() {
         h.join().unwrap();
     }
 }
+
+/// Two veer plugins in one Envoy share one `vm_id` (as Istio runs every WasmPlugin of a proxy),
+/// each with its own controller. Shared-data keys are prefixed by plugin name, so each plugin
+/// applies its own controller's table and each has exactly one poller.
+#[test]
+fn two_plugins_sharing_a_vm_keep_their_tables_apart() {
+    require_tools();
+    let (primary, canary) = backends();
+    let table = |generation: u64, weight: u32| {
+        serde_json::json!({ "generation": generation, "routes": [
+            { "name": "test/podinfo", "hosts": ["*"], "weight": weight }
+        ] })
+    };
+    let stub_a = TableStub::start(&table(10, 0)).unwrap();
+    let stub_b = TableStub::start(&table(20, 10000)).unwrap();
+    let config = |cluster: &str| {
+        serde_json::json!({
+            "decisionHeader": true,
+            "controller": { "cluster": cluster, "pollMs": 200, "timeoutMs": 5000 },
+            "table": table(1, 5000),
+        })
+    };
+    let cluster_b = "outbound|8080||veer-controller-b.veer-system.svc.cluster.local";
+    let mut spec = GatewaySpec::new(&config(CONTROLLER_CLUSTER), primary.addr(), canary.addr());
+    spec.controller = Some(stub_a.addr());
+    let mut bootstrap: serde_json::Value =
+        serde_norway::from_str(&spec.bootstrap().unwrap()).unwrap();
+
+    // Second listener "gateway-b": the same filter, plugin name "veer-b", same vm_id.
+    let resources = &mut bootstrap["static_resources"];
+    let mut listener_b = resources["listeners"][0].clone();
+    listener_b["name"] = "gateway-b".into();
+    let wasm = &mut listener_b["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+        ["typed_config"]["config"];
+    assert_eq!(wasm["vm_config"]["vm_id"], "veer");
+    wasm["name"] = "veer-b".into();
+    wasm["configuration"]["value"] = config(cluster_b).to_string().into();
+    resources["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(listener_b);
+    let clusters = resources["clusters"].as_array_mut().unwrap();
+    let mut controller_b = clusters
+        .iter()
+        .find(|c| c["name"] == CONTROLLER_CLUSTER)
+        .unwrap()
+        .clone();
+    controller_b["name"] = cluster_b.into();
+    controller_b["load_assignment"]["cluster_name"] = cluster_b.into();
+    controller_b["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"] = stub_b.addr().port().into();
+    clusters.push(controller_b);
+
+    let dir = work_dir("filter-two-plugins").unwrap();
+    let envoy = Envoy::start(&dir, &bootstrap.to_string(), 2, &[]).unwrap();
+    let (gw_a, gw_b) = (
+        envoy.listener_addr("gateway").unwrap(),
+        envoy.listener_addr("gateway-b").unwrap(),
+    );
+    for (addr, generation, want) in [(gw_a, 10, "primary"), (gw_b, 20, "canary")] {
+        let mut clients: Vec<HttpClient> = (0..8).map(|_| HttpClient::new(addr)).collect();
+        poll_until(
+            &format!("generation {generation} on {addr}"),
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                for c in &mut clients {
+                    let g = generation_seen(c)?;
+                    if g != generation {
+                        return Err(format!("saw {g}"));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        for c in &mut clients {
+            for _ in 0..20 {
+                let r = c.get("app.example.com", "/", &[]).unwrap();
+                assert_eq!((variant(&r), decision(&r).unwrap().3), (want, generation));
+            }
+        }
+    }
+    for (name, stub) in [("a", &stub_a), ("b", &stub_b)] {
+        assert!(
+            !stub.polls().is_empty(),
+            "plugin {name} never polled its controller"
+        );
+        assert_eq!(
+            stub.max_concurrent_polls(),
+            1,
+            "plugin {name} had more than one poller"
+        );
+    }
+    assert_no_crash(&envoy);
+}
