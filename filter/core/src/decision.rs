@@ -62,7 +62,8 @@ pub struct Decision {
     pub mirror: bool,
     /// The full `Set-Cookie` header value to add to the response.
     pub set_cookie: Option<String>,
-    /// The sticky bucket, when one was computed (not for overrides or unmatched requests).
+    /// The sticky bucket, when one was computed: not for overrides, unmatched requests, or
+    /// routes at weight 0 without mirroring (where it could not change anything).
     pub bucket: Option<Bucket>,
 }
 
@@ -96,6 +97,11 @@ pub fn decide(
         return Decision::fixed(Variant::Primary, Reason::Unmatched);
     }
     let r = route.route();
+    if r.weight == 0 && r.mirror_weight == 0 {
+        // Nobody can be on the canary or mirrored, and no cookie is issued: the common
+        // state between runs costs no hashing and no MAC.
+        return Decision::fixed(Variant::Primary, Reason::Weight);
+    }
     let cookie_seed = match (&r.session_affinity, req.header("cookie")) {
         (Some(aff), Some(header)) => find_cookie(header, &aff.cookie_name)
             .take(MAX_COOKIE_CANDIDATES)

@@ -273,8 +273,12 @@ fn check_route(route: &Route, at: &str) -> Result<(), ConfigError> {
             "must not be empty",
         ));
     }
-    if has_ctl(name) {
-        return Err(err("name", "must not contain control characters".into()));
+    // The name travels in the decision header (`;`-separated) and in stat tags.
+    if name
+        .bytes()
+        .any(|b| !(b' '..=b'~').contains(&b) || b == b';')
+    {
+        return Err(err("name", "must be printable ASCII without ';'".into()));
     }
     if route.hosts.is_empty() {
         return Err(err("hosts", "must list at least one host".into()));

@@ -100,6 +100,27 @@ fn weight_zero_is_primary_for_everyone_without_cookies() {
 }
 
 #[test]
+fn an_idle_route_costs_nothing_but_overrides_still_work() {
+    let t = one_route(&format!(
+        r#""weight": 0, {AFFINITY}, "stickyKey": {{"header": "x-user"}},
+        "overrides": [{{"match": {{"headers": {{"x-canary": {{"exact": "always"}}}}}}, "variant": "canary"}}]"#
+    ));
+    let d = run(&t, &req().with_header("x-user", "alice"), 1);
+    assert_eq!(
+        d,
+        Decision {
+            variant: Variant::Primary,
+            reason: Reason::Weight,
+            mirror: false,
+            set_cookie: None,
+            bucket: None
+        }
+    );
+    let d = run(&t, &req().with_header("x-canary", "always"), 1);
+    assert_eq!((d.variant, d.reason), (Variant::Canary, Reason::Override));
+}
+
+#[test]
 fn weight_10000_is_canary_for_everyone() {
     let t = one_route(r#""weight": 10000"#);
     for e in 0..1000 {
