@@ -54,10 +54,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Spacing of state file writes: a write starts no sooner than [`WRITE_SPACING_FACTOR`]
 /// times the previous write's duration after the previous one started (capped at
 /// [`MAX_WRITE_SPACING`]), and transitions arriving meanwhile share the next write. So
-/// writing takes at most about 1/20 of a core however many canaries there are, while a
+/// writing takes at most about 1/40 of a core however many canaries there are, while a
 /// lone transition (the usual case) is written at once.
-const MAX_WRITE_SPACING: Duration = Duration::from_millis(250);
-const WRITE_SPACING_FACTOR: u32 = 20;
+const MAX_WRITE_SPACING: Duration = Duration::from_millis(500);
+const WRITE_SPACING_FACTOR: u32 = 40;
 
 // ---------------------------------------------------------------------------------------
 // The state file
@@ -648,6 +648,19 @@ impl Runner {
 
     async fn canary_task(self: Arc<Self>, key: String) {
         let mut stop = self.shutdown.subscribe();
+        // Canaries restored together are all due at once, and would stay in lockstep (a
+        // pass is due one interval after the last), hitting Prometheus in one burst per
+        // interval. A fixed per-canary offset within one interval spreads them for good.
+        if let Some((spec, state, _, wake)) = self.snapshot(&key) {
+            let due = matches!(analysis::plan(&spec, &state, now()), PassPlan::Run { .. });
+            if due && !state.pass_requested {
+                tokio::select! {
+                    () = tokio::time::sleep(spread(&key, spec.interval())) => {}
+                    () = wake.notified() => wake.notify_one(),
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                }
+            }
+        }
         loop {
             if *stop.borrow() {
                 return;
@@ -1168,6 +1181,17 @@ fn identity(spec: &CanarySpec, state: &CanaryState, phase: Phase) -> CanaryIdent
             .or_else(|| state.primary_revision.clone())
             .unwrap_or_default(),
     }
+}
+
+/// A stable offset in `0..interval` for `key`.
+fn spread(key: &str, interval: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    let millis = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(hasher.finish() % millis)
 }
 
 fn now() -> Timestamp {
