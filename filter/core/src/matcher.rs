@@ -166,9 +166,9 @@ fn compile_whole_value_regex(pattern: &str, path: &str) -> Result<Regex, ConfigE
     }
     // The user's pattern is compiled alone first so that a syntax error describes their
     // text, not the anchoring wrapper around it.
-    let anchored = Regex::new(pattern)
+    let anchored = bounded_regex(pattern)
         // The group keeps alternations inside the anchors: `a|b` must not become `\Aa|b\z`.
-        .and_then(|_| Regex::new(&format!(r"\A(?:{pattern})\z")));
+        .and_then(|_| bounded_regex(&format!(r"\A(?:{pattern})\z")));
     anchored.map_err(|e| {
         ConfigError::new(
             None,
@@ -190,6 +190,16 @@ fn has_unicode_class(pattern: &str) -> bool {
         }
     }
     false
+}
+
+/// Every worker VM holds every regex of the table, so their memory is bounded well below
+/// the crate's defaults (10 MiB program, 2 MiB lazy-DFA cache): real A/B patterns need a
+/// few KiB, and an oversized one is a config error rather than a gateway's memory.
+fn bounded_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 18)
+        .build()
 }
 
 /// The regex crate's syntax errors are a multi-line caret diagram ending in

@@ -140,6 +140,8 @@ fn more_rules() {
          r#"route "test/podinfo": table.routes[0].pathPrefix: "api" must start with '/' (no query string)"#),
         (Box::new(|v| route0(v)["match"][0]["headers"]["x-user-group"] = json!({"exact": "a", "prefix": "b"})),
          r#"route "test/podinfo": table.routes[0].match[0].headers.x-user-group: needs exactly one of exact, prefix, suffix, regex, present; got exact, prefix"#),
+        (Box::new(|v| route0(v)["match"][0]["headers"]["x-user-group"] = json!({"regex": "(a{1000}){1000}"})),
+         r#"route "test/podinfo": table.routes[0].match[0].headers.x-user-group.regex: invalid regex: Compiled regex exceeds size limit of 1048576 bytes."#),
         (Box::new(|v| route0(v)["match"][0]["headers"]["x-user-group"] = json!({})),
          r#"route "test/podinfo": table.routes[0].match[0].headers.x-user-group: needs exactly one of exact, prefix, suffix, regex, present; got none"#),
         (Box::new(|v| route0(v)["match"][0]["headers"] = json!({"bad header": {"present": true}})),
