@@ -1,0 +1,827 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Faults around the real `veer controller` binary:
+//!
+//! - `kill -9` at every phase of one run (Progressing at 10, 20 and 30, WaitingPromotion,
+//!   Promoting, Finalising, Succeeded): each restart resumes from the state file, the weight
+//!   only ever rises with an approved, passing analysis, and the promotion happens once;
+//! - the state directory turns read-only, then the disk is full (a file-size limit on the
+//!   running process): transitions are not taken, the failure is logged and counted and
+//!   retried, commands answer 503, and what the API shows never runs ahead of the file;
+//! - a real Prometheus stops mid-run: the checks fail with the transport error, and the run
+//!   rolls back after `threshold` failed checks, without a crash.
+//!
+//! restart.rs covers one SIGKILL in Progressing and corrupt state files; analysis.rs proves
+//! the same invariants over every saved state of the pure state machine.
+
+mod support;
+mod veer_process;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::Json as JsonBody;
+use axum::http::StatusCode;
+use axum::routing::{any, post};
+use serde_json::{json, Value};
+use support::{free_port, poll_until, TestServer};
+use veer_process::{write_spec, Controller, VEER};
+
+const KEY: &str = "test/podinfo";
+
+/// The fake Prometheus and the webhooks. `traffic_budget` is how many weight increases the
+/// confirm-traffic-increase gate still approves (-1: all); each approval uses one.
+#[derive(Default)]
+struct Fakes {
+    queries: AtomicUsize,
+    traffic_budget: AtomicI64,
+    traffic_approved: AtomicUsize,
+    traffic_calls: AtomicUsize,
+    promotion_open: AtomicBool,
+    promotion_calls: AtomicUsize,
+    post_rollout: Mutex<Vec<String>>,
+}
+
+async fn start_fakes() -> (TestServer, Arc<Fakes>) {
+    let fakes = Arc::new(Fakes::default());
+    let (q, t, p, r) = (fakes.clone(), fakes.clone(), fakes.clone(), fakes.clone());
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/query",
+            any(move || {
+                let q = q.clone();
+                async move {
+                    q.queries.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(json!({
+                        "status": "success",
+                        "data": {"resultType": "vector", "result": [
+                            {"metric": {}, "value": [1_700_000_000.0, "99.9"]}
+                        ]}
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/gate/traffic",
+            post(move || {
+                let t = t.clone();
+                async move {
+                    t.traffic_calls.fetch_add(1, Ordering::SeqCst);
+                    let approved = t
+                        .traffic_budget
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
+                            -1 => Some(-1),
+                            0 => None,
+                            b => Some(b - 1),
+                        })
+                        .is_ok();
+                    if approved {
+                        t.traffic_approved.fetch_add(1, Ordering::SeqCst);
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                }
+            }),
+        )
+        .route(
+            "/gate/promotion",
+            post(move || {
+                let p = p.clone();
+                async move {
+                    p.promotion_calls.fetch_add(1, Ordering::SeqCst);
+                    if p.promotion_open.load(Ordering::SeqCst) {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                }
+            }),
+        )
+        .route(
+            "/hook/post",
+            post(move |JsonBody(body): JsonBody<Value>| {
+                let r = r.clone();
+                async move {
+                    r.post_rollout
+                        .lock()
+                        .unwrap()
+                        .push(body["phase"].as_str().unwrap_or("").to_string());
+                    StatusCode::OK
+                }
+            }),
+        );
+    (TestServer::start(app).await, fakes)
+}
+
+fn canary_yaml(fakes: &TestServer, promotion_step: bool) -> String {
+    let promotion = if promotion_step {
+        "    stepWeightPromotion: 10\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: podinfo
+  namespace: test
+spec:
+  targetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: podinfo
+  service:
+    port: 9898
+    hosts: [app.example.com]
+  analysis:
+    interval: 1s
+    threshold: 3
+    maxWeight: 30
+    stepWeight: 10
+{promotion}    metrics:
+      - name: request-success-rate
+        interval: 1m
+        thresholdRange:
+          min: 99
+    webhooks:
+      - name: traffic-gate
+        type: confirm-traffic-increase
+        url: {traffic}
+      - name: promotion-gate
+        type: confirm-promotion
+        url: {promotion_url}
+      - name: notify
+        type: post-rollout
+        url: {post}
+"#,
+        traffic = fakes.url("/gate/traffic"),
+        promotion_url = fakes.url("/gate/promotion"),
+        post = fakes.url("/hook/post"),
+    )
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    state_file: PathBuf,
+}
+
+fn setup(fakes: &TestServer, promotion_step: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let canaries = dir.path().join("canaries");
+    std::fs::create_dir(&canaries).unwrap();
+    write_spec(
+        &canaries,
+        "podinfo.yaml",
+        &canary_yaml(fakes, promotion_step),
+    );
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    let state_file = state_dir.join("state.json");
+    let args = vec![
+        format!("--canaries={}", canaries.display()),
+        format!("--state={}", state_file.display()),
+        format!("--prometheus={}", fakes.url("")),
+        "--metrics-set=veer".to_string(),
+    ];
+    Setup {
+        dir,
+        args,
+        state_file,
+    }
+}
+
+fn persisted(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn persisted_canary(path: &Path) -> (String, u64) {
+    let file = persisted(path);
+    let c = &file["canaries"][KEY];
+    (
+        c["phase"].as_str().unwrap().to_string(),
+        c["weight"].as_u64().unwrap(),
+    )
+}
+
+fn phase_weight(s: &Value) -> (String, u64) {
+    (
+        s["phase"].as_str().unwrap().to_string(),
+        s["weight"].as_u64().unwrap(),
+    )
+}
+
+async fn wait_for(
+    c: &Controller,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = c.canary(KEY).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {timeout:?}; status: {s}\nlog:\n{}",
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Weights seen across every restart, to check the only rises are approved ones.
+#[derive(Default)]
+struct Seen {
+    weights: Vec<u64>,
+}
+
+impl Seen {
+    fn push(&mut self, w: u64) {
+        if self.weights.last() != Some(&w) {
+            self.weights.push(w);
+        }
+    }
+
+    fn rises(&self) -> usize {
+        self.weights.windows(2).filter(|p| p[1] > p[0]).count()
+    }
+}
+
+/// SIGKILLs the controller and starts it again from the same state file; returns the new
+/// process and what the file said at the moment of the kill.
+async fn kill_and_restart(
+    c: Controller,
+    s: &Setup,
+    n: usize,
+    generation_before: u64,
+) -> (Controller, (String, u64)) {
+    drop(c); // ChildGuard: SIGKILL + reap
+    let at_kill = persisted_canary(&s.state_file);
+    let c = Controller::start(&s.args, s.dir.path().join(format!("run-{n}.log"))).await;
+    let table = c.table().await.expect("a table is served after restart");
+    assert!(
+        table["generation"].as_u64().unwrap() > generation_before,
+        "restart {n}: generation {} not above {generation_before}",
+        table["generation"]
+    );
+    (c, at_kill)
+}
+
+async fn generation(c: &Controller) -> u64 {
+    c.table().await.unwrap()["generation"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_phase_resumes_and_promotes_once() {
+    let (server, fakes) = start_fakes().await;
+    let s = setup(&server, true);
+    let mut c = Controller::start(&s.args, s.dir.path().join("run-0.log")).await;
+    c.revision(KEY, "v1").await;
+    c.revision(KEY, "v2").await;
+    let mut seen = Seen::default();
+    seen.push(0);
+    let mut restarts = 0;
+
+    // Progressing at 10, 20 and 30: one approval each, then a refused gate call proves a pass
+    // ran (and was saved) at that weight.
+    for target in [10u64, 20, 30] {
+        let calls = fakes.traffic_calls.load(Ordering::SeqCst);
+        fakes.traffic_budget.store(1, Ordering::SeqCst);
+        let st = wait_for(
+            &c,
+            &format!("weight {target}"),
+            Duration::from_secs(20),
+            |st| st["weight"] == target,
+        )
+        .await;
+        seen.push(target);
+        assert_eq!(st["phase"], "Progressing", "{st}");
+        if target < 30 {
+            poll_until("a refused gate call", Duration::from_secs(10), || async {
+                (fakes.traffic_calls.load(Ordering::SeqCst) > calls + 1)
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_string())
+            })
+            .await;
+        }
+        let g = generation(&c).await;
+        restarts += 1;
+        let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+        c = c2;
+        let after = c.canary(KEY).await;
+        assert_eq!(
+            phase_weight(&after),
+            at_kill,
+            "restart {restarts} (Progressing at {target}) resumes from the file"
+        );
+        if target < 30 {
+            assert_eq!(at_kill, ("Progressing".to_string(), target));
+        }
+        seen.push(after["weight"].as_u64().unwrap());
+    }
+
+    // At maxWeight one more analysis, then the closed promotion gate: WaitingPromotion.
+    let st = wait_for(&c, "WaitingPromotion", Duration::from_secs(20), |st| {
+        st["phase"] == "WaitingPromotion"
+    })
+    .await;
+    assert_eq!(st["weight"], 30);
+    let g = generation(&c).await;
+    restarts += 1;
+    let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+    c = c2;
+    assert_eq!(at_kill, ("WaitingPromotion".to_string(), 30));
+    let after = c.canary(KEY).await;
+    assert_eq!(phase_weight(&after), at_kill);
+    assert_eq!(after["primaryRevision"], "v1", "not promoted yet");
+    assert!(fakes.post_rollout.lock().unwrap().is_empty());
+
+    // Promoting (30 -> 20 -> 10 -> 0 with stepWeightPromotion 10): killed on sight.
+    fakes.promotion_open.store(true, Ordering::SeqCst);
+    let st = wait_for(&c, "Promoting", Duration::from_secs(20), |st| {
+        st["phase"] == "Promoting"
+    })
+    .await;
+    seen.push(st["weight"].as_u64().unwrap());
+    let g = generation(&c).await;
+    restarts += 1;
+    let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+    c = c2;
+    assert_eq!(at_kill.0, "Promoting");
+    let after = c.canary(KEY).await;
+    let (phase, weight) = phase_weight(&after);
+    assert!(
+        ["Promoting", "Finalising"].contains(&phase.as_str()) && weight <= at_kill.1,
+        "after a kill in Promoting at {}: {phase} at {weight}",
+        at_kill.1
+    );
+    assert_eq!(after["primaryRevision"], "v2");
+
+    // Finalising: one interval; killed on sight.
+    let st = wait_for(&c, "Finalising", Duration::from_secs(20), |st| {
+        st["phase"] == "Finalising"
+    })
+    .await;
+    assert_eq!(st["weight"], 0);
+    let g = generation(&c).await;
+    restarts += 1;
+    let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+    c = c2;
+    assert_eq!(at_kill, ("Finalising".to_string(), 0));
+    let after = c.canary(KEY).await;
+    assert!(
+        ["Finalising", "Succeeded"].contains(&after["phase"].as_str().unwrap()),
+        "{after}"
+    );
+    assert_eq!(after["weight"], 0);
+
+    // Succeeded, then one more kill: nothing repeats.
+    wait_for(&c, "Succeeded", Duration::from_secs(20), |st| {
+        st["phase"] == "Succeeded"
+    })
+    .await;
+    poll_until("the post-rollout hook", Duration::from_secs(10), || async {
+        (!fakes.post_rollout.lock().unwrap().is_empty())
+            .then_some(())
+            .ok_or_else(|| "not called".to_string())
+    })
+    .await;
+    let promotion_calls = fakes.promotion_calls.load(Ordering::SeqCst);
+    let queries = fakes.queries.load(Ordering::SeqCst);
+    let g = generation(&c).await;
+    restarts += 1;
+    let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+    c = c2;
+    assert_eq!(at_kill, ("Succeeded".to_string(), 0));
+    // An observation window of three intervals: a repeated promotion would show in it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let done = c.canary(KEY).await;
+    assert_eq!(phase_weight(&done), ("Succeeded".to_string(), 0));
+    assert_eq!(done["primaryRevision"], "v2");
+    assert_eq!(
+        *fakes.post_rollout.lock().unwrap(),
+        vec!["Succeeded".to_string()],
+        "post-rollout ran exactly once for the run, across {restarts} kills"
+    );
+    assert_eq!(
+        fakes.promotion_calls.load(Ordering::SeqCst),
+        promotion_calls,
+        "no confirm-promotion after Succeeded"
+    );
+    assert_eq!(
+        fakes.queries.load(Ordering::SeqCst),
+        queries,
+        "no analysis after Succeeded"
+    );
+    // Every rise of the weight was approved by the gate after a passing analysis.
+    let approved = fakes.traffic_approved.load(Ordering::SeqCst);
+    assert_eq!(seen.rises(), 3, "weights seen: {:?}", seen.weights);
+    assert_eq!(approved, 3, "one approval per step");
+    assert!(
+        queries >= approved,
+        "{queries} queries for {approved} rises"
+    );
+    c.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------
+// State directory read-only, disk full
+
+/// A controller started through `sh` with SIGXFSZ ignored (so a file-size limit makes writes
+/// fail with EFBIG instead of killing it), its output read through a pipe (a pipe is not
+/// subject to the file-size limit, so its log survives the "full disk").
+struct PipedController {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<Vec<u8>>>,
+    http: reqwest::Client,
+}
+
+impl PipedController {
+    async fn start(args: &[String]) -> PipedController {
+        let port = free_port();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"trap '' XFSZ; exec "$0" "$@""#)
+            .arg(VEER)
+            .arg("controller")
+            .args(args)
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .env("RUST_LOG", "veer_controller=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let c = PipedController {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        poll_until("controller /healthz", Duration::from_secs(30), || async {
+            c.http
+                .get(format!("{}/healthz", c.url))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        c
+    }
+
+    fn log_text(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
+    }
+
+    async fn canary(&self) -> Value {
+        self.http
+            .get(format!("{}/v1/canaries/{KEY}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, action: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/v1/canaries/{KEY}/{action}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn not_saved_passes(&self) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("veer_analysis_passes_total{") && l.contains("outcome=\"not_saved\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PipedController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The fault is on while the guard lives.
+trait StateFault {
+    fn name(&self) -> &'static str;
+    fn expected_error(&self) -> &'static str;
+}
+
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Immutable {
+        let out = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("chattr is missing ({e}): apt-get install -y e2fsprogs"));
+        assert!(
+            out.status.success(),
+            "chattr +i {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl StateFault for Immutable {
+    fn name(&self) -> &'static str {
+        "read-only state directory"
+    }
+    fn expected_error(&self) -> &'static str {
+        "Operation not permitted"
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// RLIMIT_FSIZE on the running controller: writing the state file past 256 bytes fails
+/// with EFBIG, as a full disk fails with ENOSPC. Only the soft limit is lowered, so it can be
+/// raised again without CAP_SYS_RESOURCE.
+struct FileSizeLimit(u32);
+
+impl FileSizeLimit {
+    fn set(pid: u32) -> FileSizeLimit {
+        let out = Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), "--fsize=256:unlimited"])
+            .output()
+            .unwrap_or_else(|e| panic!("prlimit is missing ({e}): apt-get install -y util-linux"));
+        assert!(
+            out.status.success(),
+            "prlimit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        FileSizeLimit(pid)
+    }
+}
+
+impl StateFault for FileSizeLimit {
+    fn name(&self) -> &'static str {
+        "full disk (file-size limit)"
+    }
+    fn expected_error(&self) -> &'static str {
+        "File too large"
+    }
+}
+
+impl Drop for FileSizeLimit {
+    fn drop(&mut self) {
+        let _ = Command::new("prlimit")
+            .args(["--pid", &self.0.to_string(), "--fsize=unlimited:unlimited"])
+            .status();
+    }
+}
+
+async fn state_write_failure_holds_the_transition(full_disk: bool) {
+    let (server, fakes) = start_fakes().await;
+    fakes.traffic_budget.store(-1, Ordering::SeqCst);
+    let s = setup(&server, false);
+    let c = PipedController::start(&s.args).await;
+    c.post("revision", json!({"revision": "v1"})).await;
+    c.post("revision", json!({"revision": "v2"})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.canary().await["weight"] != 10 {
+        assert!(Instant::now() < deadline, "weight 10 not reached");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let file_before = std::fs::read(&s.state_file).unwrap();
+    let not_saved_before = c.not_saved_passes().await;
+    let log_len = c.log_text().len();
+
+    let state_dir = s.state_file.parent().unwrap().to_path_buf();
+    let fault: Box<dyn StateFault> = if full_disk {
+        Box::new(FileSizeLimit::set(c.pid()))
+    } else {
+        Box::new(Immutable::set(&state_dir))
+    };
+    let name = fault.name();
+    // Passes keep running and keep failing to save: each is counted and retried.
+    poll_until(
+        &format!("{name}: two passes not saved"),
+        Duration::from_secs(15),
+        || async {
+            let n = c.not_saved_passes().await - not_saved_before;
+            // What the API shows never runs ahead of the file.
+            let st = c.canary().await;
+            assert_eq!(
+                (
+                    st["phase"].as_str().unwrap(),
+                    st["weight"].as_u64().unwrap()
+                ),
+                ("Progressing", 10),
+                "{name}: the in-memory state ran ahead of the file: {st}"
+            );
+            (n >= 2.0).then_some(()).ok_or(format!("{n} not saved"))
+        },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(&s.state_file).unwrap(),
+        file_before,
+        "{name}: the state file is untouched"
+    );
+    let log = c.log_text()[log_len..].to_string();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot save the state"))
+        .unwrap_or_else(|| panic!("{name}: no error logged:\n{log}"));
+    assert!(
+        line.contains(&s.state_file.display().to_string()) && line.contains(fault.expected_error()),
+        "{name}: the error names the file and the cause: {line}"
+    );
+    assert!(
+        log.contains("retrying in one interval"),
+        "{name}: the retry is logged:\n{log}"
+    );
+    // A command cannot be applied either, and says so.
+    let (status, answer) = c.post("rollback", json!({})).await;
+    assert_eq!(status, 503, "{name}: {answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be saved"),
+        "{answer}"
+    );
+    assert_eq!(c.canary().await["phase"], "Progressing");
+    assert_eq!(std::fs::read(&s.state_file).unwrap(), file_before);
+
+    // The fault clears: the retried transition is taken and saved.
+    drop(fault);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = c.canary().await;
+        if st["weight"].as_u64().unwrap() >= 20 {
+            let (phase, weight) = persisted_canary(&s.state_file);
+            assert!(
+                weight >= 20 && phase == "Progressing" || phase == "WaitingPromotion",
+                "{name}: file says {phase} at {weight}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no progress after the fault cleared: {st}\n{}",
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_state_directory_holds_transitions_until_writable() {
+    state_write_failure_holds_the_transition(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_holds_transitions_until_space_returns() {
+    state_write_failure_holds_the_transition(true).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Prometheus stops mid-run
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_stopping_mid_run_fails_checks_then_rolls_back() {
+    let prometheus = support::Prometheus::start(&[]).await;
+    let prometheus_addr = prometheus.url.trim_start_matches("http://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let canaries = dir.path().join("canaries");
+    std::fs::create_dir(&canaries).unwrap();
+    write_spec(
+        &canaries,
+        "podinfo.yaml",
+        r#"apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: podinfo
+  namespace: test
+spec:
+  targetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: podinfo
+  service:
+    port: 9898
+  analysis:
+    interval: 1s
+    threshold: 2
+    maxWeight: 50
+    stepWeight: 10
+    metrics:
+      - name: availability
+        query: vector(99.5)
+        thresholdRange:
+          min: 99
+"#,
+    );
+    let args = vec![
+        format!("--canaries={}", canaries.display()),
+        format!("--state={}", dir.path().join("state.json").display()),
+        format!("--prometheus={}", prometheus.url),
+    ];
+    let mut c = Controller::start(&args, dir.path().join("controller.log")).await;
+    c.revision(KEY, "v1").await;
+    c.revision(KEY, "v2").await;
+    let st = wait_for(
+        &c,
+        "weight 20 on real Prometheus answers",
+        Duration::from_secs(20),
+        |st| st["weight"].as_u64().unwrap() >= 20,
+    )
+    .await;
+    assert_eq!(st["failedChecks"], 0, "{st}");
+    let weight_at_stop = st["weight"].as_u64().unwrap();
+
+    drop(prometheus); // SIGKILL
+    let st = wait_for(&c, "a failed check", Duration::from_secs(20), |st| {
+        st["failedChecks"].as_u64().unwrap() >= 1
+    })
+    .await;
+    let message = st["lastChecks"].to_string();
+    assert!(
+        message.contains("metric availability") && message.contains(&prometheus_addr),
+        "the failed check names the metric and the Prometheus: {st}"
+    );
+    assert!(
+        st["weight"].as_u64().unwrap() <= weight_at_stop + 10,
+        "at most the pass in flight raised the weight: {st}"
+    );
+    let failed = wait_for(
+        &c,
+        "rollback after 2 failed checks",
+        Duration::from_secs(20),
+        |st| st["phase"] == "Failed",
+    )
+    .await;
+    assert_eq!(failed["weight"], 0, "{failed}");
+    assert_eq!(failed["failedChecks"], 0, "reset by the rollback: {failed}");
+    assert_eq!(failed["primaryRevision"], "v1");
+    assert_eq!(failed["failedRevision"], "v2");
+    let log = c.log_text();
+    assert!(
+        log.contains("metric availability") || log.contains("Failed"),
+        "the rollback is logged:\n{log}"
+    );
+    // No crash, and the API still answers.
+    c.assert_running();
+    let table = c.table().await.unwrap();
+    assert_eq!(table["routes"][0]["weight"], 0);
+}
