@@ -384,6 +384,31 @@ async fn status_rollout_and_gates_against_a_running_controller() {
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("test/web: Failed, weight 0"), "{stdout}");
 
+    // A gateway that confirms the current generation has applied every canary's weight;
+    // one behind has not applied the latest change.
+    let http = reqwest::Client::new();
+    let current = controller.table().await.unwrap()["generation"]
+        .as_u64()
+        .unwrap();
+    for (gateway, generation) in [("gw-a", current), ("gw-b", current - 1)] {
+        let response = http
+            .get(format!(
+                "{}/v1/table?after={generation}&waitMs=0",
+                controller.url
+            ))
+            .header(veer_core::GATEWAY_ID_HEADER, gateway)
+            .header(veer_core::GATEWAY_GENERATION_HEADER, generation.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(response.status().as_u16(), 200 | 304));
+    }
+    let (ok, stdout, _) = tokio::task::block_in_place(|| client(&controller, &["status"], None));
+    assert!(ok);
+    let web = stdout.lines().find(|l| l.starts_with("test/web")).unwrap();
+    assert!(web.contains("1/2 applied"), "{stdout}");
+    assert!(stdout.contains("2 gateways polling"), "{stdout}");
+
     let (ok, stdout, _) =
         tokio::task::block_in_place(|| client(&controller, &["status", "--json"], None));
     assert!(ok);

@@ -353,3 +353,118 @@ async fn a_corrupt_state_file_stops_the_controller_with_its_name() {
         );
     }
 }
+
+fn plain_canary(name: &str) -> String {
+    format!(
+        r#"apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: {name}
+  namespace: test
+spec:
+  targetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {name}
+  service:
+    port: 80
+    hosts: [{name}.example.com]
+  analysis:
+    interval: 1s
+    maxWeight: 100
+    stepWeight: 5
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rescans_and_sigterm_stops_with_a_consistent_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let canaries = dir.path().join("canaries");
+    std::fs::create_dir(&canaries).unwrap();
+    write_spec(&canaries, "app.yaml", &plain_canary("app"));
+    let state_file = dir.path().join("state.json");
+    let args = vec![
+        format!("--canaries={}", canaries.display()),
+        format!("--state={}", state_file.display()),
+        // Only SIGHUP re-reads the directory in this test.
+        "--rescan-interval=1h".to_string(),
+    ];
+    let mut controller = Controller::start(&args, dir.path().join("first.log")).await;
+    controller.revision("test/app", "v1").await;
+    controller.revision("test/app", "v2").await;
+    poll_until("weight 10", Duration::from_secs(30), || async {
+        let s = controller.canary("test/app").await;
+        (weight(&s) >= 10)
+            .then_some(())
+            .ok_or(format!("{} at {}", phase(&s), weight(&s)))
+    })
+    .await;
+
+    write_spec(&canaries, "web.yaml", &plain_canary("web"));
+    controller.signal("HUP");
+    poll_until(
+        "test/web loaded after SIGHUP",
+        Duration::from_secs(30),
+        || async {
+            let table = controller.table().await.unwrap();
+            let names: Vec<String> = table["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_string())
+                .collect();
+            (names == ["test/app", "test/web"])
+                .then_some(())
+                .ok_or(format!("{names:?}"))
+        },
+    )
+    .await;
+    assert_eq!(phase(&controller.canary("test/web").await), "Initializing");
+
+    // Paused, so the weight after the restart is a fixed value, not a race with a pass.
+    let (code, paused) = controller
+        .post("/v1/canaries/test/app/pause", json!({}), None)
+        .await;
+    assert_eq!(code, 200, "{paused}");
+    let generation_seen = controller.table().await.unwrap()["generation"]
+        .as_u64()
+        .unwrap();
+    controller.signal("TERM");
+    let status = tokio::task::block_in_place(|| controller.wait_exit(Duration::from_secs(20)));
+    assert!(
+        status.success(),
+        "exit {status}; log:\n{}",
+        controller.log_text()
+    );
+    assert!(
+        controller.log_text().contains("SIGTERM"),
+        "{}",
+        controller.log_text()
+    );
+    let saved = read_state(&state_file);
+    assert!(saved["tableGeneration"].as_u64().unwrap() >= generation_seen);
+    let saved_weight = saved["canaries"]["test/app"]["weight"].as_u64().unwrap();
+    assert!(saved_weight >= 10, "{saved}");
+    assert!(saved["canaries"].get("test/web").is_some(), "{saved}");
+    // No temp file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    drop(controller);
+
+    let again = Controller::start(&args, dir.path().join("second.log")).await;
+    let table = again.table().await.unwrap();
+    assert!(table["generation"].as_u64().unwrap() > saved["tableGeneration"].as_u64().unwrap());
+    assert_eq!(
+        table["routes"][0]["weight"].as_u64().unwrap(),
+        saved_weight * 100,
+        "{table}"
+    );
+    let app = again.canary("test/app").await;
+    assert_eq!(app["paused"], true);
+    assert_eq!(weight(&app), saved_weight);
+}

@@ -4,18 +4,19 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{free_port, poll_until, ChildGuard};
+use crate::support::{free_port, poll_until};
 
 pub const VEER: &str = env!("CARGO_BIN_EXE_veer");
 
-/// A running `veer controller`.
+/// A running `veer controller`, killed with SIGKILL on drop.
 pub struct Controller {
-    process: ChildGuard,
+    process: Process,
+    pid: u32,
     pub url: String,
     http: reqwest::Client,
 }
@@ -30,7 +31,8 @@ impl Controller {
             .args(args)
             .arg(format!("--listen=127.0.0.1:{port}"))
             .env("RUST_LOG", "veer_controller=debug,info");
-        let mut process = ChildGuard::spawn("veer controller", cmd, log);
+        let mut process = Process::spawn(cmd, log);
+        let pid = process.child.id();
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -50,7 +52,38 @@ impl Controller {
             }
         })
         .await;
-        Controller { process, url, http }
+        Controller {
+            process,
+            pid,
+            url,
+            http,
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP") with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.pid);
+    }
+
+    /// Waits for the process to exit by itself; panics at the deadline.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.process.try_wait() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "veer controller did not exit within {deadline:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -116,6 +149,49 @@ impl Controller {
             .await;
         assert_eq!(status, 200, "revision {revision}: {answer}");
         answer
+    }
+}
+
+/// The controller's child process, with its output in a log file; killed (SIGKILL) and
+/// reaped on drop, even when the test panics.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Process {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Process { child, log }
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.try_wait() {
+            panic!(
+                "veer controller exited ({status}); log:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
