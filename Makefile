@@ -10,6 +10,21 @@ test:
 wasm:
 	cargo build -p veer-filter --target wasm32-unknown-unknown --release
 
+# The demo: a canary rollout of v2 through the real gateway, Prometheus and controller, shown
+# live, with a report in out/ (tests/src/demo.rs). demo-faulty: v2 breaks part-way and is rolled
+# back. Both exit non-zero if the rollout did not end as it should. DEMO_ARGS="--users 500" etc.
+demo:
+	scripts/setup.sh
+	cargo build -p veer-filter --target wasm32-unknown-unknown --release
+	cargo build -p veer-controller --bins
+	cargo run -q -p veer-e2e --bin demo -- $(DEMO_ARGS)
+
+demo-faulty:
+	scripts/setup.sh
+	cargo build -p veer-filter --target wasm32-unknown-unknown --release
+	cargo build -p veer-controller --bins
+	cargo run -q -p veer-e2e --bin demo -- --faulty $(DEMO_ARGS)
+
 # Benchmarks (BENCHMARKS.md): about 12 minutes on 2 cores; not part of `make test`.
 bench:
 	scripts/setup.sh

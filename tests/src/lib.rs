@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod client;
 pub mod controller;
+pub mod demo;
 pub mod envoy;
 pub mod http_server;
 pub mod ports;

@@ -176,7 +176,7 @@ impl Prometheus {
             timeout,
             Duration::from_millis(200),
             || match self.query(r#"up{job="veer-gateway"}"#)? {
-                Some(v) if v == 1.0 => Ok(()),
+                Some(1.0) => Ok(()),
                 other => Err(format!("up = {other:?}")),
             },
         )

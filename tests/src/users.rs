@@ -80,7 +80,9 @@ impl UserLoadSpec {
     }
 
     pub fn is_tagged(&self, user: usize) -> bool {
-        self.tagged.as_ref().is_some_and(|t| user % t.every == 0)
+        self.tagged
+            .as_ref()
+            .is_some_and(|t| user.is_multiple_of(t.every))
     }
 }
 

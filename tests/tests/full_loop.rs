@@ -347,3 +347,452 @@ fn healthy_canary_is_promoted_with_flagger_webhooks_and_sticky_users() {
         load.sent()
     );
 }
+
+/// The failedChecks value right before the run turned Failed, and the highest seen.
+fn failed_checks_before_failure(stack: &Stack, since: Instant) -> (u64, u64) {
+    let changes: Vec<_> = stack
+        .status_log
+        .changes()
+        .into_iter()
+        .filter(|c| c.at >= since)
+        .collect();
+    let failed_at = changes
+        .iter()
+        .position(|c| c.phase == "Failed")
+        .expect("a Failed change");
+    let before = changes[..failed_at]
+        .iter()
+        .rev()
+        .find(|c| c.phase == "Progressing")
+        .expect("Progressing before Failed");
+    (before.failed_checks, max_failed_checks(stack, since))
+}
+
+/// The last check results of the status right before the run failed.
+fn checks_before_failure(stack: &Stack, since: Instant) -> Vec<serde_json::Value> {
+    let changes: Vec<_> = stack
+        .status_log
+        .changes()
+        .into_iter()
+        .filter(|c| c.at >= since)
+        .collect();
+    let failed_at = changes
+        .iter()
+        .position(|c| c.phase == "Failed")
+        .expect("a Failed change");
+    changes[..failed_at]
+        .iter()
+        .rev()
+        .find(|c| c.phase == "Progressing")
+        .map(|c| {
+            c.status["lastChecks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+fn check<'a>(checks: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    checks
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {checks:?}"))
+}
+
+fn assert_rolled_back(stack: &Stack, load: &UserLoad, started: Instant) -> serde_json::Value {
+    let end = stack.wait_run_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end["phase"], "Failed", "{}", summary(&end));
+    assert_eq!(end["weight"], 0);
+    assert_eq!(end["failedChecks"], 0, "a rollback resets failedChecks");
+    assert_eq!(end["primaryRevision"], "v1");
+    assert_eq!(end["failedRevision"], "v2");
+    let phases = stack.status_log.phases_since(started);
+    let from = phases
+        .iter()
+        .position(|p| p == "Progressing")
+        .expect("Progressing");
+    assert_eq!(
+        &phases[from..],
+        ["Progressing", "Failed"],
+        "all phases: {phases:?}"
+    );
+    // Exactly `threshold` failed checks: the pass after the third failure rolls back.
+    let (at_failure, max) = failed_checks_before_failure(stack, started);
+    assert_eq!(
+        (at_failure, max),
+        (3, 3),
+        "failed checks before the rollback"
+    );
+    // A failing analysis never raises the weight: it stayed at the first step.
+    assert_eq!(weights_of(stack, "v2"), [0, 1000, 0]);
+    // post-rollout hooks run with phase Failed.
+    let notify = stack.webhooks.calls_to("notify");
+    assert_eq!(notify.len(), 1, "{notify:?}");
+    assert_eq!(notify[0].phase(), "Failed", "{}", notify[0].raw);
+    // Every user, sticky ones included, is back on the primary; nobody flipped back before.
+    assert_no_flip_backs(stack, load);
+    assert_everyone_on_primary(stack, load);
+    end
+}
+
+#[test]
+fn canary_returning_5xx_is_rolled_back_after_threshold_failed_checks() {
+    let _serial = one_at_a_time();
+    let yaml = canary_yaml(CANARY_ANALYSIS, &[("notify", "post-rollout", false)]);
+    let stack = Stack::start(&StackSpec::new("full-loop-5xx", &yaml)).unwrap();
+    stack.initialize("v1").unwrap();
+    let load = users(&stack, 200, 100.0);
+    stack.canary.set_fault(Fault {
+        status: 500,
+        percent: 30,
+        delay_ms: 0,
+    });
+
+    let started = Instant::now();
+    stack.controller.rollout(KEY, "v2").unwrap();
+    assert_rolled_back(&stack, &load, started);
+    let checks = checks_before_failure(&stack, started);
+    let rate = check(&checks, "request-success-rate");
+    assert_eq!(rate["passed"], false, "{checks:?}");
+    let value = rate["value"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no value: {rate}"));
+    // 30% of the canary's answers are 500 (in runs of 30 per 100 requests, so a short
+    // window may hold more or fewer of them): well below the 99% minimum either way.
+    assert!(value > 0.0 && value < 95.0, "success rate {value}");
+    // The 5xx came from the canary only; the primary answered every request.
+    let primary_errors = load
+        .observations()
+        .into_iter()
+        .flatten()
+        .filter(|o| o.variant == Variant::Primary && o.status != 200)
+        .count();
+    assert_eq!(primary_errors, 0);
+}
+
+#[test]
+fn canary_with_latency_regression_is_rolled_back_on_request_duration() {
+    let _serial = one_at_a_time();
+    let yaml = canary_yaml(CANARY_ANALYSIS, &[("notify", "post-rollout", false)]);
+    let stack = Stack::start(&StackSpec::new("full-loop-latency", &yaml)).unwrap();
+    stack.initialize("v1").unwrap();
+    let load = users(&stack, 200, 100.0);
+    // P99 threshold is 250 ms; every canary answer takes 400 ms.
+    stack.canary.set_fault(Fault {
+        status: 0,
+        percent: 0,
+        delay_ms: 400,
+    });
+
+    let started = Instant::now();
+    stack.controller.rollout(KEY, "v2").unwrap();
+    assert_rolled_back(&stack, &load, started);
+    let checks = checks_before_failure(&stack, started);
+    let rate = check(&checks, "request-success-rate");
+    assert_eq!(rate["passed"], true, "the success rate is fine: {checks:?}");
+    let duration = check(&checks, "request-duration");
+    assert_eq!(duration["passed"], false, "{checks:?}");
+    let p99 = duration["value"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no value: {duration}"));
+    assert!(p99 > 250.0, "P99 {p99} ms");
+    assert_all_answered(&load);
+}
+
+#[test]
+fn ab_run_sends_only_matching_requests_to_canary_then_promotes_after_iterations() {
+    let _serial = one_at_a_time();
+    let analysis = "    interval: 2s
+    threshold: 3
+    iterations: 4
+    match:
+      - headers:
+          x-user-group:
+            exact: beta
+    metrics:
+      - name: request-success-rate
+        interval: 10s
+        thresholdRange:
+          min: 99
+      - name: request-duration
+        interval: 10s
+        thresholdRange:
+          max: 250
+";
+    let yaml = canary_yaml(analysis, &[("notify", "post-rollout", false)]);
+    let stack = Stack::start(&StackSpec::new("full-loop-ab", &yaml)).unwrap();
+    stack.initialize("v1").unwrap();
+    let mut spec = UserLoadSpec::new(200, 100.0);
+    // Every 4th user is a beta tester.
+    spec.tagged = Some(TaggedUsers {
+        every: 4,
+        header: ("x-user-group".into(), "beta".into()),
+    });
+    let load = UserLoad::start(stack.gateway_addr, spec.clone()).unwrap();
+    stack
+        .wait_for_primary_traffic(Duration::from_secs(20))
+        .unwrap();
+
+    let started = Instant::now();
+    stack.controller.rollout(KEY, "v2").unwrap();
+    let end = stack.wait_run_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end["phase"], "Succeeded", "{}", summary(&end));
+    assert_eq!(end["primaryRevision"], "v2");
+
+    // The A/B table: weight 100% for matching requests, then back to 0 on promotion.
+    assert_eq!(weights_of(&stack, "v2"), [0, 10_000, 0]);
+    let tables = stack.table_log.tables();
+    assert!(tables
+        .iter()
+        .filter_map(|t| t.route.as_ref())
+        .filter(|r| r.revision == "v2")
+        .all(|r| r.has_match));
+    // Promotion after `iterations` passing analyses.
+    let iterations: Vec<u64> = {
+        let mut seen = Vec::new();
+        for c in stack
+            .status_log
+            .changes()
+            .iter()
+            .filter(|c| c.at >= started && c.phase == "Progressing")
+        {
+            if seen.last() != Some(&c.iterations) {
+                seen.push(c.iterations);
+            }
+        }
+        seen
+    };
+    assert_eq!(iterations, [0, 1, 2, 3, 4], "iterations while Progressing");
+    let phases = stack.status_log.phases_since(started);
+    let from = phases
+        .iter()
+        .position(|p| p == "Progressing")
+        .expect("Progressing");
+    assert_eq!(
+        &phases[from..],
+        ["Progressing", "Promoting", "Finalising", "Succeeded"]
+    );
+
+    // While the A/B table was in force: every beta request on the canary, nobody else.
+    let mut seen = (0usize, 0usize);
+    for (u, log) in load.observations().iter().enumerate() {
+        for o in log {
+            let Some(route) = o.generation.and_then(|g| route_at(&tables, g)) else {
+                continue;
+            };
+            if route.revision != "v2" || route.weight != 10_000 {
+                continue;
+            }
+            if spec.is_tagged(u) {
+                assert_eq!(o.variant, Variant::Canary, "beta user {u}: {o:?}");
+                assert_eq!(o.backend, "v2");
+                seen.0 += 1;
+            } else {
+                assert_eq!(o.variant, Variant::Primary, "user {u}: {o:?}");
+                assert_eq!(o.reason, "unmatched", "user {u}: {o:?}");
+                seen.1 += 1;
+            }
+        }
+    }
+    assert!(
+        seen.0 > 100 && seen.1 > 300,
+        "requests during the A/B run (beta, others): {seen:?}"
+    );
+    assert_eq!(
+        stack
+            .webhooks
+            .calls_to("notify")
+            .last()
+            .map(|c| c.phase().to_string())
+            .as_deref(),
+        Some("Succeeded")
+    );
+    assert_all_answered(&load);
+}
+
+/// A healthy run that the test interrupts at `weight` percent.
+fn healthy_stack(name: &str) -> Stack {
+    let yaml = canary_yaml(
+        CANARY_ANALYSIS,
+        &[
+            ("confirm-rollout", "confirm-rollout", false),
+            ("notify", "post-rollout", false),
+        ],
+    );
+    let stack = Stack::start(&StackSpec::new(name, &yaml)).unwrap();
+    stack.initialize("v1").unwrap();
+    stack
+}
+
+fn state_file_canary(stack: &Stack) -> serde_json::Value {
+    let text = std::fs::read_to_string(stack.dir.join("state.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["canaries"][KEY].clone()
+}
+
+#[test]
+fn controller_killed_with_sigkill_mid_run_resumes_at_the_same_weight() {
+    let _serial = one_at_a_time();
+    let mut stack = healthy_stack("full-loop-kill9");
+    let load = users(&stack, 200, 100.0);
+    stack.controller.rollout(KEY, "v2").unwrap();
+    // Right after the step to 30%: the next pass is a whole interval away.
+    stack
+        .controller
+        .wait_status(KEY, "weight 30", Duration::from_secs(60), |s| {
+            s["weight"] == 30
+        })
+        .unwrap();
+    stack.controller.kill();
+    let generation_before = stack.table_log.generation();
+    let saved = state_file_canary(&stack);
+    assert_eq!(
+        saved["weight"], 30,
+        "the state file holds the weight: {saved}"
+    );
+    assert_eq!(saved["phase"], "Progressing");
+
+    stack.controller.restart().unwrap();
+    let resumed = stack.status().unwrap();
+    assert_eq!(resumed["phase"], "Progressing", "{}", summary(&resumed));
+    assert_eq!(resumed["weight"], 30, "{}", summary(&resumed));
+    assert_eq!(resumed["failedChecks"], saved["failedChecks"]);
+    assert_eq!(resumed["canaryRevision"], "v2");
+
+    let end = stack.wait_run_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end["phase"], "Succeeded", "{}", summary(&end));
+    assert_eq!(stack.controller.starts(), 2);
+    // No step skipped, none repeated, none without its analysis; the generation kept rising
+    // across the restart, so the gateway took the new tables.
+    assert_eq!(
+        weights_of(&stack, "v2"),
+        [0, 1000, 2000, 3000, 4000, 5000, 0]
+    );
+    assert!(stack.table_log.generation() > generation_before);
+    assert_eq!(max_failed_checks(&stack, load.started()), 0);
+    // confirm-rollout ran once: the restart did not start the run again.
+    assert_eq!(stack.webhooks.calls_to("confirm-rollout").len(), 1);
+    assert_no_flip_backs(&stack, &load);
+    assert_all_answered(&load);
+}
+
+#[test]
+fn controller_down_gateway_keeps_routing_with_the_last_table() {
+    let _serial = one_at_a_time();
+    let mut stack = healthy_stack("full-loop-down");
+    let load = users(&stack, 200, 100.0);
+    stack.controller.rollout(KEY, "v2").unwrap();
+    stack
+        .controller
+        .wait_status(KEY, "weight 20", Duration::from_secs(60), |s| {
+            s["weight"] == 20
+        })
+        .unwrap();
+    stack.wait_gateway_applied(Duration::from_secs(5)).unwrap();
+    stack.controller.kill();
+    let last_generation = stack.table_log.generation();
+    let down_since = Instant::now();
+    let sent_at_kill = load.sent();
+    // The gateway is left alone for 800 requests (8 s at 100/s, 4 intervals).
+    poll_until(
+        "800 requests with the controller down",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let n = load.sent() - sent_at_kill;
+            if n >= 800 {
+                Ok(())
+            } else {
+                Err(format!("{n} sent"))
+            }
+        },
+    )
+    .unwrap();
+    let down_for = down_since.elapsed();
+    let during = load.observations_since(down_since);
+    let all: Vec<_> = during.iter().flatten().collect();
+    assert!(all.len() >= 800);
+    let bad: Vec<_> = all
+        .iter()
+        .filter(|o| o.status != 200 || o.generation != Some(last_generation))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests not answered 200 with the last table, first: {:?}",
+        bad.len(),
+        all.len(),
+        bad.first()
+    );
+    let on_canary =
+        all.iter().filter(|o| o.variant == Variant::Canary).count() as f64 / all.len() as f64;
+    assert!(
+        (0.10..=0.30).contains(&on_canary),
+        "{on_canary} of requests on the canary at weight 20%"
+    );
+    let text = stack.gateway.prometheus().unwrap();
+    let age = veer_e2e::envoy::prometheus_value(&text, "veer_table_age_seconds", &[]).unwrap();
+    assert!(
+        age >= 3.0,
+        "the table's age shows the controller is gone: {age}"
+    );
+    assert!(
+        stack.gateway.crash_lines().is_empty(),
+        "{:?}",
+        stack.gateway.crash_lines()
+    );
+    eprintln!(
+        "controller down for {down_for:.1?}: {} requests, {:.1}% on canary, table age {age}s",
+        all.len(),
+        on_canary * 100.0
+    );
+
+    // Back up: the run continues from 20% and ends well.
+    stack.controller.restart().unwrap();
+    let end = stack.wait_run_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end["phase"], "Succeeded", "{}", summary(&end));
+    assert_eq!(
+        weights_of(&stack, "v2"),
+        [0, 1000, 2000, 3000, 4000, 5000, 0]
+    );
+    assert_no_flip_backs(&stack, &load);
+    assert_all_answered(&load);
+}
+
+#[test]
+fn new_revision_during_a_run_restarts_it() {
+    let _serial = one_at_a_time();
+    let stack = healthy_stack("full-loop-restart");
+    let load = users(&stack, 200, 100.0);
+    stack.controller.rollout(KEY, "v2").unwrap();
+    stack
+        .controller
+        .wait_status(KEY, "weight 30", Duration::from_secs(60), |s| {
+            s["weight"] == 30
+        })
+        .unwrap();
+    stack.canary.set_identity("v3");
+    stack.controller.rollout(KEY, "v3").unwrap();
+    let restarted = stack.status().unwrap();
+    assert_eq!(restarted["phase"], "Progressing", "{}", summary(&restarted));
+    assert_eq!(restarted["weight"], 0, "{}", summary(&restarted));
+    assert_eq!(restarted["failedChecks"], 0);
+    assert_eq!(restarted["iterations"], 0);
+    assert_eq!(restarted["canaryRevision"], "v3");
+
+    let end = stack.wait_run_end(Duration::from_secs(120)).unwrap();
+    assert_eq!(end["phase"], "Succeeded", "{}", summary(&end));
+    assert_eq!(end["primaryRevision"], "v3");
+    assert_eq!(weights_of(&stack, "v2"), [0, 1000, 2000, 3000]);
+    assert_eq!(
+        weights_of(&stack, "v3"),
+        [0, 1000, 2000, 3000, 4000, 5000, 0]
+    );
+    // A restart skips confirm-rollout; post-rollout reports the promoted revision.
+    assert_eq!(stack.webhooks.calls_to("confirm-rollout").len(), 1);
+    let notify = stack.webhooks.calls_to("notify");
+    assert_eq!(notify.len(), 1);
+    assert_eq!(notify[0].body["checksum"], "v3");
+    assert_no_flip_backs(&stack, &load);
+    assert_all_answered(&load);
+}

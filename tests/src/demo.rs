@@ -1,0 +1,954 @@
+//! The demo (`make demo`, `make demo-faulty`): one canary rollout through the whole loop on
+//! 127.0.0.1, shown live, judged, and written up as an HTML report with inline SVG charts.
+//!
+//! It reuses the full-loop tests' harness ([`crate::stack`], [`crate::users`]), so what the
+//! demo shows is what the tests assert. The Canary is `manifests/local/demo/canary.yaml`,
+//! read with the controller's own spec loader (for its intervals and thresholds).
+//!
+//! Locally there is no Kubernetes to roll the primary Deployment, so the demo plays that
+//! part: when the controller enters Promoting (the primary takes the canary's revision), the
+//! primary backend starts answering as v2, before the weight returns to 0 one interval later.
+
+use crate::controller::summary;
+use crate::stack::{Stack, StackSpec};
+use crate::users::{flip_backs, share_by_weight, UserLoad, UserLoadSpec, Variant, WeightShare};
+use crate::workspace_root;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use veer_controller::prometheus::BuiltinMetric;
+use veer_controller::spec::{CanarySpec, MetricSource, Strategy, WeightSteps};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// v2 starts answering 5xx once the weight reaches [`FAULT_AT_WEIGHT`].
+    pub faulty: bool,
+    pub users: usize,
+    pub requests_per_second: f64,
+    /// Where the report goes.
+    pub out_dir: PathBuf,
+    /// Redraw one status block (a terminal) or print plain lines.
+    pub live: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            faulty: false,
+            users: 300,
+            requests_per_second: 150.0,
+            out_dir: workspace_root().join("out"),
+            live: std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+/// In the faulty run, v2 breaks when its weight reaches this (percent).
+pub const FAULT_AT_WEIGHT: u64 = 30;
+/// Share of v2's answers that are HTTP 500 once it breaks.
+pub const FAULT_PERCENT: u8 = 20;
+
+/// How the demo ended.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    /// The rollout ended the way it should (Succeeded with no flip-back, or with
+    /// `--faulty` Failed with every user back on v1).
+    pub as_expected: bool,
+    pub interrupted: bool,
+    pub report: Option<PathBuf>,
+}
+
+/// The demo's Canary file.
+pub fn canary_path() -> PathBuf {
+    workspace_root().join("manifests/local/demo/canary.yaml")
+}
+
+/// What the demo reads from the Canary.
+struct CanaryFacts {
+    key: String,
+    interval: Duration,
+    threshold: u32,
+    step: u32,
+    max_weight: u32,
+    min_success: Option<f64>,
+    max_p99: Option<f64>,
+    /// The success-rate and duration windows, for the demo's own per-variant queries.
+    window: String,
+}
+
+fn canary_facts(spec: &CanarySpec) -> Result<CanaryFacts, String> {
+    let (step, max_weight) = match spec.strategy() {
+        Strategy::Canary(WeightSteps::Step { step, max }) => (step, max),
+        other => {
+            return Err(format!(
+                "the demo shows a weighted canary; {} has {other:?}",
+                spec.key()
+            ))
+        }
+    };
+    let builtin = |b: BuiltinMetric| {
+        spec.analysis
+            .metrics
+            .iter()
+            .find(|m| matches!(m.source, MetricSource::Builtin(x) if x == b))
+    };
+    let success = builtin(BuiltinMetric::RequestSuccessRate);
+    let duration = builtin(BuiltinMetric::RequestDuration);
+    Ok(CanaryFacts {
+        key: spec.key(),
+        interval: spec.interval(),
+        threshold: spec.threshold(),
+        step,
+        max_weight,
+        min_success: success.and_then(|m| m.threshold_range.min),
+        max_p99: duration.and_then(|m| m.threshold_range.max),
+        window: success
+            .or(duration)
+            .map_or("1m".to_string(), |m| m.interval.text.clone()),
+    })
+}
+
+/// One second of the run, for the live view and the report.
+#[derive(Debug, Clone)]
+struct Sample {
+    t: f64,
+    phase: String,
+    weight: u64,
+    failed_checks: u64,
+    success: [Option<f64>; 2],
+    p99: [Option<f64>; 2],
+    rps: [f64; 2],
+    request_share: f64,
+    users_on_canary: usize,
+    users_seen: usize,
+    flip_backs: usize,
+}
+
+const VARIANTS: [&str; 2] = ["primary", "canary"];
+
+/// Runs the demo. `stop` is set by the signal handler (Ctrl-C): the demo then returns at
+/// once and every process it started is killed as the stack drops.
+pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, String> {
+    let yaml = std::fs::read_to_string(canary_path())
+        .map_err(|e| format!("read {}: {e}", canary_path().display()))?;
+    // The webhook receiver's address is known only once it runs; any URL checks the rest.
+    let checked = crate::envoy::render(&yaml, &[("WEBHOOK_URL", "http://127.0.0.1:1".into())])?;
+    let set = veer_controller::spec::load_texts(&[(canary_path(), checked)]);
+    if let Some(e) = set.errors().next() {
+        return Err(format!("the demo's Canary does not load: {e}"));
+    }
+    let spec = set
+        .canaries
+        .first()
+        .ok_or_else(|| format!("no Canary in {}", canary_path().display()))?;
+    let facts = canary_facts(spec)?;
+
+    let mode = if options.faulty { "faulty" } else { "healthy" };
+    say(&format!(
+        "veer demo ({mode}): starting the gateway Envoy with the veer filter, two backends (v1, v2), \
+         Prometheus, the controller and {} users",
+        options.users
+    ));
+    let mut stack_spec = StackSpec::new(&format!("demo-{mode}"), &yaml);
+    stack_spec.key = facts.key.clone();
+    let stack = Stack::start(&stack_spec)?;
+    say(&format!(
+        "  gateway http://{}  (try: curl -si -H 'host: app.example.com' http://{}/)",
+        stack.gateway_addr, stack.gateway_addr
+    ));
+    say(&format!(
+        "  controller {}  prometheus {}  logs {}",
+        stack.controller.url(),
+        stack.prometheus.url(),
+        stack.dir.display()
+    ));
+    if stop.load(Ordering::SeqCst) {
+        return Ok(interrupted());
+    }
+    stack.initialize("v1")?;
+    say("  v1 is the primary (the first revision is promoted without analysis)");
+    let mut load_spec = UserLoadSpec::new(options.users, options.requests_per_second);
+    load_spec.workers = 8;
+    let load = UserLoad::start(stack.gateway_addr, load_spec)?;
+    stack.wait_for_primary_traffic(Duration::from_secs(30))?;
+    if stop.load(Ordering::SeqCst) {
+        return Ok(interrupted());
+    }
+
+    say(&format!(
+        "  rolling out v2: every {:?}, +{}% while success rate >= {}% and P99 <= {} ms, up to {}%; {} failed checks roll back{}",
+        facts.interval,
+        facts.step,
+        facts.min_success.map_or("-".into(), |v| v.to_string()),
+        facts.max_p99.map_or("-".into(), |v| v.to_string()),
+        facts.max_weight,
+        facts.threshold,
+        if options.faulty {
+            format!(" (v2 will fail {FAULT_PERCENT}% of requests from {FAULT_AT_WEIGHT}% on)")
+        } else {
+            String::new()
+        }
+    ));
+    let started = Instant::now();
+    stack.controller.rollout(&facts.key, "v2")?;
+
+    let mut view = LiveView::new(options.live);
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut events: Vec<(f64, String)> = vec![(0.0, "v2 posted: the run starts".into())];
+    let mut last_phase = String::new();
+    let mut last_message = String::new();
+    let mut fault_on = false;
+    let mut primary_on_v2 = false;
+    // A generous bound: every step plus the threshold's worth of failures, twice over.
+    let run_deadline = facts.interval
+        * (2 * (facts.max_weight / facts.step.max(1) + facts.threshold + 6))
+        + Duration::from_secs(60);
+    let mut ended_at: Option<Instant> = None;
+    let mut end_status = serde_json::Value::Null;
+    let mut next_tick = Instant::now();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            view.finish();
+            return Ok(interrupted());
+        }
+        let now = Instant::now();
+        if now < next_tick {
+            std::thread::sleep((next_tick - now).min(Duration::from_millis(100)));
+            continue;
+        }
+        next_tick += Duration::from_secs(1);
+        let t = started.elapsed().as_secs_f64();
+        let status = stack
+            .status()
+            .unwrap_or_else(|e| serde_json::json!({ "phase": "unreachable", "message": e }));
+        let phase = status["phase"].as_str().unwrap_or("?").to_string();
+        let weight = status["weight"].as_u64().unwrap_or(0);
+        if phase != last_phase {
+            events.push((t, format!("phase {phase}")));
+            last_phase = phase.clone();
+        }
+        let message = status["message"].as_str().unwrap_or("").to_string();
+        if message != last_message && !message.is_empty() {
+            events.push((t, message.clone()));
+            last_message = message;
+        }
+        if options.faulty && !fault_on && weight >= FAULT_AT_WEIGHT {
+            stack.canary.set_fault(crate::backend::Fault {
+                status: 500,
+                percent: FAULT_PERCENT,
+                delay_ms: 0,
+            });
+            fault_on = true;
+            events.push((
+                t,
+                format!("v2 breaks: {FAULT_PERCENT}% of its answers are now HTTP 500"),
+            ));
+        }
+        // The Deployment controller's part: the primary runs what the controller promoted.
+        if !primary_on_v2 && status["primaryRevision"] == "v2" {
+            stack.primary.set_identity("v2");
+            primary_on_v2 = true;
+            events.push((t, "the primary Deployment now runs v2".into()));
+        }
+        let sample = take_sample(&stack, &load, &facts, t, &phase, &status);
+        samples.push(sample.clone());
+        view.draw(&render_block(&facts, options, &sample, &events));
+        if ended_at.is_none() && (phase == "Succeeded" || phase == "Failed") {
+            ended_at = Some(Instant::now());
+            end_status = status.clone();
+        }
+        // After the end, a few more seconds so every user's next request shows where they are.
+        if let Some(at) = ended_at {
+            let generation = stack.table_log.generation();
+            let all_past = load
+                .latest()
+                .iter()
+                .all(|o| o.as_ref().and_then(|o| o.generation).unwrap_or(0) >= generation);
+            if (all_past && at.elapsed() >= Duration::from_secs(3))
+                || at.elapsed() >= Duration::from_secs(30)
+            {
+                break;
+            }
+        }
+        if started.elapsed() > run_deadline {
+            events.push((t, format!("no end after {run_deadline:?}: giving up")));
+            break;
+        }
+    }
+    view.finish();
+
+    // The verdict.
+    let observations = load.observations();
+    let tables = stack.table_log.tables();
+    let flips = flip_backs(&observations, &tables);
+    let shares = share_by_weight(&observations, &tables, "v2");
+    let final_generation = stack.table_log.generation();
+    let latest = load.latest();
+    let on_final: Vec<_> = latest
+        .iter()
+        .flatten()
+        .filter(|o| o.generation.unwrap_or(0) >= final_generation)
+        .collect();
+    let expected_backend = if options.faulty { "v1" } else { "v2" };
+    let users_right = on_final
+        .iter()
+        .filter(|o| o.variant == Variant::Primary && o.backend == expected_backend)
+        .count();
+    let with_cookie = observations
+        .iter()
+        .filter(|log| log.iter().any(|o| o.had_cookie))
+        .count();
+    let phase = end_status["phase"].as_str().unwrap_or("none").to_string();
+    let expected_phase = if options.faulty {
+        "Failed"
+    } else {
+        "Succeeded"
+    };
+    let errors = observations
+        .iter()
+        .flatten()
+        .filter(|o| o.status != 200)
+        .count();
+    let total = observations.iter().map(Vec::len).sum::<usize>();
+    let as_expected = phase == expected_phase
+        && flips.is_empty()
+        && users_right == options.users
+        && on_final.len() == options.users;
+    let took = ended_at.map(|e| e.duration_since(started));
+
+    let mut text = String::new();
+    let _ = writeln!(text, "\nveer demo ({mode}) summary");
+    let _ = writeln!(
+        text,
+        "  ended      {phase} after {}  ({})",
+        took.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
+        summary(&end_status)
+    );
+    let _ = writeln!(text, "  users      {} simulated, {with_cookie} kept the affinity cookie; {total} requests, {errors} not answered 200", options.users);
+    let _ = writeln!(text, "  per step   share of users / requests on v2:");
+    for s in shares.iter().filter(|s| s.weight_bp > 0) {
+        let _ = writeln!(
+            text,
+            "             weight {:>3}%: {:>5.1}% of {:>3} users, {:>5.1}% of {:>5} requests",
+            s.weight_bp / 100,
+            s.user_share() * 100.0,
+            s.users,
+            s.request_share() * 100.0,
+            s.requests
+        );
+    }
+    let _ = writeln!(
+        text,
+        "  flip-backs {} (users moved from canary back to primary during the run)",
+        flips.len()
+    );
+    let _ = writeln!(
+        text,
+        "  at the end {users_right}/{} users on the primary running {expected_backend}",
+        options.users
+    );
+    let _ = writeln!(
+        text,
+        "  verdict    {}",
+        if as_expected {
+            format!("as expected: {expected_phase}, no flip-back, every user on {expected_backend}")
+        } else {
+            format!("NOT as expected (wanted {expected_phase}, 0 flip-backs, every user on {expected_backend})")
+        }
+    );
+    let report_path = options.out_dir.join(if options.faulty {
+        "demo-faulty-report.html"
+    } else {
+        "demo-report.html"
+    });
+    let html = report_html(
+        &facts,
+        options,
+        &samples,
+        &events,
+        &shares,
+        &text,
+        as_expected,
+    );
+    std::fs::create_dir_all(&options.out_dir)
+        .and_then(|()| std::fs::write(&report_path, html))
+        .map_err(|e| format!("write {}: {e}", report_path.display()))?;
+    let _ = writeln!(text, "  report     {}", report_path.display());
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+    Ok(DemoOutcome {
+        as_expected,
+        interrupted: false,
+        report: Some(report_path),
+    })
+}
+
+fn interrupted() -> DemoOutcome {
+    DemoOutcome {
+        as_expected: false,
+        interrupted: true,
+        report: None,
+    }
+}
+
+fn say(line: &str) {
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}
+
+fn take_sample(
+    stack: &Stack,
+    load: &UserLoad,
+    facts: &CanaryFacts,
+    t: f64,
+    phase: &str,
+    status: &serde_json::Value,
+) -> Sample {
+    let route = veer_core::stat_route_token(&facts.key);
+    let w = &facts.window;
+    let mut success = [None, None];
+    let mut p99 = [None, None];
+    let mut rps = [0.0, 0.0];
+    for (i, variant) in VARIANTS.iter().enumerate() {
+        let sel = format!(r#"veer_route="{route}", veer_variant="{variant}""#);
+        success[i] = stack
+            .prometheus
+            .query(&format!(
+                r#"sum(rate(veer_responses_total{{{sel}, veer_class!="5xx"}}[{w}])) / sum(rate(veer_responses_total{{{sel}}}[{w}])) * 100"#
+            ))
+            .ok()
+            .flatten();
+        p99[i] = stack
+            .prometheus
+            .query(&format!(
+                r#"histogram_quantile(0.99, sum by (le) (rate(veer_request_duration_ms_bucket{{{sel}}}[{w}])))"#
+            ))
+            .ok()
+            .flatten();
+        rps[i] = stack
+            .prometheus
+            .query(&format!(r#"sum(rate(veer_responses_total{{{sel}}}[5s]))"#))
+            .ok()
+            .flatten()
+            .unwrap_or(0.0);
+    }
+    let recent = load.observations_since(Instant::now() - Duration::from_secs(2));
+    let (mut n, mut on_canary) = (0usize, 0usize);
+    for o in recent.iter().flatten() {
+        n += 1;
+        if o.variant == Variant::Canary {
+            on_canary += 1;
+        }
+    }
+    let latest = load.latest();
+    let users_seen = latest.iter().flatten().count();
+    let users_on_canary = latest
+        .iter()
+        .flatten()
+        .filter(|o| o.variant == Variant::Canary)
+        .count();
+    let flips = flip_backs(&load.observations(), &stack.table_log.tables()).len();
+    Sample {
+        t,
+        phase: phase.to_string(),
+        weight: status["weight"].as_u64().unwrap_or(0),
+        failed_checks: status["failedChecks"].as_u64().unwrap_or(0),
+        success,
+        p99,
+        rps,
+        request_share: on_canary as f64 / n.max(1) as f64,
+        users_on_canary,
+        users_seen,
+        flip_backs: flips,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The live view
+
+struct LiveView {
+    live: bool,
+    drawn_lines: usize,
+    last_plain: Option<(String, u64, u64, Instant)>,
+}
+
+impl LiveView {
+    fn new(live: bool) -> LiveView {
+        LiveView {
+            live,
+            drawn_lines: 0,
+            last_plain: None,
+        }
+    }
+
+    fn draw(&mut self, block: &(Vec<String>, String)) {
+        let (lines, plain) = block;
+        let mut out = std::io::stdout().lock();
+        if self.live {
+            if self.drawn_lines > 0 {
+                // Up to the block's first line, then clear to the end of the screen.
+                let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn_lines);
+            }
+            for l in lines {
+                let _ = writeln!(out, "{l}");
+            }
+            self.drawn_lines = lines.len();
+        } else {
+            // Not a terminal: one line per change, and one every 5 seconds.
+            let key = plain
+                .split(" | ")
+                .skip(1)
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ");
+            let now = Instant::now();
+            let print = match &self.last_plain {
+                None => true,
+                Some((k, _, _, at)) => {
+                    *k != key || now.duration_since(*at) >= Duration::from_secs(5)
+                }
+            };
+            if print {
+                let _ = writeln!(out, "{plain}");
+                self.last_plain = Some((key, 0, 0, now));
+            }
+        }
+        let _ = out.flush();
+    }
+
+    fn finish(&mut self) {
+        self.drawn_lines = 0;
+    }
+}
+
+fn bar(weight: u64, max: u32, width: usize) -> String {
+    let filled = (weight as usize * width).div_ceil(100).min(width);
+    let max_at = (max as usize * width / 100).min(width);
+    (0..width)
+        .map(|i| {
+            if i < filled {
+                '█'
+            } else if i + 1 == max_at {
+                '┆'
+            } else {
+                '░'
+            }
+        })
+        .collect()
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("    -  ".into(), |v| format!("{v:>6.2}%"))
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("    -   ".into(), |v| format!("{v:>6.1}ms"))
+}
+
+fn mark(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "ok",
+        Some(false) => "FAIL",
+        None => "  ",
+    }
+}
+
+fn render_block(
+    facts: &CanaryFacts,
+    options: &DemoOptions,
+    s: &Sample,
+    events: &[(f64, String)],
+) -> (Vec<String>, String) {
+    let min = facts.min_success;
+    let max = facts.max_p99;
+    let success_ok = |v: Option<f64>| v.and_then(|v| min.map(|m| v >= m));
+    let p99_ok = |v: Option<f64>| v.and_then(|v| max.map(|m| v <= m));
+    let mut lines = vec![
+        format!(
+            "── veer demo{} · {} · t+{:.0}s ─────────────────────────────",
+            if options.faulty { " (faulty v2)" } else { "" },
+            facts.key,
+            s.t
+        ),
+        format!(
+            "phase {:<12} weight {} {:>3}% (max {}%, +{}% every {:?})",
+            s.phase,
+            bar(s.weight, facts.max_weight, 25),
+            s.weight,
+            facts.max_weight,
+            facts.step,
+            facts.interval
+        ),
+        format!("failed checks {}/{}", s.failed_checks, facts.threshold),
+        format!(
+            "                success rate (>= {}%)   P99 (<= {} ms)   req/s",
+            min.map_or("-".into(), |v| v.to_string()),
+            max.map_or("-".into(), |v| v.to_string())
+        ),
+    ];
+    for (i, name) in ["primary v1", "canary  v2"].iter().enumerate() {
+        lines.push(format!(
+            "  {name}    {} {:<4}            {} {:<4}   {:>5.0}",
+            pct(s.success[i]),
+            mark(success_ok(s.success[i])),
+            ms(s.p99[i]),
+            mark(p99_ok(s.p99[i])),
+            s.rps[i]
+        ));
+    }
+    lines.push(format!(
+        "on the canary: {:>5.1}% of requests (last 2s), {:>5.1}% of users ({}/{})",
+        s.request_share * 100.0,
+        s.users_on_canary as f64 * 100.0 / s.users_seen.max(1) as f64,
+        s.users_on_canary,
+        s.users_seen
+    ));
+    lines.push(format!(
+        "users who flipped back canary -> primary: {}{}",
+        s.flip_backs,
+        if s.flip_backs == 0 {
+            ""
+        } else {
+            "   <-- must be 0"
+        }
+    ));
+    lines.push("recent:".into());
+    for (t, e) in events.iter().rev().take(5).rev() {
+        let mut e = e.clone();
+        e.truncate(100);
+        lines.push(format!("  t+{t:>3.0}s {e}"));
+    }
+    let plain = format!(
+        "t+{:>3.0}s | {} | weight {}% | failed {}/{} | success p/c {}/{} | p99 p/c {}/{} | canary {:.1}% req, {}/{} users | flip-backs {}",
+        s.t,
+        s.phase,
+        s.weight,
+        s.failed_checks,
+        facts.threshold,
+        pct(s.success[0]).trim(),
+        pct(s.success[1]).trim(),
+        ms(s.p99[0]).trim(),
+        ms(s.p99[1]).trim(),
+        s.request_share * 100.0,
+        s.users_on_canary,
+        s.users_seen,
+        s.flip_backs
+    );
+    (lines, plain)
+}
+
+// ---------------------------------------------------------------------------------------
+// The report
+
+const W: f64 = 860.0;
+const H: f64 = 200.0;
+const LEFT: f64 = 60.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 28.0;
+const BOTTOM: f64 = 28.0;
+
+struct Chart<'a> {
+    title: &'a str,
+    unit: &'a str,
+    y_min: f64,
+    y_max: f64,
+    t_max: f64,
+}
+
+impl Chart<'_> {
+    fn x(&self, t: f64) -> f64 {
+        LEFT + t / self.t_max.max(1.0) * (W - LEFT - RIGHT)
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        let v = v.clamp(self.y_min, self.y_max);
+        TOP + (1.0 - (v - self.y_min) / (self.y_max - self.y_min).max(1e-9)) * (H - TOP - BOTTOM)
+    }
+
+    fn frame(&self, svg: &mut String, phases: &[(f64, String)]) {
+        let _ = write!(
+            svg,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">
+<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{}</text>
+<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="#fafafa" stroke="#ccc"/>"##,
+            self.title,
+            W - LEFT - RIGHT,
+            H - TOP - BOTTOM
+        );
+        for i in 0..=4 {
+            let v = self.y_min + (self.y_max - self.y_min) * i as f64 / 4.0;
+            let y = self.y(v);
+            let _ = write!(
+                svg,
+                r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end" fill="#555">{}{}</text>"##,
+                W - RIGHT,
+                LEFT - 4.0,
+                y + 4.0,
+                fmt_num(v),
+                self.unit
+            );
+        }
+        let step = nice_step(self.t_max);
+        let mut t = 0.0;
+        while t <= self.t_max + 0.01 {
+            let x = self.x(t);
+            let _ = write!(
+                svg,
+                r##"<text x="{x:.1}" y="{}" text-anchor="middle" fill="#555">{t:.0}s</text>"##,
+                H - BOTTOM + 14.0
+            );
+            t += step;
+        }
+        for (t, phase) in phases {
+            let x = self.x(*t);
+            let _ = write!(
+                svg,
+                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{}" stroke="#888" stroke-dasharray="2,3"/><text x="{:.1}" y="{}" fill="#666" font-size="10">{phase}</text>"##,
+                H - BOTTOM,
+                x + 2.0,
+                TOP + 10.0
+            );
+        }
+    }
+
+    fn line(&self, svg: &mut String, points: &[(f64, Option<f64>)], color: &str, step: bool) {
+        let mut d = String::new();
+        let mut pen_down = false;
+        for (t, v) in points {
+            match v {
+                Some(v) => {
+                    let (x, y) = (self.x(*t), self.y(*v));
+                    if !pen_down {
+                        let _ = write!(d, "M{x:.1},{y:.1}");
+                    } else if step {
+                        let _ = write!(d, "H{x:.1}V{y:.1}");
+                    } else {
+                        let _ = write!(d, "L{x:.1},{y:.1}");
+                    }
+                    pen_down = true;
+                }
+                None => pen_down = false,
+            }
+        }
+        let _ = write!(
+            svg,
+            r##"<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>"##
+        );
+    }
+
+    fn threshold(&self, svg: &mut String, v: f64, label: &str) {
+        let y = self.y(v);
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{}" y="{:.1}" text-anchor="end" fill="#d62728">{label}</text>"##,
+            W - RIGHT,
+            W - RIGHT - 4.0,
+            y - 4.0
+        );
+    }
+
+    fn legend(&self, svg: &mut String, items: &[(&str, &str)]) {
+        let mut x = W - RIGHT - 10.0;
+        for (name, color) in items.iter().rev() {
+            x -= 8.0 * name.len() as f64 + 24.0;
+            let _ = write!(
+                svg,
+                r##"<rect x="{x:.1}" y="8" width="12" height="4" fill="{color}"/><text x="{:.1}" y="14">{name}</text>"##,
+                x + 16.0
+            );
+        }
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn nice_step(t_max: f64) -> f64 {
+    [5.0, 10.0, 15.0, 30.0, 60.0, 120.0]
+        .into_iter()
+        .find(|s| t_max / s <= 12.0)
+        .unwrap_or(300.0)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_html(
+    facts: &CanaryFacts,
+    options: &DemoOptions,
+    samples: &[Sample],
+    events: &[(f64, String)],
+    shares: &[WeightShare],
+    summary_text: &str,
+    as_expected: bool,
+) -> String {
+    let t_max = samples.last().map_or(1.0, |s| s.t).max(1.0);
+    let mut phases: Vec<(f64, String)> = Vec::new();
+    for s in samples {
+        if phases.last().map(|p| &p.1) != Some(&s.phase) {
+            phases.push((s.t, s.phase.clone()));
+        }
+    }
+    let series = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, Option<f64>)> {
+        samples.iter().map(|s| (s.t, f(s))).collect()
+    };
+
+    let mut charts = String::new();
+    // Weight and who is on the canary.
+    let c = Chart {
+        title: "Canary weight and the share of users on v2",
+        unit: "%",
+        y_min: 0.0,
+        y_max: 100.0,
+        t_max,
+    };
+    c.frame(&mut charts, &phases);
+    c.threshold(
+        &mut charts,
+        f64::from(facts.max_weight),
+        &format!("maxWeight {}%", facts.max_weight),
+    );
+    c.line(
+        &mut charts,
+        &series(&|s| Some(s.weight as f64)),
+        "#1f77b4",
+        true,
+    );
+    c.line(
+        &mut charts,
+        &series(&|s| Some(s.users_on_canary as f64 * 100.0 / s.users_seen.max(1) as f64)),
+        "#ff7f0e",
+        false,
+    );
+    c.legend(
+        &mut charts,
+        &[("weight", "#1f77b4"), ("users on v2", "#ff7f0e")],
+    );
+    charts.push_str("</svg>\n");
+
+    // Success rate.
+    let lowest = samples
+        .iter()
+        .flat_map(|s| s.success.iter().flatten().copied())
+        .fold(100.0f64, f64::min);
+    let floor = facts.min_success.unwrap_or(100.0).min(lowest);
+    let y_min = ((floor - 2.0) / 5.0).floor() * 5.0;
+    let c = Chart {
+        title: "Success rate (non-5xx) per variant",
+        unit: "%",
+        y_min: y_min.max(0.0),
+        y_max: 100.0,
+        t_max,
+    };
+    c.frame(&mut charts, &phases);
+    if let Some(m) = facts.min_success {
+        c.threshold(&mut charts, m, &format!("min {m}%"));
+    }
+    c.line(&mut charts, &series(&|s| s.success[0]), "#7f7f7f", false);
+    c.line(&mut charts, &series(&|s| s.success[1]), "#2ca02c", false);
+    c.legend(
+        &mut charts,
+        &[("primary v1", "#7f7f7f"), ("canary v2", "#2ca02c")],
+    );
+    charts.push_str("</svg>\n");
+
+    // P99.
+    let highest = samples
+        .iter()
+        .flat_map(|s| s.p99.iter().flatten().copied())
+        .fold(0.0f64, f64::max);
+    let top = facts.max_p99.unwrap_or(highest).max(highest) * 1.15;
+    let c = Chart {
+        title: "P99 latency per variant",
+        unit: "ms",
+        y_min: 0.0,
+        y_max: top.max(10.0).ceil(),
+        t_max,
+    };
+    c.frame(&mut charts, &phases);
+    if let Some(m) = facts.max_p99 {
+        c.threshold(&mut charts, m, &format!("max {m} ms"));
+    }
+    c.line(&mut charts, &series(&|s| s.p99[0]), "#7f7f7f", false);
+    c.line(&mut charts, &series(&|s| s.p99[1]), "#2ca02c", false);
+    c.legend(
+        &mut charts,
+        &[("primary v1", "#7f7f7f"), ("canary v2", "#2ca02c")],
+    );
+    charts.push_str("</svg>\n");
+
+    let mut share_rows = String::new();
+    for s in shares.iter().filter(|s| s.weight_bp > 0) {
+        let _ = write!(
+            share_rows,
+            "<tr><td>{}%</td><td>{:.1}%</td><td>{}</td><td>{:.1}%</td><td>{}</td></tr>",
+            s.weight_bp / 100,
+            s.user_share() * 100.0,
+            s.users,
+            s.request_share() * 100.0,
+            s.requests
+        );
+    }
+    let mut event_rows = String::new();
+    for (t, e) in events {
+        let _ = write!(
+            event_rows,
+            "<tr><td>t+{t:.0}s</td><td>{}</td></tr>",
+            html_escape(e)
+        );
+    }
+    let verdict_color = if as_expected { "#2ca02c" } else { "#d62728" };
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>veer demo report{faulty}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; color: #222; max-width: 900px; }}
+h1 {{ font-size: 20px; }} h2 {{ font-size: 15px; margin-top: 24px; }}
+pre {{ background: #f5f5f5; padding: 10px; font-size: 12px; white-space: pre-wrap; }}
+table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
+td:last-child {{ text-align: left; }} .verdict {{ font-weight: bold; color: {verdict_color}; }}
+</style></head><body>
+<h1>veer demo{faulty}: {key} from v1 to v2</h1>
+<p class="verdict">{verdict}</p>
+<p>Gateway Envoy with the veer filter (release wasm, V8), Prometheus scraping it every second, the veer controller
+analysing a Flagger Canary (every {interval:?}: +{step}% up to {max}%, success rate &ge; {min_s}%, P99 &le; {max_p} ms,
+{threshold} failed checks roll back), {users} simulated users keeping their cookies at about {rps:.0} requests/s.</p>
+{charts}
+<h2>Share of users and requests on v2 at each weight</h2>
+<table><tr><th>weight</th><th>users on v2</th><th>users seen</th><th>requests on v2</th><th>requests</th></tr>{share_rows}</table>
+<h2>Summary</h2><pre>{summary}</pre>
+<h2>Events</h2><table>{event_rows}</table>
+</body></html>
+"#,
+        faulty = if options.faulty { " (faulty v2)" } else { "" },
+        key = facts.key,
+        verdict = html_escape(
+            summary_text
+                .lines()
+                .find(|l| l.trim_start().starts_with("verdict"))
+                .unwrap_or("")
+                .trim()
+        ),
+        interval = facts.interval,
+        step = facts.step,
+        max = facts.max_weight,
+        min_s = facts.min_success.map_or("-".into(), |v| v.to_string()),
+        max_p = facts.max_p99.map_or("-".into(), |v| v.to_string()),
+        threshold = facts.threshold,
+        users = options.users,
+        rps = options.requests_per_second,
+        summary = html_escape(summary_text.trim()),
+    )
+}
