@@ -160,7 +160,8 @@ impl Exchange {
             Err(_) => config.count_error(),
         }
         if let (Some(start), Ok(end)) = (outcome.started_ns, host::now_nanos()) {
-            let ms = end.saturating_sub(start) / 1_000_000;
+            // Rounded, not truncated: a 0.9 ms response must not land in the 0.5 ms bucket.
+            let ms = end.saturating_sub(start).saturating_add(500_000) / 1_000_000;
             if host::record_metric(stats.duration(outcome.variant), ms).is_err() {
                 config.count_error();
             }
