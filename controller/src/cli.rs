@@ -384,7 +384,10 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
         match spec_dir.load_if_changed() {
             Ok(Some(set)) => {
                 log_problems(&set);
-                runner.reload(&set).await;
+                if let Err(e) = runner.reload(&set).await {
+                    tracing::error!(error = %e, "the re-read canaries are not applied; retrying at the next scan");
+                    spec_dir.invalidate();
+                }
             }
             Ok(None) => {}
             Err(e) => {

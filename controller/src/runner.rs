@@ -535,7 +535,8 @@ impl Runner {
     /// Replaces the loaded specs with a re-scanned set. A canary missing from `set` whose
     /// file has errors keeps running on its last good spec; one whose file is gone or
     /// valid without it is stopped (its route withdrawn, its state kept in the file).
-    pub async fn reload(&self, set: &SpecSet) {
+    /// An error (the state file could not be written) changes nothing; load again later.
+    pub async fn reload(&self, set: &SpecSet) -> Result<(), String> {
         let mut specs: Vec<Arc<CanarySpec>> = set.canaries.iter().cloned().map(Arc::new).collect();
         let keys: BTreeSet<String> = specs.iter().map(|s| s.key()).collect();
         let kept: Vec<Arc<CanarySpec>> = lock(&self.shared.book)
@@ -555,24 +556,22 @@ impl Runner {
             );
             specs.push(spec);
         }
-        match self.submit(Change::Specs(specs)).await {
-            Ok(receipt) => {
-                for key in &receipt.removed {
-                    tracing::warn!(
-                        canary = %key,
-                        "canary removed from the canary directory: its route is withdrawn, its state stays in the state file"
-                    );
-                    self.metrics.forget(key);
-                }
-                for key in receipt.added {
-                    tracing::info!(canary = %key, "canary loaded");
-                    self.spawn_task(key);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reloading the canary specs failed; retried at the next scan")
-            }
+        let receipt = self
+            .submit(Change::Specs(specs))
+            .await
+            .map_err(|e| e.to_string())?;
+        for key in &receipt.removed {
+            tracing::warn!(
+                canary = %key,
+                "canary removed from the canary directory: its route is withdrawn, its state stays in the state file"
+            );
+            self.metrics.forget(key);
         }
+        for key in receipt.added {
+            tracing::info!(canary = %key, "canary loaded");
+            self.spawn_task(key);
+        }
+        Ok(())
     }
 
     /// Stops every canary task (an in-flight pass is abandoned: nothing of it was
@@ -916,18 +915,18 @@ impl Runner {
         client.query_value(&query).await.map_err(|e| e.to_string())
     }
 
+    /// The client for a MetricTemplate's own address (cached; the `--prometheus` client
+    /// when it is the same server, so both share connections).
     fn template_client(&self, address: &str) -> Result<PrometheusClient, String> {
-        if let Some(default) = &self.config.prometheus {
-            if default
-                .query_url()
-                .starts_with(address.trim_end_matches('/'))
-            {
-                return Ok(default.clone());
-            }
-        }
         lock(&self.template_clients)
             .entry(address.to_string())
-            .or_insert_with(|| PrometheusClient::new(address).map_err(|e| e.to_string()))
+            .or_insert_with(|| {
+                let client = PrometheusClient::new(address).map_err(|e| e.to_string())?;
+                Ok(match &self.config.prometheus {
+                    Some(default) if default.query_url() == client.query_url() => default.clone(),
+                    _ => client,
+                })
+            })
             .clone()
     }
 

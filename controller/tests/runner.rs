@@ -415,13 +415,16 @@ async fn rescans_withdraw_removed_canaries_keep_broken_ones_and_restore_returnin
         ),
     ]);
     assert!(broken.errors().next().is_some());
-    runner.reload(&broken).await;
+    runner.reload(&broken).await.unwrap();
     assert_eq!(routes(&runner), ["test/app", "test/web"]);
     assert_eq!(status(&runner, "test/web")["paused"], true);
 
     // web.yaml gone: its route is withdrawn, its state stays in the file.
     let generation = runner.hub().generation();
-    runner.reload(&specs(&[("app.yaml", app.clone())])).await;
+    runner
+        .reload(&specs(&[("app.yaml", app.clone())]))
+        .await
+        .unwrap();
     assert_eq!(routes(&runner), ["test/app"]);
     assert!(runner.hub().generation() > generation);
     assert_eq!(status(&runner, "test/web"), Value::Null);
@@ -435,7 +438,8 @@ async fn rescans_withdraw_removed_canaries_keep_broken_ones_and_restore_returnin
     // Back again: it resumes from its saved state.
     runner
         .reload(&specs(&[("app.yaml", app), ("web.yaml", web)]))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(routes(&runner), ["test/app", "test/web"]);
     let back = status(&runner, "test/web");
     assert_eq!(back["canaryRevision"], "w2");
