@@ -170,6 +170,16 @@ def _phases(api: str) -> dict[str, int]:
     return out
 
 
+def prometheus_queries(prom_url: str) -> int:
+    """Instant queries Prometheus has answered (its own /metrics): proof the passes query it."""
+    _, _, body = procs.http_get(f"{prom_url}/metrics", timeout=5)
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 def controller_binary() -> Path:
     path = procs.REPO / "target" / "release" / "veer"
     done = subprocess.run(
@@ -264,17 +274,27 @@ def run(canaries: int = 1000, gateways: int = 100, measure_s: float = 60, log=pr
         tables0 = sum(g.tables for g in gws)
         bytes0 = sum(g.bytes for g in gws)
         gen0 = max(g.generation for g in gws)
+        q0 = prometheus_queries(prom_url)
         cpu0 = procs.CpuTimes.of(ctl.pid).seconds
         t0 = time.monotonic()
         time.sleep(measure_s)  # the measurement window itself
         cpu1 = procs.CpuTimes.of(ctl.pid).seconds
         t1 = time.monotonic()
+        queries = prometheus_queries(prom_url) - q0
         tables = sum(g.tables for g in gws) - tables0
         table_bytes = sum(g.bytes for g in gws) - bytes0
         gen1 = max(g.generation for g in gws)
+        errors = sum(g.errors for g in gws)
+        # A second window without gateways: the difference is what serving the table costs.
+        stop.set()
+        procs.wait_until("simulated gateways stopped", lambda: not any(g.is_alive() for g in gws), 40)
+        cpu2 = procs.CpuTimes.of(ctl.pid).seconds
+        t2 = time.monotonic()
+        time.sleep(measure_s / 2)  # the second measurement window
+        cpu3 = procs.CpuTimes.of(ctl.pid).seconds
+        t3 = time.monotonic()
         rss = procs.peak_rss_mb(ctl.pid)
         phases = _phases(api)
-        errors = sum(g.errors for g in gws)
         if ctl.poll() is not None:
             raise procs.BenchError(f"controller exited during the run:\n{ctl_log.read_text()[-3000:]}")
     finally:
@@ -289,15 +309,20 @@ def run(canaries: int = 1000, gateways: int = 100, measure_s: float = 60, log=pr
         "gateways": gateways,
         "measure_s": t1 - t0,
         "cpu_share_of_core": (cpu1 - cpu0) / (t1 - t0),
+        "cpu_share_without_gateways": (cpu3 - cpu2) / (t3 - t2),
+        "measure_without_gateways_s": t3 - t2,
         "peak_rss_mb": rss,
         "phases_at_end": phases,
         "table_generations_in_window": gen1 - gen0,
         "tables_served_in_window": tables,
         "table_bytes_served_in_window": table_bytes,
         "gateway_poll_errors": errors,
+        "prometheus_queries_in_window": queries,
     }
     log(
-        f"  controller CPU {result['cpu_share_of_core'] * 100:.2f}% of one core, peak RSS {rss:.1f} MB; "
-        f"{gen1 - gen0} generations, {tables} tables served in {t1 - t0:.0f}s; phases {phases}"
+        f"  controller CPU {result['cpu_share_of_core'] * 100:.2f}% of one core "
+        f"({result['cpu_share_without_gateways'] * 100:.2f}% once the gateways stop), peak RSS {rss:.1f} MB; "
+        f"{gen1 - gen0} generations, {tables} tables served, {queries} Prometheus queries in {t1 - t0:.0f}s; "
+        f"phases {phases}"
     )
     return result

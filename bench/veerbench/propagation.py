@@ -57,8 +57,10 @@ class Probe:
         self.conn.request("GET", "/", headers={"Host": HOST})
         resp = self.conn.getresponse()
         resp.read()
-        value = resp.getheader("x-veer-decision") or ""
-        m = GEN_RE.search(value)
+        value = resp.getheader("x-veer-decision")
+        if resp.status == 200 and value is None:
+            return 0  # no table with this route on this worker yet
+        m = GEN_RE.search(value or "")
         if resp.status != 200 or not m:
             raise procs.BenchError(f"probe: status {resp.status}, x-veer-decision {value!r}")
         return int(m.group(1))

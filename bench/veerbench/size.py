@@ -164,6 +164,17 @@ def demangle(names: list[str]) -> list[str]:
 _EXPORTS = {"malloc": "proxy_wasm", "_initialize": "std"}
 
 
+# Functions whose names mention these belong to JSON (de)serialization, whatever crate
+# they are charged to: generic serde code is instantiated for veer-core's types.
+_SERDE_MARKERS = ("serde", "Deserialize", "Visitor", "MapAccess", "SeqAccess")
+
+
+def serde_bytes(path: Path) -> int:
+    funcs, _ = function_sizes(path.read_bytes())
+    names = demangle([n for n, _ in funcs])
+    return sum(size for name, (_, size) in zip(names, funcs) if any(m in name for m in _SERDE_MARKERS))
+
+
 def by_crate(path: Path) -> tuple[list[dict], dict[str, int]]:
     funcs, per_section = function_sizes(path.read_bytes())
     names = demangle([n for n, _ in funcs])
@@ -203,4 +214,6 @@ def run(build_first: bool = True) -> dict:
         "shipped_sections": shipped_sections,
         "named_build_sections": per_section,
         "by_crate": top,
+        "code_bytes": sum(r["bytes"] for r in rows),
+        "serde_code_bytes": serde_bytes(named),
     }
