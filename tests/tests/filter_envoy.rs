@@ -92,6 +92,8 @@ fn static_config() -> serde_json::Value {
             { "name": "test/ab", "hosts": ["ab.example.com"], "weight": 10000,
               "match": [ { "headers": { "x-user-group": { "exact": "beta" } } } ] },
             { "name": "test/zero", "hosts": ["zero.example.com"], "weight": 0 },
+            { "name": "test/key", "hosts": ["key.example.com"], "weight": 5000, "revision": "r1",
+              "stickyKey": { "header": "x-user-id" } },
             { "name": "test/mirror", "hosts": ["mirror.example.com"], "weight": 2000, "mirrorWeight": 10000 },
             { "name": "test/cookie", "hosts": ["cookie.example.com"], "weight": 5000, "revision": "r1",
               "sessionAffinity": { "cookieName": "veer-cookie", "maxAge": 3600, "path": "/app",
@@ -323,6 +325,28 @@ fn static_table_routes_splits_and_counts_in_envoy() {
         assert!(r.header("x-veer-decision").is_none());
     }
     assert_eq!(canary.mirrored(), 0, "no request was mirrored");
+
+    // --- sticky key: a user id keeps its variant, and ids spread by the weight ---
+    let mut key_canary = 0;
+    for id in 0..400 {
+        let user = format!("user-{id}");
+        let first = client
+            .get("key.example.com", "/", &[("x-user-id", &user)])
+            .unwrap();
+        assert_eq!(decision(&first).unwrap().2, "key");
+        for _ in 0..3 {
+            let again = client
+                .get("key.example.com", "/", &[("x-user-id", &user)])
+                .unwrap();
+            assert_eq!(variant(&again), variant(&first), "{user} moved");
+        }
+        if variant(&first) == "canary" {
+            key_canary += 1;
+        }
+    }
+    let key_pct = share(key_canary, 400);
+    println!("sticky key: {key_canary}/400 user ids on canary at weight 50%");
+    assert!((40.0..=60.0).contains(&key_pct), "{key_pct:.1}%");
 
     // --- mirror: every primary-bound request of the route carries the mirror header ---
     let (mut mirrored_primary, mut to_canary) = (0u64, 0u64);
@@ -647,6 +671,22 @@ fn live_table_propagates_keeps_users_sticky_and_survives_controller_loss() {
         on_canary[u] = variant(&r) == "canary";
         jar.push(cookie.to_string());
     }
+
+    // Rotation: a cookie signed with the second (older) key still verifies.
+    let old_key = SigningKeys::from_base64(&[KEY_A.to_string()]).unwrap();
+    let old_cookie = format!(
+        "flagger-cookie={}",
+        encode_cookie_value("test/podinfo", &fresh_seed(7), Some(&old_key))
+    );
+    let r = pool[0]
+        .get("app.example.com", "/", &[("cookie", &old_cookie)])
+        .unwrap();
+    assert_eq!(
+        decision(&r).unwrap().2,
+        "cookie",
+        "a cookie signed by a verifying key is honoured"
+    );
+    assert!(veer_cookie(&r, "flagger-cookie").is_none());
 
     let mut latencies = Vec::new();
     for (step, weight) in [10u32, 20, 30, 40, 50].into_iter().enumerate() {
