@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::explain::{explain, ExplainOptions, DEFAULT_SCRAPE_INTERVAL};
+use crate::explain::{explain, ExplainOptions};
 use crate::prometheus::{MetricsSet, PrometheusClient};
 use crate::render::{render, render_all, RenderOptions};
 use crate::runner::{self, log_problems, Runner, RunnerConfig, SpecDir};
@@ -415,7 +415,6 @@ fn explain_file(args: &ExplainArgs) -> Result<ExitCode, CliError> {
         metrics_set: args.metrics_set,
         scrape_interval: args.scrape_interval,
     };
-    debug_assert!(DEFAULT_SCRAPE_INTERVAL == Duration::from_secs(15));
     print!("{}", explain(&set, &opts));
     if set.errors().next().is_some() || set.canaries.is_empty() {
         return Err(fail(format!(
@@ -734,19 +733,15 @@ pub fn status_table(list: &Value, wide: bool) -> String {
         if c.get("mirror").and_then(Value::as_bool) == Some(true) {
             weight.push_str("+mirror");
         }
-        let gateways = c
-            .get("gateways")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let applied = gateways
-            .iter()
-            .filter(|g| g.get("applied").and_then(Value::as_bool) == Some(true))
-            .count();
-        let gateways = if gateways.is_empty() {
+        let total = c.get("gatewaysTotal").and_then(Value::as_u64).unwrap_or(0);
+        let applied = c
+            .get("gatewaysApplied")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let gateways = if total == 0 {
             "-".to_string()
         } else {
-            format!("{applied}/{} applied", gateways.len())
+            format!("{applied}/{total} applied")
         };
         let mut row = vec![
             text_of(c, "key"),
@@ -800,6 +795,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn explain_defaults_match_the_library() {
+        let cli = Cli::try_parse_from(["veer", "explain", "c.yaml"]).unwrap();
+        let CliCommand::Explain(args) = cli.command else {
+            panic!("not explain")
+        };
+        assert_eq!(
+            args.scrape_interval,
+            crate::explain::DEFAULT_SCRAPE_INTERVAL
+        );
+        assert_eq!(args.metrics_set, MetricsSet::default());
+    }
+
+    #[test]
     fn canary_paths_are_checked() {
         assert_eq!(
             canary_path("test/podinfo").unwrap(),
@@ -829,7 +837,7 @@ mod tests {
                 "key": "test/podinfo", "phase": "Progressing", "weight": 20, "mirror": false,
                 "failedChecks": 1, "threshold": 3, "iterations": 0,
                 "canaryRevision": "v2", "primaryRevision": "v1", "paused": false,
-                "gateways": [{"id": "gw-1", "generation": 7, "applied": true}],
+                "gatewaysApplied": 1, "gatewaysTotal": 1, "gatewaysBehind": [],
                 "message": "Advance test/podinfo canary weight 20"
             }]
         });

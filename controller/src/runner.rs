@@ -994,25 +994,35 @@ impl Runner {
     // -----------------------------------------------------------------------------------
     // Status
 
+    /// One canary's status. `detail` lists every gateway with its confirmed generation;
+    /// without it (the list of all canaries) only the counts and the gateways behind are
+    /// given, so the list stays small with many canaries and gateways.
     fn status(
         &self,
         key: &str,
         entry: &Entry,
         gateways: &[(String, crate::table_hub::GatewaySeen)],
+        detail: bool,
     ) -> Value {
         let spec = &entry.spec;
         let s = &entry.state;
-        let gateways: Vec<Value> = gateways
-            .iter()
-            .map(|(id, seen)| {
-                json!({
-                    "id": id,
-                    "generation": seen.generation,
-                    "applied": seen.generation >= entry.route_generation,
-                    "lastSeen": humantime::format_rfc3339_millis(seen.last_seen).to_string(),
-                })
+        let applied =
+            |seen: &crate::table_hub::GatewaySeen| seen.generation >= entry.route_generation;
+        let applied_count = gateways.iter().filter(|(_, seen)| applied(seen)).count();
+        let gateway_json = |(id, seen): &(String, crate::table_hub::GatewaySeen)| {
+            json!({
+                "id": id,
+                "generation": seen.generation,
+                "applied": applied(seen),
+                "lastSeen": humantime::format_rfc3339_millis(seen.last_seen).to_string(),
             })
+        };
+        let listed: Vec<Value> = gateways
+            .iter()
+            .filter(|(_, seen)| detail || !applied(seen))
+            .map(gateway_json)
             .collect();
+        let gateways_key = if detail { "gateways" } else { "gatewaysBehind" };
         let next_pass = match analysis::plan(spec, s, now()) {
             PassPlan::Idle(IdleReason::NotDue { next_at }) => Some(next_at.to_string()),
             PassPlan::Run { .. } => Some(now().to_string()),
@@ -1041,7 +1051,9 @@ impl Runner {
             "message": s.message,
             "lastChecks": s.last_checks,
             "routeGeneration": entry.route_generation,
-            "gateways": gateways,
+            "gatewaysApplied": applied_count,
+            "gatewaysTotal": gateways.len(),
+            gateways_key: listed,
         })
     }
 
@@ -1115,7 +1127,7 @@ impl Runner {
     fn get_by_key(&self, key: &str) -> Option<Value> {
         let gateways = self.live_gateways();
         let book = lock(&self.shared.book);
-        book.get(key).map(|e| self.status(key, e, &gateways))
+        book.get(key).map(|e| self.status(key, e, &gateways, true))
     }
 }
 
@@ -1134,7 +1146,7 @@ impl CanaryControl for Runner {
         let book = lock(&self.shared.book);
         let canaries: Vec<Value> = book
             .iter()
-            .map(|(key, e)| self.status(key, e, &gateways))
+            .map(|(key, e)| self.status(key, e, &gateways, false))
             .collect();
         json!({
             "tableGeneration": self.shared.hub.generation(),

@@ -408,6 +408,36 @@ async fn status_rollout_and_gates_against_a_running_controller() {
     let web = stdout.lines().find(|l| l.starts_with("test/web")).unwrap();
     assert!(web.contains("1/2 applied"), "{stdout}");
     assert!(stdout.contains("2 gateways polling"), "{stdout}");
+    let web = controller.canary("test/web").await;
+    let seen: Vec<(String, u64, bool)> = web["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let id = g["id"].as_str().unwrap().to_string();
+            (
+                id,
+                g["generation"].as_u64().unwrap(),
+                g["applied"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("gw-a".into(), current, true),
+            ("gw-b".into(), current - 1, false)
+        ],
+        "{web}"
+    );
+    let list = controller.get_json("/v1/canaries").await;
+    let web_in_list = list["canaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "test/web")
+        .unwrap();
+    assert_eq!(web_in_list["gatewaysBehind"][0]["id"], "gw-b", "{list}");
 
     let (ok, stdout, _) =
         tokio::task::block_in_place(|| client(&controller, &["status", "--json"], None));
