@@ -606,7 +606,14 @@ impl Runner {
 
     fn spawn_task(&self, key: String) {
         let Some(runner) = self.arc() else { return };
-        lock(&self.tasks).spawn(runner.canary_task(key));
+        let mut tasks = lock(&self.tasks);
+        // Reap the tasks of unloaded canaries, so the set does not grow with every reload.
+        while let Some(ended) = tasks.try_join_next() {
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "a canary task ended abnormally");
+            }
+        }
+        tasks.spawn(runner.canary_task(key));
     }
 
     fn request(
