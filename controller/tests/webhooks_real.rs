@@ -330,7 +330,10 @@ async fn hooks_run_in_order_and_stop_at_the_first_failure() {
     assert_eq!(failure.index, 2);
     assert_eq!(failure.error.hook(), "third");
     let msg = failure.to_string();
-    assert!(msg.contains("rollout webhook 3 of 4 failed, the rest were not called"), "{msg}");
+    assert!(
+        msg.contains("rollout webhook 3 of 4 failed, the rest were not called"),
+        "{msg}"
+    );
     assert!(msg.contains("\"third\""), "{msg}");
     let paths: Vec<String> = rec.all().into_iter().map(|r| r.path).collect();
     assert_eq!(
