@@ -75,8 +75,13 @@ def render(results: dict) -> str:
             ]
             for v in c["variants"]
         ]
+        w = c.get("veer_wasm") or {}
         parts.append(
-            f"\nGateway CPU per request (median of {c['rounds']} rounds x {c['duration_s']:g}s, "
+            f"\nveer build measured: {w.get('path')} {w.get('bytes', 0):,} bytes, sha256 {w.get('sha256')}, built {w.get('mtime')}"
+            if w else "\nveer build measured: none"
+        )
+        parts.append(
+            f"Gateway CPU per request (median of {c['rounds']} rounds x {c['duration_s']:g}s, "
             f"{int(c['new_user_share'] * 100)}% new users)"
         )
         parts.append(
