@@ -312,9 +312,16 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
         .flatten()
         .filter(|o| o.status != 200)
         .count();
+    // Errors from anything but the canary (the injected 500s) mean the loop itself failed.
+    let other_errors = observations
+        .iter()
+        .flatten()
+        .filter(|o| o.status != 200 && o.variant != Variant::Canary)
+        .count();
     let total = observations.iter().map(Vec::len).sum::<usize>();
     let as_expected = phase == expected_phase
         && flips.is_empty()
+        && other_errors == 0
         && users_right == options.users
         && on_final.len() == options.users;
     let took = ended_at.map(|e| e.duration_since(started));
@@ -327,7 +334,7 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
         took.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
         summary(&end_status)
     );
-    let _ = writeln!(text, "  users      {} simulated, {with_cookie} kept the affinity cookie; {total} requests, {errors} not answered 200", options.users);
+    let _ = writeln!(text, "  users      {} simulated, {with_cookie} kept the affinity cookie; {total} requests, {errors} not answered 200 ({other_errors} of them not from v2)", options.users);
     let _ = writeln!(text, "  per step   share of users / requests on v2:");
     for s in shares.iter().filter(|s| s.weight_bp > 0) {
         let _ = writeln!(
@@ -617,9 +624,9 @@ fn render_block(
     ));
     lines.push("recent:".into());
     for (t, e) in events.iter().rev().take(5).rev() {
-        let mut e = e.clone();
-        e.truncate(100);
-        lines.push(format!("  t+{t:>3.0}s {e}"));
+        let short: String = e.chars().take(110).collect();
+        let more = if short.len() < e.len() { "…" } else { "" };
+        lines.push(format!("  t+{t:>3.0}s {short}{more}"));
     }
     let plain = format!(
         "t+{:>3.0}s | {} | weight {}% | failed {}/{} | success p/c {}/{} | p99 p/c {}/{} | canary {:.1}% req, {}/{} users | flip-backs {}",
@@ -668,7 +675,7 @@ impl Chart<'_> {
         TOP + (1.0 - (v - self.y_min) / (self.y_max - self.y_min).max(1e-9)) * (H - TOP - BOTTOM)
     }
 
-    fn frame(&self, svg: &mut String, phases: &[(f64, String)]) {
+    fn frame(&self, svg: &mut String, markers: &[(f64, String, &str)]) {
         let _ = write!(
             svg,
             r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">
@@ -678,8 +685,11 @@ impl Chart<'_> {
             W - LEFT - RIGHT,
             H - TOP - BOTTOM
         );
-        for i in 0..=4 {
-            let v = self.y_min + (self.y_max - self.y_min) * i as f64 / 4.0;
+        let tick = nice_tick(self.y_max - self.y_min);
+        let first = (self.y_min / tick).ceil() as i64;
+        let last = (self.y_max / tick).floor() as i64;
+        for i in first..=last {
+            let v = i as f64 * tick;
             let y = self.y(v);
             let _ = write!(
                 svg,
@@ -702,14 +712,15 @@ impl Chart<'_> {
             );
             t += step;
         }
-        for (t, phase) in phases {
+        // Labels alternate between two rows so close markers stay readable.
+        for (i, (t, label, color)) in markers.iter().enumerate() {
             let x = self.x(*t);
             let _ = write!(
                 svg,
-                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{}" stroke="#888" stroke-dasharray="2,3"/><text x="{:.1}" y="{}" fill="#666" font-size="10">{phase}</text>"##,
+                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{}" stroke="{color}" stroke-dasharray="2,3"/><text x="{:.1}" y="{}" fill="{color}" font-size="10">{label}</text>"##,
                 H - BOTTOM,
                 x + 2.0,
-                TOP + 10.0
+                TOP + 10.0 + 11.0 * (i % 2) as f64
             );
         }
     }
@@ -746,7 +757,7 @@ impl Chart<'_> {
             r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{}" y="{:.1}" text-anchor="end" fill="#d62728">{label}</text>"##,
             W - RIGHT,
             W - RIGHT - 4.0,
-            y - 4.0
+            y + 12.0
         );
     }
 
@@ -769,6 +780,17 @@ fn fmt_num(v: f64) -> String {
     } else {
         format!("{v:.1}")
     }
+}
+
+/// A round tick spacing giving about four to eight ticks over `range`.
+fn nice_tick(range: f64) -> f64 {
+    let raw = (range / 6.0).max(1e-9);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|t| *t >= raw)
+        .unwrap_or(10.0 * magnitude)
 }
 
 fn nice_step(t_max: f64) -> f64 {
@@ -795,12 +817,21 @@ fn report_html(
     as_expected: bool,
 ) -> String {
     let t_max = samples.last().map_or(1.0, |s| s.t).max(1.0);
-    let mut phases: Vec<(f64, String)> = Vec::new();
+    let mut phases: Vec<(f64, String, &str)> = Vec::new();
+    let mut last_phase = "";
     for s in samples {
-        if phases.last().map(|p| &p.1) != Some(&s.phase) {
-            phases.push((s.t, s.phase.clone()));
+        // The run starts in Initialized (v1 is the primary); only changes are marked.
+        if s.phase != last_phase && !(last_phase.is_empty() && s.phase == "Initialized") {
+            phases.push((s.t, s.phase.clone(), "#666"));
+        }
+        last_phase = &s.phase;
+    }
+    for (t, e) in events {
+        if e.starts_with("v2 breaks") {
+            phases.push((*t, "v2 breaks".into(), "#d62728"));
         }
     }
+    phases.sort_by(|a, b| a.0.total_cmp(&b.0));
     let series = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, Option<f64>)> {
         samples.iter().map(|s| (s.t, f(s))).collect()
     };
@@ -849,7 +880,8 @@ fn report_html(
         title: "Success rate (non-5xx) per variant",
         unit: "%",
         y_min: y_min.max(0.0),
-        y_max: 100.0,
+        // A little headroom so the lines at 100% do not hide in the frame.
+        y_max: 100.0 + (100.0 - y_min.max(0.0)) * 0.04,
         t_max,
     };
     c.frame(&mut charts, &phases);

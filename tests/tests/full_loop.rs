@@ -107,10 +107,9 @@ fn weights_of(stack: &Stack, revision: &str) -> Vec<u32> {
 /// After the run ended: every user's next response comes from the primary, cookie or not.
 fn assert_everyone_on_primary(stack: &Stack, load: &UserLoad) {
     let generation = stack.table_log.generation();
-    let since = Instant::now();
     load.wait_all_past(generation, Duration::from_secs(30))
         .unwrap();
-    let observations = load.observations_since(since);
+    let observations = load.observations();
     for (u, log) in observations.iter().enumerate() {
         let last = log
             .iter()
