@@ -22,22 +22,43 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `veer` binary: `$VEER_CONTROLLER`, else the workspace's debug build (the e2e crate
 /// cannot depend on another package's binary, so it is built before the tests run).
 pub fn controller_binary() -> Result<PathBuf, String> {
-    let path = match std::env::var_os("VEER_CONTROLLER") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"))
-            .join("debug/veer"),
-    };
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "the controller is not built: {} is missing. Build it with: \
-             cargo build -p veer-controller --bins",
-            path.display()
-        ))
+    let build = "cargo build -p veer-controller --bins";
+    if let Some(path) = std::env::var_os("VEER_CONTROLLER").map(PathBuf::from) {
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "$VEER_CONTROLLER is {}, which does not exist",
+                path.display()
+            ))
+        };
     }
+    let path = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("debug/veer");
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .map_err(|_| {
+            format!(
+                "the controller is not built: {} is missing. Build it with: {build}",
+                path.display()
+            )
+        })?;
+    // As for the filter: an old build would test old code.
+    let root = workspace_root();
+    let newer = ["controller/src", "controller/Cargo.toml", "filter/core/src"]
+        .iter()
+        .filter_map(|p| crate::envoy::newest_mtime(&root.join(p)))
+        .max()
+        .is_some_and(|newest| newest > built);
+    if newer {
+        return Err(format!(
+            "the controller build is older than its sources ({}). Rebuild it with: {build}",
+            path.display()
+        ));
+    }
+    Ok(path)
 }
 
 /// How to run the controller.

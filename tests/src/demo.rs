@@ -123,6 +123,9 @@ struct Sample {
     rps: [f64; 2],
     request_share: f64,
     users_on_canary: usize,
+    /// Users whose latest answer came from v2, on either route (after the promotion the
+    /// primary runs v2 too).
+    users_on_v2: usize,
     users_seen: usize,
     flip_backs: usize,
 }
@@ -457,6 +460,11 @@ fn take_sample(
         .flatten()
         .filter(|o| o.variant == Variant::Canary)
         .count();
+    let users_on_v2 = latest
+        .iter()
+        .flatten()
+        .filter(|o| o.backend == "v2")
+        .count();
     let flips = flip_backs(&load.observations(), &stack.table_log.tables()).len();
     Sample {
         t,
@@ -468,6 +476,7 @@ fn take_sample(
         rps,
         request_share: on_canary as f64 / n.max(1) as f64,
         users_on_canary,
+        users_on_v2,
         users_seen,
         flip_backs: flips,
     }
@@ -839,7 +848,7 @@ fn report_html(
     let mut charts = String::new();
     // Weight and who is on the canary.
     let c = Chart {
-        title: "Canary weight and the share of users on v2",
+        title: "Canary weight; users on the canary route, and served by v2",
         unit: "%",
         y_min: 0.0,
         y_max: 100.0,
@@ -859,13 +868,23 @@ fn report_html(
     );
     c.line(
         &mut charts,
+        &series(&|s| Some(s.users_on_v2 as f64 * 100.0 / s.users_seen.max(1) as f64)),
+        "#9467bd",
+        false,
+    );
+    c.line(
+        &mut charts,
         &series(&|s| Some(s.users_on_canary as f64 * 100.0 / s.users_seen.max(1) as f64)),
         "#ff7f0e",
         false,
     );
     c.legend(
         &mut charts,
-        &[("weight", "#1f77b4"), ("users on v2", "#ff7f0e")],
+        &[
+            ("weight", "#1f77b4"),
+            ("users on canary", "#ff7f0e"),
+            ("served by v2", "#9467bd"),
+        ],
     );
     charts.push_str("</svg>\n");
 

@@ -67,7 +67,7 @@ pub fn filter_wasm() -> Result<PathBuf, String> {
 }
 
 /// The newest modification time of a file, or of any file under a directory.
-fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+pub fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
     let meta = std::fs::metadata(path).ok()?;
     if meta.is_file() {
         return meta.modified().ok();
