@@ -8,7 +8,7 @@ from the back, enum tags are u32 scaled by the variant count, and the struct's l
 takes the rest. Check a seed with `cargo fuzz fmt <target> corpus/<target>/<file>`.
 The config target's seeds are plain JSON files, written by hand.
 
-Run from fuzz/: python3 make_seeds.py
+Usage: python3 fuzz/make_seeds.py (writes under the script's own corpus/ directory)
 """
 import hashlib
 import hmac
@@ -108,9 +108,12 @@ def cookie_value(route, seed, key=KEY_A):
     return f"v1.{b64(seed)}.{b64(mac)}"
 
 
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
 def write(target, name, data):
-    os.makedirs(f"corpus/{target}", exist_ok=True)
-    with open(f"corpus/{target}/seed-{name}", "wb") as f:
+    os.makedirs(os.path.join(CORPUS, target), exist_ok=True)
+    with open(os.path.join(CORPUS, target, f"seed-{name}"), "wb") as f:
         f.write(data)
 
 
@@ -236,3 +239,19 @@ write("decision", "override-and-garbage", decision_seed(
     b"eu.shop.example.com:8080", b"/\xff\xfe?x", b"", b"PATCH",
     [(0, b'flagger-cookie="v1.; flagger-cookie=;;\xff'), (1, "always"), (b"x-veer-route", "canary")],
     [], 3, 4))
+# A config typo that a wrapper-only check would accept: `\A(?:a)|(?:b)\z` compiles, and
+# means "starts with a, or ends with b" instead of a whole-value match.
+write("matchers", "regex-unbalanced-wrapper", matchers_seed(
+    {"regex": "a)|(?:b"}, ["axxx", "xxb", "a", "b"], ("a", "b"), [], [], [], None, None,
+    "GET", "/", [], "q", "1"))
+
+# Open findings, kept out of corpus/ so that fuzzing is not stopped at startup; each should
+# run clean once fixed, then move into corpus/. Run: cargo fuzz run matchers regressions/matchers/<file>
+REGRESSIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "regressions")
+os.makedirs(os.path.join(REGRESSIONS, "matchers"), exist_ok=True)
+# regex-lite applies a repetition after a flag group to the atom before it: `a(?i)*b` is
+# accepted and means `a*b`; RE2 and the regex crate reject it.
+with open(os.path.join(REGRESSIONS, "matchers", "regex-repetition-after-flag-group"), "wb") as f:
+    f.write(matchers_seed(
+        {"regex": "a(?i)*b"}, ["b", "aab"], ("a", "b"), [], [], [], None, None,
+        "GET", "/", [], "q", "1"))

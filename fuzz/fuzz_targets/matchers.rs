@@ -84,9 +84,9 @@ fn condition(m: &StringMatch, values: &[&[u8]]) {
         "absent value vs {m:?}"
     );
     let anchored_oracle = m.regex.as_deref().map(|p| {
-        // Accepted ⇒ valid as written, not only once wrapped.
-        if let Err(e) = regex::Regex::new(p) {
-            panic!("regex {p:?} accepted although it does not compile on its own: {e}");
+        // Accepted ⇒ valid as written (RE2 syntax, as Istio takes it), not only once wrapped.
+        if let Err(e) = regex_syntax::Parser::new().parse(p) {
+            panic!("regex {p:?} accepted although it is not a valid pattern on its own (RE2 syntax per regex-syntax): {e}");
         }
         ascii_oracle(p)
     });
@@ -144,7 +144,7 @@ fn ascii_oracle(p: &str) -> Option<regex::bytes::Regex> {
             .build()
             .ok()
     };
-    // `p` already compiled alone (checked above), so the wrapper cannot re-bracket it.
+    // `p` parses alone (checked above), so the wrapper cannot re-bracket it.
     build(&format!(r"\A(?:{p})\z"))
 }
 

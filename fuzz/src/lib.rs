@@ -57,6 +57,19 @@ pub fn check_decision(route: &CompiledRoute, d: &Decision) {
                 "unmatched reason on a route without match rules"
             );
         }
+        Reason::Weight if d.bucket.is_none() => {
+            // An idle route (weight 0, no mirroring) decides without hashing.
+            assert!(
+                r.weight == 0 && r.mirror_weight == 0,
+                "no bucket on a live route: {d:?}"
+            );
+            assert_eq!(
+                d.variant,
+                Variant::Primary,
+                "idle route routed to canary: {d:?}"
+            );
+            assert!(!d.mirror && d.set_cookie.is_none(), "{d:?}");
+        }
         Reason::Key | Reason::Cookie | Reason::Weight => {
             let Some(b) = d.bucket else {
                 panic!("bucketed decision without a bucket: {d:?}")
