@@ -67,7 +67,38 @@ fn string_conditions() {
             Some(b"a=1;canary=never"),
             false,
         ),
+        (
+            r#"{"regex": "^(.*?;)?(canary=always)(;.*)?$"}"#,
+            Some(b"a=1; canary=always"),
+            false,
+        ),
+        (
+            r#"{"regex": "(?:.*,)?beta(?:,.*)?"}"#,
+            Some(b"alpha,beta,gamma"),
+            true,
+        ),
+        (
+            r#"{"regex": "(?:.*,)?beta(?:,.*)?"}"#,
+            Some(b"alpha,betamax"),
+            false,
+        ),
+        (
+            r#"{"regex": "(?:.*,)?beta(?:,.*)?"}"#,
+            Some(b"alpha\n,beta"),
+            false,
+        ),
+        (
+            r#"{"regex": "^.*Chrome.*$"}"#,
+            Some(b"Mozilla Chrome/120"),
+            true,
+        ),
+        (r#"{"regex": "\\Abeta\\z"}"#, Some(b"beta"), true),
+        (r#"{"regex": "beta\\$"}"#, Some(b"beta$"), true),
+        (r#"{"regex": "beta\\$"}"#, Some(b"beta"), false),
         (r#"{"regex": "\\d+"}"#, Some(b"123"), true),
+        // ASCII Perl classes, as in RE2.
+        (r#"{"regex": "\\d+"}"#, Some("١٢٣".as_bytes()), false),
+        (r#"{"regex": "\\w+"}"#, Some("δ".as_bytes()), false),
         (r#"{"present": true}"#, Some(b""), true),
         (r#"{"present": true}"#, Some(b"\xff"), true),
         (r#"{"present": true}"#, None, false),

@@ -72,7 +72,7 @@ fn error_messages_name_route_path_and_reason() {
     );
     assert_eq!(
         error_for(|v| route0(v)["match"][1]["headers"]["x-user"]["regex"] = json!("u[0-9")),
-        r#"route "test/podinfo": table.routes[0].match[1].headers.x-user.regex: invalid regex: unclosed character class"#
+        r#"route "test/podinfo": table.routes[0].match[1].headers.x-user.regex: invalid regex: found unclosed character class"#
     );
     assert_eq!(
         error_for(|v| route0(v)["match"][1]["headers"]["x-user"]["regex"] = json!(r"\p{Greek}+")),
@@ -141,7 +141,7 @@ fn more_rules() {
         (Box::new(|v| route0(v)["match"][0]["headers"]["x-user-group"] = json!({"exact": "a", "prefix": "b"})),
          r#"route "test/podinfo": table.routes[0].match[0].headers.x-user-group: needs exactly one of exact, prefix, suffix, regex, present; got exact, prefix"#),
         (Box::new(|v| route0(v)["match"][0]["headers"]["x-user-group"] = json!({"regex": "(a{1000}){1000}"})),
-         r#"route "test/podinfo": table.routes[0].match[0].headers.x-user-group.regex: invalid regex: Compiled regex exceeds size limit of 1048576 bytes."#),
+         r#"route "test/podinfo": table.routes[0].match[0].headers.x-user-group.regex: invalid regex: compiled regex exceeded size limit (1048576 bytes)"#),
         (Box::new(|v| route0(v)["match"][0]["headers"]["x-user-group"] = json!({})),
          r#"route "test/podinfo": table.routes[0].match[0].headers.x-user-group: needs exactly one of exact, prefix, suffix, regex, present; got none"#),
         (Box::new(|v| route0(v)["match"][0]["headers"] = json!({"bad header": {"present": true}})),
