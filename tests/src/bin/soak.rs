@@ -1,14 +1,18 @@
 //! The soak run (`make soak`, RELIABILITY.md): wrk load through the real gateway Envoy with
-//! the veer filter for 10 minutes (`SOAK_SECONDS` to change), while the real controller moves
-//! weights so that the table the gateway applies changes about every 100 ms. It reports the
-//! 5xx answers, Envoy restarts and filter crashes (all must be zero), and the resident memory
-//! of the gateway and the controller at the start and the end (neither may grow).
+//! the veer filter for 10 minutes (`SOAK_SECONDS` to change) while every route's weight
+//! changes every 100 ms, and the real controller running sixteen canaries at the same time.
+//! It reports the 5xx answers, Envoy restarts and filter crashes (all must be zero), and the
+//! resident memory of the gateway and the controller at the start and the end (neither may
+//! grow).
 //!
-//! How the weight changes every 100 ms with the real controller, whose analysis interval has
-//! a 1 s floor: sixteen canaries with 1 s passes, started 100 ms apart, each stepping its
-//! weight by 10 per pass, so the table changes every 60-100 ms in all; a canary that finished
-//! is rolled out again with the next revision. Every step publishes a new table generation,
-//! which the gateway long-polls.
+//! Where the tables come from: the gateway long-polls a table server with the controller's
+//! contract (tests/src/table_stub.rs) that publishes a new generation, with every weight
+//! changed, every 100 ms. The controller cannot do that: its analysis interval has a 1 s
+//! floor and it batches state writes (at most one per 250 ms under a slow disk), so its table
+//! changes a few times per second; the full-loop tests cover the gateway on the real
+//! controller. Meanwhile the controller runs sixteen canaries with 1 s passes that a driver
+//! rolls out again whenever one finishes, and is long-polled like a gateway, so its memory is
+//! measured under steady work.
 //!
 //! Needs Envoy, the release .wasm, the controller binary (`VEER_CONTROLLER`, else
 //! target/release/veer, else target/debug/veer) and wrk; a missing one fails with the command
@@ -18,12 +22,15 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use veer_e2e::backend::Backend;
 use veer_e2e::client::HttpClient;
 use veer_e2e::envoy::{prometheus_value, Envoy, GatewaySpec};
 use veer_e2e::ports::free_port;
 use veer_e2e::process::{poll_until, work_dir, ChildProcess};
+use veer_e2e::table_stub::TableStub;
 use veer_e2e::workspace_root;
 
 const CANARIES: usize = 16;
@@ -86,6 +93,29 @@ spec:
     )
 }
 
+/// The table the gateway gets at `generation`: every route's weight differs from the
+/// previous generation's (a sweep over 0..=10000 with a different phase per route).
+fn gateway_table(generation: u64) -> serde_json::Value {
+    let routes: Vec<serde_json::Value> = (0..CANARIES)
+        .map(|i| {
+            let step = (generation + i as u64 * 7) % 21;
+            let weight = if step <= 10 {
+                step * 1000
+            } else {
+                (20 - step) * 1000 + 500
+            };
+            serde_json::json!({
+                "name": format!("soak/c{i}"),
+                "hosts": [format!("c{i}.example.com")],
+                "weight": weight,
+                "revision": "soak",
+                "sessionAffinity": { "cookieName": "soak-cookie", "maxAge": 3600 },
+            })
+        })
+        .collect();
+    serde_json::json!({ "generation": generation, "routes": routes })
+}
+
 /// `VmRSS` of `pid` in KiB.
 fn rss_kib(pid: u32) -> Result<u64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -141,7 +171,10 @@ struct Sample {
     at: Duration,
     gateway_rss: u64,
     controller_rss: u64,
+    /// Applied by the gateway.
     generation: u64,
+    /// Served by the controller.
+    controller_generation: u64,
 }
 
 fn run() -> Result<bool, String> {
@@ -195,14 +228,15 @@ fn run() -> Result<bool, String> {
         },
     )?;
 
-    // The gateway polls it.
+    // The gateway polls the table server.
     let primary = Backend::start("primary")?;
     let canary = Backend::start("canary")?;
+    let stub = Arc::new(TableStub::start(&gateway_table(1))?);
     let config = serde_json::json!({
         "controller": { "cluster": CONTROLLER_CLUSTER, "pollMs": 200, "timeoutMs": 10000 },
     });
     let mut spec = GatewaySpec::new(&config, primary.addr(), canary.addr());
-    spec.controller = Some(api);
+    spec.controller = Some(stub.addr());
     spec.node_id = "soak-gateway".into();
     let envoy = Envoy::start_gateway(&dir, &spec)?;
     let gw = envoy.gateway_addr()?;
@@ -216,6 +250,54 @@ fn run() -> Result<bool, String> {
         *rev += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Every 100 ms a new generation with every weight changed; and a gateway-like long poll
+    // on the controller.
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(1));
+    let publisher = {
+        let (stop, published, stub) = (stop.clone(), published.clone(), stub.clone());
+        std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                next += Duration::from_millis(100);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                let g = published.load(Ordering::SeqCst) + 1;
+                if stub.set_table(&gateway_table(g)).is_ok() {
+                    published.store(g, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let controller_polls = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let (stop, polls) = (stop.clone(), controller_polls.clone());
+        std::thread::spawn(move || {
+            let mut client = HttpClient::new(api);
+            let mut after = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let path = format!("/v1/table?after={after}&waitMs=2000");
+                let generation = after.to_string();
+                let headers = [
+                    ("x-veer-gateway", "soak-simulated-gateway"),
+                    ("x-veer-generation", generation.as_str()),
+                ];
+                match client.get("localhost", &path, &headers) {
+                    Ok(r) if r.status == 200 => {
+                        after = serde_json::from_slice::<serde_json::Value>(&r.body)
+                            .ok()
+                            .and_then(|t| t["generation"].as_u64())
+                            .unwrap_or(after);
+                        polls.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {
+                        polls.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        })
+    };
 
     // Warm up (V8 tiers up, pools fill) before the first memory sample.
     let script = wrk_script(&dir)?;
@@ -238,9 +320,16 @@ fn run() -> Result<bool, String> {
     let uptime_before = stat("server.uptime")?;
     let errors_before =
         prometheus_value(&envoy.prometheus()?, "veer_errors_total", &[]).unwrap_or(0.0);
-    let generation_before = get_json(api, "/v1/table")?["generation"]
+    let gateway_generation = || -> Result<u64, String> {
+        Ok(
+            prometheus_value(&envoy.prometheus()?, "veer_table_generation", &[]).unwrap_or(0.0)
+                as u64,
+        )
+    };
+    let controller_generation_before = get_json(api, "/v1/table")?["generation"]
         .as_u64()
         .unwrap_or(0);
+    let gateway_generation_before = gateway_generation()?;
 
     let mut wrk = Command::new("wrk");
     wrk.args([
@@ -305,16 +394,18 @@ fn run() -> Result<bool, String> {
                 at: started.elapsed(),
                 gateway_rss: rss_kib(envoy_pid)?,
                 controller_rss: rss_kib(controller.pid())?,
-                generation: get_json(api, "/v1/table")?["generation"]
+                generation: gateway_generation()?,
+                controller_generation: get_json(api, "/v1/table")?["generation"]
                     .as_u64()
                     .unwrap_or(0),
             };
             println!(
-                "t={:>4}s gateway RSS {} KiB, controller RSS {} KiB, table generation {}",
+                "t={:>4}s gateway RSS {} KiB (generation {}), controller RSS {} KiB (generation {})",
                 s.at.as_secs(),
                 s.gateway_rss,
+                s.generation,
                 s.controller_rss,
-                s.generation
+                s.controller_generation
             );
             let _ = std::io::stdout().flush();
             samples.push(s);
@@ -327,10 +418,14 @@ fn run() -> Result<bool, String> {
         at: elapsed,
         gateway_rss: rss_kib(envoy_pid)?,
         controller_rss: rss_kib(controller.pid())?,
-        generation: get_json(api, "/v1/table")?["generation"]
+        generation: gateway_generation()?,
+        controller_generation: get_json(api, "/v1/table")?["generation"]
             .as_u64()
             .unwrap_or(0),
     };
+    stop.store(true, Ordering::SeqCst);
+    let _ = publisher.join();
+    let _ = poller.join();
     let wrk_out = wrk.log();
     let rq_5xx = stat("http.gateway.downstream_rq_5xx")? - rq_5xx_before;
     let rq = stat("http.gateway.downstream_rq_completed")? - rq_before;
@@ -348,7 +443,10 @@ fn run() -> Result<bool, String> {
         .unwrap_or("Socket errors: none")
         .trim()
         .to_string();
-    let changes = end.generation.saturating_sub(generation_before);
+    let changes = end.generation.saturating_sub(gateway_generation_before);
+    let controller_changes = end
+        .controller_generation
+        .saturating_sub(controller_generation_before);
     let change_every_ms = if changes > 0 {
         elapsed.as_millis() as f64 / changes as f64
     } else {
@@ -365,16 +463,18 @@ fn run() -> Result<bool, String> {
          filter errors (veer_errors_total delta): {errors}\n\
          filter crash lines in the Envoy log: {}\n\
          Envoy restarts: {} (pid {envoy_pid} alive: {envoy_alive}, uptime {uptime_before} s -> {uptime_after} s)\n\
-         table generations served: {changes} (one every {change_every_ms:.0} ms); rollouts started by the driver: {rollouts}\n\
+         table generations applied by the gateway: {changes} (one every {change_every_ms:.0} ms, every weight changed in each)\n\
+         controller: {controller_changes} table generations, {rollouts} rollouts started by the driver, {} long polls answered\n\
          gateway RSS: {} KiB at start, {} KiB at end\n\
          controller RSS: {} KiB at start, {} KiB at end\n\
          driver errors: {}\n\
-         samples (s, gateway KiB, controller KiB, generation): {}\n\
-         --- wrk ---\n{wrk_out}",
+         samples (s, gateway KiB, controller KiB, gateway generation, controller generation): {}\n\
+         --- wrk ---\n{wrk_out}\n--- driver errors (first 5) ---\n{}",
         elapsed.as_secs_f64(),
         rq as f64 / elapsed.as_secs_f64(),
         crashes.len(),
         u8::from(envoy_restarted),
+        controller_polls.load(Ordering::SeqCst),
         start.gateway_rss,
         end.gateway_rss,
         start.controller_rss,
@@ -383,14 +483,16 @@ fn run() -> Result<bool, String> {
         samples
             .iter()
             .map(|s| format!(
-                "({}, {}, {}, {})",
+                "({}, {}, {}, {}, {})",
                 s.at.as_secs(),
                 s.gateway_rss,
                 s.controller_rss,
-                s.generation
+                s.generation,
+                s.controller_generation
             ))
             .collect::<Vec<_>>()
             .join(" "),
+        driver_errors[..driver_errors.len().min(5)].join("\n"),
     );
     println!("{report}");
     let report_path = dir.join("report.txt");
@@ -414,7 +516,7 @@ fn run() -> Result<bool, String> {
     if grows(start.controller_rss, end.controller_rss) {
         failures.push("controller RSS grew".into());
     }
-    if change_every_ms > 200.0 {
+    if change_every_ms > 150.0 {
         failures.push(format!(
             "the table changed only every {change_every_ms:.0} ms"
         ));
