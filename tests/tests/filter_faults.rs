@@ -385,11 +385,14 @@ impl LdsGateway {
     }
 }
 
+/// What one probe got: (variant, reason, generation, HTTP status).
+type Probe = (String, String, u64, u16);
+
 /// A user probing the gateway on a fresh connection per request (fresh connections take the
 /// newest filter chain at once), recording what every request got.
 struct Prober {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<(String, String, u64, u16)>>>,
+    thread: Option<JoinHandle<Vec<Probe>>>,
 }
 
 impl Prober {
@@ -415,7 +418,7 @@ impl Prober {
         }
     }
 
-    fn finish(mut self) -> Vec<(String, String, u64, u16)> {
+    fn finish(mut self) -> Vec<Probe> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap()
     }

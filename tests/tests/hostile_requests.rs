@@ -314,7 +314,7 @@ fn hostile_requests_never_fail_never_pick_the_canary_and_get_a_valid_cookie() {
         format!("{COOKIE}=\"\""),
         format!("{COOKIE}=\"{canary_value}"),
         format!("{COOKIE}={canary_value}\""),
-        format!("{COOKIE}"),
+        COOKIE.to_string(),
         ";;;===;;".to_string(),
         format!("{COOKIE}=v1..."),
     ] {
@@ -553,6 +553,12 @@ fn hostile_requests_never_fail_never_pick_the_canary_and_get_a_valid_cookie() {
     );
     let crashes = envoy.crash_lines();
     assert!(crashes.is_empty(), "crash lines: {crashes:#?}");
+    // The signing key (inline in this configuration) reaches neither the log nor the metrics.
+    let log = envoy.log();
+    for secret in [KEY_A, "0123456789abcdef"] {
+        assert!(!log.contains(secret), "the signing key is in Envoy's log");
+        assert!(!prom.contains(secret), "the signing key is in the metrics");
+    }
 }
 
 /// Plugin configurations the filter refuses; filter_envoy.rs tries weight 10001, a bad regex,
@@ -563,7 +569,14 @@ fn more_bad_plugin_configs_are_rejected_naming_the_field_not_the_key() {
     let table =
         |routes: serde_json::Value| serde_json::json!({ "generation": 1, "routes": routes });
     let route = serde_json::json!({ "name": "test/a", "hosts": ["a.example.com"], "weight": 100 });
-    let cases: Vec<(&str, String, Vec<&str>, Vec<(String, String)>)> = vec![
+    // (name, plugin configuration, what the rejection line must name, gateway environment)
+    type Case = (
+        &'static str,
+        String,
+        Vec<&'static str>,
+        Vec<(String, String)>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "malformed-json",
             r#"{"table": {"routes": [}"#.to_string(),

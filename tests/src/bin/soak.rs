@@ -243,7 +243,7 @@ fn run() -> Result<bool, String> {
     let envoy_pid = envoy.pid();
 
     // First revisions become the primaries; then runs start 100 ms apart.
-    let mut next_revision = vec![1u64; CANARIES];
+    let mut next_revision = [1u64; CANARIES];
     for (i, rev) in next_revision.iter_mut().enumerate() {
         rollout(&veer, api, &format!("soak/c{i}"), "r0")?;
         rollout(&veer, api, &format!("soak/c{i}"), &format!("r{rev}"))?;
