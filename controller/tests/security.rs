@@ -8,7 +8,8 @@
 //! - cookie signing keys never appear in the table, `/v1/canaries`, `/metrics`, the log or
 //!   `veer render`'s output, even with the key variable in the controller's environment: the
 //!   controller only ever handles the Secret's name;
-//! - request limits: a body over 64 KiB gets 413 and changes nothing.
+//! - request limits: a body over 64 KiB gets 413 and changes nothing; a hundred connections
+//!   that never finish their headers block nobody and are cut off after the header timeout.
 //!
 //! server.rs tests the same rules in-process (including slow clients); this file checks the
 //! shipped binary wires them up.
@@ -216,4 +217,53 @@ async fn token_from_the_environment_guards_writes_and_keys_never_leak() {
     assert!(rendered.contains("veer-cookie-keys"), "{rendered}");
     assert!(rendered.contains("keysEnv"), "{rendered}");
     assert!(!rendered.contains(key_bytes_b64), "render printed the key");
+}
+
+/// Slowloris against the real binary: a hundred connections that never finish their headers
+/// do not stop others from being served, and are cut off after the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_neither_block_others_nor_stay_connected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let c = started(
+        &format!("--token-file={}", token_file.display()),
+        dir.path(),
+    )
+    .await;
+    let addr = c.url.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /v1/canaries HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let started_at = std::time::Instant::now();
+    let (status, _) = raw(&c, "GET", "/v1/canaries", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        started_at.elapsed() < Duration::from_secs(2),
+        "a normal request waited {:?} behind slow clients",
+        started_at.elapsed()
+    );
+    // Every slow connection is closed by the server (EOF) within the header timeout + margin.
+    let limit = Duration::from_secs(10 + 5);
+    let closed = tokio::time::timeout(limit, async {
+        for s in &mut slow {
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            assert!(
+                !String::from_utf8_lossy(&buf).contains("200 OK"),
+                "an unfinished request was answered"
+            );
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "slow connections still open after {limit:?}"
+    );
 }
