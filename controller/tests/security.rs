@@ -4,7 +4,8 @@
 //! - with a bearer token configured (file or environment variable), every write answers 401
 //!   without it or with a wrong one and changes nothing; reads (`/v1/table`, `/v1/canaries`,
 //!   `/metrics`, `/healthz`) need no token;
-//! - the token never appears in the log (veer_controller at debug level), in an answer or in `/metrics`;
+//! - the token never appears in the log (veer_controller at debug level), in an answer or
+//!   in `/metrics`;
 //! - cookie signing keys never appear in the table, `/v1/canaries`, `/metrics`, the log or
 //!   `veer render`'s output, even with the key variable in the controller's environment: the
 //!   controller only ever handles the Secret's name;
@@ -56,7 +57,19 @@ spec:
 "#
 }
 
+/// The token and a cookie key in the environment every controller of this file inherits.
+/// Set once, first thing in each test, before any of them spawns a process (std serialises
+/// `set_var` with `Command::spawn`'s read of the environment).
+fn environment() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("VEER_API_TOKEN", TOKEN);
+        std::env::set_var("VEER_COOKIE_KEYS", COOKIE_KEY);
+    });
+}
+
 async fn started(token_arg: &str, dir: &std::path::Path) -> Controller {
+    environment();
     let canaries = dir.join("canaries");
     std::fs::create_dir_all(&canaries).unwrap();
     write_spec(&canaries, "app.yaml", spec());
@@ -170,9 +183,6 @@ async fn token_from_a_file_guards_writes_and_is_never_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_from_the_environment_guards_writes_and_keys_never_leak() {
     let dir = tempfile::tempdir().unwrap();
-    // The token and a cookie key in the controller's environment.
-    std::env::set_var("VEER_API_TOKEN", TOKEN);
-    std::env::set_var("VEER_COOKIE_KEYS", COOKIE_KEY);
     let c = started("--token-env=VEER_API_TOKEN", dir.path()).await;
     check_token_rules(&c).await;
     c.post(
