@@ -686,3 +686,32 @@ fn more_bad_plugin_configs_are_rejected_naming_the_field_not_the_key() {
     }
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// Fresh seeds come from the host's randomness: two gateways started the same way hand out
+/// different cookies to the same sequence of requests, so a client cannot predict (or, by
+/// replaying a request sequence, choose) the seat a fresh visit gets.
+#[test]
+fn fresh_seeds_differ_between_gateway_starts() {
+    require_tools();
+    let primary = Backend::start("primary").unwrap();
+    let canary = Backend::start("canary").unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let envoy = start_gateway(&primary, &canary);
+        let mut client = HttpClient::new(envoy.gateway_addr().unwrap());
+        let seeds: Vec<Seed> = (0..20)
+            .map(|i| {
+                let r = get(&mut client, HALF_HOST, &[]);
+                judge_response(&r, &format!("fresh visit {i}"))
+                    .issued
+                    .unwrap()
+            })
+            .collect();
+        runs.push(seeds);
+    }
+    let same = runs[0].iter().zip(&runs[1]).filter(|(a, b)| a == b).count();
+    assert_eq!(
+        same, 0,
+        "{same} of 20 fresh seeds repeat across gateway starts: the seed source is predictable"
+    );
+}
