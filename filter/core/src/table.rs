@@ -19,11 +19,52 @@ pub const DEFAULT_TABLE_PATH: &str = "/v1/table";
 /// Weights are in basis points: 10000 is everyone.
 pub const MAX_WEIGHT: u32 = 10_000;
 
+/// Defines the JSON types once, and a mirror of them in `strict` that denies unknown fields
+/// (at every depth: the mirror's field types resolve to the mirror's own structs). The
+/// plugin configuration is checked against the mirror; the table from the controller is
+/// read with the lenient types, so that an old filter can read a newer table.
+macro_rules! config_types {
+    ($(
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$field_meta:meta])*
+                pub $field:ident: $ty:ty,
+            )*
+        }
+    )*) => {
+        $(
+            $(#[$meta])*
+            pub struct $name {
+                $(
+                    $(#[$field_meta])*
+                    pub $field: $ty,
+                )*
+            }
+        )*
+
+        /// The same types, denying unknown fields. Only deserialized, to check a document.
+        pub(crate) mod strict {
+            #![allow(dead_code)]
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[serde(deny_unknown_fields)]
+                pub(crate) struct $name {
+                    $(
+                        $(#[$field_meta])*
+                        pub(crate) $field: $ty,
+                    )*
+                }
+            )*
+        }
+    };
+}
+
+config_types! {
 /// The filter's plugin configuration (`WasmPlugin.spec.pluginConfig`).
-/// Unknown fields are an error here: a typo in deployed config must not pass silently.
-/// That strictness lives in `validate::parse_plugin_config` (which reports the unknown
-/// field's full path), not in serde attributes: the same `Route` types must stay lenient
-/// when read from the controller, so that an old filter can read a newer table.
+/// Unknown fields are an error here, at any depth: a typo in deployed config must not pass
+/// silently (`validate::parse_plugin_config` checks it against `strict::PluginConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginConfig {
@@ -39,26 +80,6 @@ pub struct PluginConfig {
     pub controller: Option<ControllerEndpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<RoutingTable>,
-}
-
-impl Default for PluginConfig {
-    fn default() -> Self {
-        PluginConfig {
-            route_header: default_route_header(),
-            mirror_header: default_mirror_header(),
-            decision_header: false,
-            cookie_signing: None,
-            controller: None,
-            table: None,
-        }
-    }
-}
-
-fn default_route_header() -> String {
-    DEFAULT_ROUTE_HEADER.to_string()
-}
-fn default_mirror_header() -> String {
-    DEFAULT_MIRROR_HEADER.to_string()
 }
 
 /// Cookie signing keys: inline base64 keys, or the name of an environment variable holding
@@ -86,16 +107,6 @@ pub struct ControllerEndpoint {
     pub poll_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-}
-
-fn default_table_path() -> String {
-    DEFAULT_TABLE_PATH.to_string()
-}
-fn default_poll_ms() -> u64 {
-    1000
-}
-fn default_timeout_ms() -> u64 {
-    30_000
 }
 
 /// The routing table as the controller serves it. Unknown fields are ignored (at every
@@ -137,27 +148,6 @@ pub struct Route {
     pub session_affinity: Option<SessionAffinity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_key: Option<StickyKey>,
-}
-
-fn default_path_prefix() -> String {
-    "/".to_string()
-}
-
-/// Which upstream a request goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Variant {
-    Primary,
-    Canary,
-}
-
-impl Variant {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Variant::Primary => "primary",
-            Variant::Canary => "canary",
-        }
-    }
 }
 
 /// QA access: the first matching override sets the variant before anything else.
@@ -223,12 +213,76 @@ pub struct SessionAffinity {
     pub partitioned: bool,
 }
 
+/// Bucket users by a request header (e.g. a user id) instead of a cookie.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StickyKey {
+    pub header: String,
+}
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            route_header: default_route_header(),
+            mirror_header: default_mirror_header(),
+            decision_header: false,
+            cookie_signing: None,
+            controller: None,
+            table: None,
+        }
+    }
+}
+
+fn default_route_header() -> String {
+    DEFAULT_ROUTE_HEADER.to_string()
+}
+
+fn default_mirror_header() -> String {
+    DEFAULT_MIRROR_HEADER.to_string()
+}
+
+fn default_table_path() -> String {
+    DEFAULT_TABLE_PATH.to_string()
+}
+
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_path_prefix() -> String {
+    "/".to_string()
+}
+
+/// Which upstream a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Primary,
+    Canary,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Primary => "primary",
+            Variant::Canary => "canary",
+        }
+    }
+}
+
 fn default_max_age() -> i64 {
     86_400
 }
+
 fn default_cookie_path() -> String {
     "/".to_string()
 }
+
 fn default_true() -> bool {
     true
 }
@@ -238,11 +292,4 @@ pub enum SameSite {
     Strict,
     Lax,
     None,
-}
-
-/// Bucket users by a request header (e.g. a user id) instead of a cookie.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StickyKey {
-    pub header: String,
 }

@@ -4,7 +4,9 @@
 
 use crate::compiled::CompiledTable;
 use crate::keys::SigningKeys;
-use crate::table::{PluginConfig, Route, RoutingTable, SameSite, SessionAffinity, MAX_WEIGHT};
+use crate::table::{
+    strict, PluginConfig, Route, RoutingTable, SameSite, SessionAffinity, MAX_WEIGHT,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -52,15 +54,10 @@ impl std::error::Error for ConfigError {}
 /// Parses `pluginConfig` strictly: JSON and type errors and unknown fields (at any depth)
 /// are reported with their field path, then the whole configuration is validated.
 pub fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
-    let mut unknown: Option<String> = None;
-    let cfg: PluginConfig = parse_json(bytes, |path| {
-        if unknown.is_none() {
-            unknown = Some(path);
-        }
-    })?;
-    if let Some(path) = unknown {
-        return Err(ConfigError::new(None, path, "unknown field"));
-    }
+    // The strict mirror finds every error the lenient read would, plus unknown fields; the
+    // second read only happens for a document that passed the first.
+    parse_json::<strict::PluginConfig>(bytes)?;
+    let cfg: PluginConfig = parse_json(bytes)?;
     validate_config(&cfg)?;
     Ok(cfg)
 }
@@ -68,17 +65,13 @@ pub fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
 /// Parses a table served by the controller: unknown fields are ignored, so an old filter
 /// reads a newer controller's table. The table is then validated.
 pub fn parse_table(bytes: &[u8]) -> Result<RoutingTable, ConfigError> {
-    let table: RoutingTable = parse_json(bytes, |_| {})?;
+    let table: RoutingTable = parse_json(bytes)?;
     validate_table(&table)?;
     Ok(table)
 }
 
-/// Deserializes `bytes`, reporting each ignored (unknown) field's path to `on_unknown`.
-fn parse_json<T, F>(bytes: &[u8], mut on_unknown: F) -> Result<T, ConfigError>
-where
-    T: serde::de::DeserializeOwned,
-    F: FnMut(String),
-{
+/// Deserializes `bytes`; errors carry the JSON field path.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     // serde lets a struct be read from a JSON array, positionally; at the top level that
     // would turn `[]` into a default configuration, so only an object is accepted there.
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -93,39 +86,29 @@ where
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = {
-        let mut report = |p: serde_ignored::Path| on_unknown(ignored_path(&p));
-        let ignoring = serde_ignored::Deserializer::new(&mut de, &mut report);
-        serde_path_to_error::deserialize::<_, T>(ignoring).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::new(None, path, e.into_inner().to_string())
-        })?
-    };
+    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.into_inner().to_string();
+        ConfigError::new(
+            None,
+            path,
+            unknown_field_reason(&message).unwrap_or(message),
+        )
+    })?;
     de.end()
         .map_err(|e| ConfigError::new(None, "", e.to_string()))?;
     Ok(value)
 }
 
-/// Renders serde_ignored's path in the same style as serde_path_to_error's:
-/// `table.routes[0].hostz`.
-fn ignored_path(p: &serde_ignored::Path) -> String {
-    use serde_ignored::Path;
-    match p {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
-        Path::Map { parent, key } => {
-            let parent = ignored_path(parent);
-            if parent.is_empty() {
-                key.clone()
-            } else {
-                format!("{parent}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => ignored_path(parent),
-    }
+/// serde's ``unknown field `x`, expected one of `a`, `b` at line 1 column 9`` as
+/// ``unknown field, expected one of `a`, `b` ``: the path already names the field and says
+/// where it is.
+fn unknown_field_reason(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (_, expected) = rest.split_once('`')?;
+    let expected = expected.split(" at line ").next().unwrap_or_default();
+    Some(format!("unknown field{expected}"))
 }
 
 /// Validates the whole plugin configuration, including its inline table (paths start

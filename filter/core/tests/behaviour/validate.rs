@@ -80,15 +80,18 @@ fn error_messages_name_route_path_and_reason() {
     );
     assert_eq!(
         error_for(|v| route0(v)["sessionAffinity"]["cookeName"] = json!("x")),
-        "table.routes[0].sessionAffinity.cookeName: unknown field"
+        "table.routes[0].sessionAffinity.cookeName: unknown field, expected one of `cookieName`, \
+         `maxAge`, `path`, `domain`, `secure`, `httpOnly`, `sameSite`, `partitioned`"
     );
     assert_eq!(
         error_for(|v| v["tabel"] = json!({})),
-        "tabel: unknown field"
+        "tabel: unknown field, expected one of `routeHeader`, `mirrorHeader`, `decisionHeader`, \
+         `cookieSigning`, `controller`, `table`"
     );
     assert_eq!(
         error_for(|v| route0(v)["overrides"][0]["match"]["header"] = json!({})),
-        "table.routes[0].overrides[0].match.header: unknown field"
+        "table.routes[0].overrides[0].match.header: unknown field, expected one of `headers`, \
+         `cookies`, `queryParams`, `method`, `uri`"
     );
     assert_eq!(
         error_for(|v| v["table"]["routes"][1]["name"] = json!("test/podinfo")),
