@@ -245,6 +245,15 @@ write("matchers", "regex-unbalanced-wrapper", matchers_seed(
     {"regex": "a)|(?:b"}, ["axxx", "xxb", "a", "b"], ("a", "b"), [], [], [], None, None,
     "GET", "/", [], "q", "1"))
 
+# Flagger's documented cookie A/B regex, which veer-core answers with a byte-level shortcut:
+# the values probe list boundaries, spaces after `;`, prefixes and suffixes of the literal.
+write("matchers", "flagger-cookie-list", matchers_seed(
+    {"regex": "^(.*?;)?(canary=always)(;.*)?$"},
+    ["canary=always", "x=1;canary=always;y=2", "x=1; canary=always", "xcanary=always",
+     "canary=always2", ";canary=always;", "a\nb;canary=always"],
+    ("^a$", "a\\$"), [("cookie", {"regex": "^(.*?;)?(canary=always)(;.*)?$"})], [], [],
+    None, None, "GET", "/", [("cookie", "x=1;canary=always")], "q", "1"))
+
 # Open findings, kept out of corpus/ so that fuzzing is not stopped at startup; each should
 # run clean once fixed, then move into corpus/. Run: cargo fuzz run matchers regressions/matchers/<file>
 REGRESSIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "regressions")
