@@ -263,3 +263,37 @@ fn signing_keys_from_config_and_environment() {
     let cfg = parse_plugin_config(b"{}").unwrap();
     assert!(veer_core::signing_keys(&cfg, |_| None).unwrap().is_none());
 }
+
+#[test]
+fn serde_errors_name_the_path_of_the_value() {
+    let path_and_reason = |doc: &str| {
+        let e = parse_plugin_config(doc.as_bytes()).unwrap_err().to_string();
+        e.split(" at line ").next().unwrap().to_string()
+    };
+    assert_eq!(
+        path_and_reason(r#"{"table": {"routes": [{"name": "a", "hosts": ["x", 5]}]}}"#),
+        "table.routes[0].hosts[1]: invalid type: integer `5`, expected a string"
+    );
+    assert_eq!(
+        path_and_reason(
+            r#"{"table": {"routes": [{"name": "a", "hosts": ["x"], "sessionAffinity": {"cookieName": "c"}, "weight": "x"}]}}"#
+        ),
+        r#"table.routes[0].weight: invalid type: string "x", expected u32"#
+    );
+    assert_eq!(
+        path_and_reason(r#"{"table": {"routes": [{"name": "a", "hosts": ["x"]}, {"name": "b"}]}}"#),
+        "table.routes[1]: missing field `hosts`"
+    );
+    assert_eq!(
+        path_and_reason(
+            r#"{"table": {"routes": [{"name": "a", "hosts": ["x"], "match": [{}, {"headers": {"a\"b,[{": {"exact": 1}}}]}]}}"#
+        ),
+        r#"table.routes[0].match[1].headers["a\"b,[{"].exact: invalid type: integer `1`, expected a string"#
+    );
+    assert_eq!(
+        path_and_reason(
+            "{\n  \"controller\": {\n    \"cluster\": \"c\",\n    \"pollMs\": true\n  }\n}"
+        ),
+        "controller.pollMs: invalid type: boolean `true`, expected u64"
+    );
+}
