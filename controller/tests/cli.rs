@@ -4,7 +4,6 @@
 //! running controller (with its bearer token).
 
 mod support;
-mod veer_process;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::poll_until;
-use veer_process::{run_to_exit, run_veer, text, write_spec, Controller, VEER};
+use support::process::{run_to_exit, text};
+use support::veer::{run_veer, write_spec, Controller, VEER};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -14,7 +14,6 @@
 //! the same invariants over every saved state of the pure state machine.
 
 mod support;
-mod veer_process;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,8 +25,9 @@ use axum::extract::Json as JsonBody;
 use axum::http::StatusCode;
 use axum::routing::{any, post};
 use serde_json::{json, Value};
-use support::{free_port, poll_until, TestServer};
-use veer_process::{write_spec, Controller, VEER};
+use support::http::TestServer;
+use support::veer::{write_spec, Controller, VEER};
+use support::{free_port, poll_until};
 
 const KEY: &str = "test/podinfo";
 
@@ -740,7 +740,7 @@ async fn full_disk_holds_transitions_until_space_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_stopping_mid_run_fails_checks_then_rolls_back() {
-    let prometheus = support::Prometheus::start(&[]).await;
+    let prometheus = support::prometheus::Prometheus::start(&[]).await;
     let prometheus_addr = prometheus.url.trim_start_matches("http://").to_string();
     let dir = tempfile::tempdir().unwrap();
     let canaries = dir.path().join("canaries");

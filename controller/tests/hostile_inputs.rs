@@ -17,7 +17,6 @@
 //! webhooks_real.rs; spec.rs checks every spec message in-process.
 
 mod support;
-mod veer_process;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,8 +26,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use serde_json::{json, Value};
-use support::{HangingServer, TestServer};
-use veer_process::{write_spec, Controller};
+use support::http::{HangingServer, TestServer};
+use support::veer::{write_spec, Controller};
 
 fn canary(name: &str, analysis: &str) -> String {
     format!(

@@ -9,7 +9,9 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{poll_until, Exporter, HangingServer, Prometheus, TestServer};
+use support::http::{HangingServer, TestServer};
+use support::poll_until;
+use support::prometheus::{Exporter, Prometheus};
 use veer_controller::prometheus::{
     builtin_query, BuiltinMetric, MetricError, MetricsSet, PrometheusClient, QueryVars,
     ThresholdRange,
@@ -520,7 +522,7 @@ async fn builtin_envoy_queries_against_real_envoy_stats() {
     let admin_port = support::free_port();
     let listener_port = support::free_port();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let envoy = support::Envoy::start(
+    let envoy = support::envoy::Envoy::start(
         &envoy_config(admin_port, listener_port, upstream.addr),
         admin,
     )

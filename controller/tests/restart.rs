@@ -10,7 +10,6 @@
 //! is a fixed value and not a race with the next pass.
 
 mod support;
-mod veer_process;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,8 +18,10 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::routing::{any, post};
 use serde_json::{json, Value};
-use support::{poll_until, TestServer};
-use veer_process::{run_veer, text, write_spec, Controller};
+use support::http::TestServer;
+use support::poll_until;
+use support::process::text;
+use support::veer::{run_veer, write_spec, Controller};
 
 const KEY: &str = "test/podinfo";
 const POLL: Duration = Duration::from_millis(50);

@@ -16,12 +16,12 @@
 //! shipped binary wires them up.
 
 mod support;
-mod veer_process;
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use veer_process::{run_veer, text, write_spec, Controller};
+use support::process::text;
+use support::veer::{run_veer, write_spec, Controller};
 
 const TOKEN: &str = "tok-7f3a9c1e5b2d4f60a8e1c3b5";
 /// A cookie signing key as an operator would put it in a Secret (base64 of 32 bytes).

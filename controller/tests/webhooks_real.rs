@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use support::{HangingServer, Recorder, TestServer};
+use support::http::{HangingServer, Recorder, TestServer};
 use veer_controller::webhooks::{
     CanaryIdentity, Hook, HookError, HookType, WebhookCaller, WebhookPayload, DEFAULT_HOOK_TIMEOUT,
 };

@@ -1,0 +1,125 @@
+//! A real Prometheus in a temp dir, and a scrape target whose text the test computes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::process::ChildGuard;
+use super::{free_port, poll_until};
+
+pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
+
+/// A real Prometheus scraping the given targets every second, with its data in a temp dir.
+pub struct Prometheus {
+    pub url: String,
+    process: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus and waits (with a deadline) until it is ready. Fails the test with
+    /// the install command when the binary is missing.
+    pub async fn start(targets: &[SocketAddr]) -> Prometheus {
+        let jobs: Vec<(SocketAddr, &str)> = targets.iter().map(|t| (*t, "/metrics")).collect();
+        Prometheus::start_jobs(&jobs).await
+    }
+
+    /// As `start`, with a metrics path per target (e.g. Envoy's `/stats/prometheus`).
+    pub async fn start_jobs(targets: &[(SocketAddr, &str)]) -> Prometheus {
+        assert!(
+            Path::new(PROMETHEUS_BIN).exists(),
+            "{PROMETHEUS_BIN} is missing: apt-get install -y prometheus"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+        );
+        for (i, (addr, path)) in targets.iter().enumerate() {
+            config.push_str(&format!(
+                "  - job_name: target{i}\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n    \
+                 metrics_path: {path}\n    static_configs:\n      - targets: [\"{addr}\"]\n"
+            ));
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let port = free_port();
+        let mut cmd = Command::new(PROMETHEUS_BIN);
+        cmd.arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn");
+        let mut process = ChildGuard::spawn("prometheus", cmd, dir.path().join("prometheus.log"));
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let ready = format!("{url}/-/ready");
+        poll_until("Prometheus /-/ready", Duration::from_secs(30), || {
+            process.assert_running();
+            let http = http.clone();
+            let ready = ready.clone();
+            async move {
+                match http.get(&ready).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        Prometheus {
+            url,
+            process,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+}
+
+/// An HTTP scrape target serving Prometheus text that the test computes on every scrape.
+pub struct Exporter {
+    pub addr: SocketAddr,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+impl Exporter {
+    pub async fn start(render: Render) -> Exporter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind exporter");
+        let addr = listener.local_addr().expect("exporter addr");
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let render = render.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        render(),
+                    )
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Exporter { addr, _task: task }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}

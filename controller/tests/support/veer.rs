@@ -1,0 +1,206 @@
+//! The real `veer` binary: `veer controller` started on a free port, ready when `/healthz`
+//! answers, killed (SIGKILL) and reaped on drop, with a client for its API; and `veer ARGS`
+//! run to its exit with a deadline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::process::run_to_exit;
+use super::{free_port, poll_until};
+
+pub const VEER: &str = env!("CARGO_BIN_EXE_veer");
+
+/// A running `veer controller`, killed with SIGKILL on drop.
+pub struct Controller {
+    process: Process,
+    pid: u32,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Controller {
+    /// Starts `veer controller ARGS --listen 127.0.0.1:<free port>` and waits until
+    /// `/healthz` answers.
+    pub async fn start(args: &[String], log: PathBuf) -> Controller {
+        let port = free_port();
+        let mut cmd = Command::new(VEER);
+        cmd.arg("controller")
+            .args(args)
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .env("RUST_LOG", "veer_controller=debug,info");
+        let mut process = Process::spawn(cmd, log);
+        let pid = process.child.id();
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let health = format!("{url}/healthz");
+        poll_until("veer controller /healthz", Duration::from_secs(30), || {
+            process.assert_running();
+            let http = http.clone();
+            let health = health.clone();
+            async move {
+                match http.get(&health).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        Controller {
+            process,
+            pid,
+            url,
+            http,
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP") with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.pid);
+    }
+
+    /// Waits for the process to exit by itself; panics at the deadline.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.process.try_wait() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "veer controller did not exit within {deadline:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    pub fn assert_running(&mut self) {
+        self.process.assert_running();
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nlog:\n{}", self.log_text()));
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    /// `GET /v1/table` without `after`: the served table, or `None` (304) before the first.
+    pub async fn table(&self) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}/v1/table", self.url))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => Some(response.json().await.unwrap()),
+            304 => None,
+            other => panic!("GET /v1/table: HTTP {other}"),
+        }
+    }
+
+    pub async fn canary(&self, key: &str) -> Value {
+        self.get_json(&format!("/v1/canaries/{key}")).await
+    }
+
+    /// POSTs a command; returns the status code and the JSON answer.
+    pub async fn post(&self, path: &str, body: Value, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.url)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn revision(&self, key: &str, revision: &str) -> Value {
+        let (status, answer) = self
+            .post(
+                &format!("/v1/canaries/{key}/revision"),
+                serde_json::json!({ "revision": revision }),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "revision {revision}: {answer}");
+        answer
+    }
+}
+
+/// The controller's child process, with its output in a log file; killed (SIGKILL) and
+/// reaped on drop, even when the test panics.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Process {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Process { child, log }
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.try_wait() {
+            panic!(
+                "veer controller exited ({status}); log:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `veer ARGS` to its exit (killing it at the deadline, which fails the test).
+pub fn run_veer(args: &[&str], deadline: Duration) -> Output {
+    run_to_exit(Command::new(VEER).args(args), deadline)
+}
+
+/// Writes `yaml` as `dir/name`.
+pub fn write_spec(dir: &Path, name: &str, yaml: &str) {
+    std::fs::write(dir.join(name), yaml).unwrap();
+}
