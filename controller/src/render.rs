@@ -20,7 +20,7 @@ use crate::spec::{route_for, CanarySpec};
 
 /// What the filter writes into `mirrorHeader` for a request to mirror (routing-table.md,
 /// step 7); the VirtualService's mirror route matches exactly this.
-pub const MIRROR_HEADER_VALUE: &str = "1";
+pub use veer_core::MIRROR_HEADER_VALUE;
 
 /// The istio.io API versions written. `networking.istio.io/v1` needs Istio 1.22 or newer.
 const NETWORKING_API: &str = "networking.istio.io/v1";

@@ -295,8 +295,8 @@ fn hostile_requests_never_fail_never_pick_the_canary_and_get_a_valid_cookie() {
         );
     }
     // Two Cookie header lines, which RFC 6265 forbids user agents to send (HTTP/2 crumbs are
-    // joined by Envoy): the filter reads the first line only, so this user is treated as new
-    // and gets a fresh valid cookie; the forged seat in the first line is not honoured.
+    // joined by Envoy): the filter reads them as one list, so the forged seat in the first
+    // line is skipped and the valid seat in the second keeps this user on primary.
     let o = judge_response(
         &get(
             &mut client,
@@ -305,7 +305,10 @@ fn hostile_requests_never_fail_never_pick_the_canary_and_get_a_valid_cookie() {
         ),
         "two Cookie lines",
     );
-    assert_eq!(o.reason, "weight");
+    assert_eq!(
+        (o.variant.as_str(), o.reason.as_str()),
+        ("primary", "cookie")
+    );
 
     // --- broken quoting and syntax ---
     let canary_value = canary_seat.split_once('=').unwrap().1;

@@ -16,6 +16,8 @@ const MAX_HOST_LEN: usize = 255;
 #[derive(Debug, Clone)]
 pub struct CompiledRoute {
     route: Route,
+    /// Position in `CompiledTable::routes`.
+    index: usize,
     stat_token: String,
     pub(crate) overrides: Vec<(CompiledRule, Variant)>,
     pub(crate) rules: Vec<CompiledRule>,
@@ -26,7 +28,7 @@ pub struct CompiledRoute {
 }
 
 impl CompiledRoute {
-    fn compile(route: &Route, at: &str) -> Result<CompiledRoute, ConfigError> {
+    fn compile(route: &Route, index: usize, at: &str) -> Result<CompiledRoute, ConfigError> {
         let in_route = |e: ConfigError| e.in_route(&route.name);
         let overrides = route
             .overrides
@@ -47,6 +49,7 @@ impl CompiledRoute {
             .map_err(in_route)?;
         Ok(CompiledRoute {
             route: route.clone(),
+            index,
             stat_token: stat_route_token(&route.name),
             overrides,
             rules,
@@ -60,6 +63,12 @@ impl CompiledRoute {
 
     pub fn name(&self) -> &str {
         &self.route.name
+    }
+
+    /// The route's position in `CompiledTable::routes()`, for per-route state kept beside
+    /// the table (the filter's stat ids) without searching for it per request.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// The route name as used in stat names (see `stat_route_token`).
@@ -107,6 +116,7 @@ impl CompiledTable {
         for (i, route) in table.routes.iter().enumerate() {
             out.routes.push(CompiledRoute::compile(
                 route,
+                i,
                 &format!("{prefix}routes[{i}]"),
             )?);
             for host in &route.hosts {

@@ -12,6 +12,7 @@
 
 use crate::bucket::Seed;
 use crate::keys::{HmacSha256, SigningKeys};
+use crate::request::RequestView;
 use crate::table::{SameSite, SessionAffinity};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -138,6 +139,16 @@ pub fn find_cookie<'a>(
         }
         None
     })
+}
+
+/// Every value of cookie `name` in a request, across all its `Cookie` headers in order (as
+/// if they were joined into one list). Nothing is allocated.
+pub fn request_cookies<'a>(
+    req: &'a impl RequestView,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    req.header_values("cookie")
+        .flat_map(move |header| find_cookie(header, name))
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {

@@ -9,7 +9,7 @@
 
 use crate::bucket::{bucket, fresh_seed, key_seed, mirror_bucket, mix_request_id, Bucket, Seed};
 use crate::compiled::CompiledRoute;
-use crate::cookie::{encode_cookie_value, find_cookie, verify_cookie_value};
+use crate::cookie::{encode_cookie_value, request_cookies, verify_cookie_value};
 use crate::keys::SigningKeys;
 use crate::request::RequestView;
 use crate::table::Variant;
@@ -102,12 +102,11 @@ pub fn decide(
         // state between runs costs no hashing and no MAC.
         return Decision::fixed(Variant::Primary, Reason::Weight);
     }
-    let cookie_seed = match (&r.session_affinity, req.header("cookie")) {
-        (Some(aff), Some(header)) => find_cookie(header, &aff.cookie_name)
+    let cookie_seed = r.session_affinity.as_ref().and_then(|aff| {
+        request_cookies(req, &aff.cookie_name)
             .take(MAX_COOKIE_CANDIDATES)
-            .find_map(|v| verify_cookie_value(&r.name, v, keys)),
-        _ => None,
-    };
+            .find_map(|v| verify_cookie_value(&r.name, v, keys))
+    });
     let key = route.sticky_header.as_deref().and_then(|h| req.header(h));
     let (seed, reason): (Seed, Reason) = match (key, cookie_seed) {
         (Some(k), _) => (key_seed(k), Reason::Key),

@@ -16,7 +16,8 @@ pub mod validate;
 pub use bucket::{bucket, fresh_seed, key_seed, mirror_bucket, Bucket, Seed, BUCKETS, SEED_LEN};
 pub use compiled::{CompiledRoute, CompiledTable};
 pub use cookie::{
-    encode_cookie_value, find_cookie, set_cookie_attributes, set_cookie_header, verify_cookie_value,
+    encode_cookie_value, find_cookie, request_cookies, set_cookie_attributes, set_cookie_header,
+    verify_cookie_value,
 };
 pub use decision::{decide, decision_header_value, Decision, Reason, MAX_COOKIE_CANDIDATES};
 pub use keys::{signing_keys, SigningKeys, MIN_KEY_BYTES};

@@ -37,7 +37,7 @@
 //! `has_unicode_class`), and `(?i)` folds ASCII letters only. `\d`, `\w`, `\s` and `\b` are
 //! ASCII, as in RE2.
 
-use crate::cookie::find_cookie;
+use crate::cookie::request_cookies;
 use crate::request::RequestView;
 use crate::table::{MatchRule, StringMatch};
 use crate::validate::{key_segment, ConfigError};
@@ -394,15 +394,12 @@ impl CompiledRule {
         {
             return false;
         }
-        if !self.cookies.is_empty() {
-            let header = req.header("cookie").unwrap_or_default();
-            if !self
-                .cookies
-                .iter()
-                .all(|(name, m)| m.matches(find_cookie(header, name).next()))
-            {
-                return false;
-            }
+        if !self
+            .cookies
+            .iter()
+            .all(|(name, m)| m.matches(request_cookies(req, name).next()))
+        {
+            return false;
         }
         if !self.query_params.is_empty() {
             let query = query_string(req.path());

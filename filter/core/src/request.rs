@@ -7,6 +7,9 @@
 pub trait RequestView {
     /// The first value of the header `lowercase_name`, which callers pass already lowercased.
     fn header(&self, lowercase_name: &str) -> Option<&[u8]>;
+    /// Every value of the header, in arrival order. Used for `Cookie`: HTTP/1 clients may
+    /// send it several times (RFC 6265 says once), and the copies are read as one list.
+    fn header_values<'a>(&'a self, lowercase_name: &'a str) -> impl Iterator<Item = &'a [u8]>;
     /// `:authority` (empty when missing).
     fn authority(&self) -> &[u8];
     /// `:path`, query string included (empty when missing).
@@ -74,6 +77,13 @@ impl RequestView for OwnedRequest {
         self.headers
             .iter()
             .find(|(n, _)| n.as_slice() == want)
+            .map(|(_, v)| v.as_slice())
+    }
+    fn header_values<'a>(&'a self, lowercase_name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        let want = lowercase_name.as_bytes();
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.as_slice() == want)
             .map(|(_, v)| v.as_slice())
     }
     fn authority(&self) -> &[u8] {

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 pub const DEFAULT_ROUTE_HEADER: &str = "x-veer-route";
 /// Default request header asking the gateway's route to mirror to the canary.
 pub const DEFAULT_MIRROR_HEADER: &str = "x-veer-mirror";
+/// The mirror header's value when a request is to be mirrored; the gateway's route matches
+/// it exactly.
+pub const MIRROR_HEADER_VALUE: &str = "1";
 /// Response header with the decision, when `decisionHeader` is on.
 pub const DECISION_HEADER: &str = "x-veer-decision";
 /// Headers the filter sends on each poll of the controller.

@@ -65,6 +65,14 @@ impl HeaderBlock {
             .map(|e| self.slice(e.value))
     }
 
+    /// Every value of `name`, in arrival order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.entries
+            .iter()
+            .filter(move |e| self.slice(e.name) == name.as_bytes())
+            .map(|e| self.slice(e.value))
+    }
+
     /// Whether the header is present.
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
@@ -104,6 +112,19 @@ mod tests {
         assert_eq!(block.get("x-bin"), Some(&[0xff, 0xfe][..]));
         assert_eq!(block.get("empty"), Some(&b""[..]));
         assert_eq!(block.get("missing"), None);
+    }
+
+    #[test]
+    fn every_copy_of_a_header_in_order() {
+        let block = HeaderBlock::parse(serialize(&[
+            ("cookie", b"a=1"),
+            ("x", b"y"),
+            ("cookie", b"b=2"),
+        ]))
+        .unwrap();
+        let all: Vec<&[u8]> = block.get_all("cookie").collect();
+        assert_eq!(all, [&b"a=1"[..], &b"b=2"[..]]);
+        assert_eq!(block.get_all("missing").count(), 0);
     }
 
     #[test]

@@ -10,11 +10,16 @@ use crate::root::{ActiveTable, EdgeConfig};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
-use veer_core::{decide, decision_header_value, RequestView, Variant, DECISION_HEADER};
+use veer_core::{
+    decide, decision_header_value, RequestView, Variant, DECISION_HEADER, MIRROR_HEADER_VALUE,
+};
 
 impl RequestView for HeaderBlock {
     fn header(&self, lowercase_name: &str) -> Option<&[u8]> {
         self.get(lowercase_name)
+    }
+    fn header_values<'a>(&'a self, lowercase_name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(lowercase_name)
     }
     fn authority(&self) -> &[u8] {
         self.get(":authority").unwrap_or_default()
@@ -99,16 +104,16 @@ impl Exchange {
             return;
         }
         if decision.mirror
-            && host::replace_header(MapType::RequestHeaders, &config.mirror_header, b"1").is_err()
+            && host::replace_header(
+                MapType::RequestHeaders,
+                &config.mirror_header,
+                MIRROR_HEADER_VALUE.as_bytes(),
+            )
+            .is_err()
         {
             config.count_error();
         }
-        let index = active
-            .table
-            .routes()
-            .iter()
-            .position(|r| std::ptr::eq(r, route));
-        let stats = index.and_then(|i| active.stats.get(i).copied().flatten());
+        let stats = active.stats.get(route.index()).copied().flatten();
         if let Some(stats) = stats {
             if host::increment_metric(stats.request(decision.variant, decision.reason), 1).is_err()
             {

@@ -151,6 +151,27 @@ fn a_valid_cookie_keeps_the_bucket_and_is_not_reissued() {
 }
 
 #[test]
+fn several_cookie_headers_are_read_as_one_list() {
+    let t = one_route(&format!(r#""weight": 5000, {AFFINITY}"#));
+    let seed = seed_with_bucket(|b| b < 5000);
+    let v = encode_cookie_value("test/podinfo", &seed, None);
+    let r = req()
+        .with_header("cookie", "a=b; c=d")
+        .with_header("x-other", "1")
+        .with_header("cookie", format!("veer={v}"));
+    let d = run(&t, &r, 3);
+    assert_eq!(
+        (d.variant, d.reason, d.set_cookie),
+        (Variant::Canary, Reason::Cookie, None)
+    );
+    // A broken copy in the first header does not hide a valid one in the second.
+    let r = req()
+        .with_header("cookie", "veer=garbage")
+        .with_header("cookie", format!("veer={v}"));
+    assert_eq!(run(&t, &r, 3).reason, Reason::Cookie);
+}
+
+#[test]
 fn a_fresh_user_gets_a_cookie_holding_the_seed_that_decided() {
     let t = one_route(&format!(r#""weight": 3000, {AFFINITY}"#));
     let route = t.find_route(b"app.example.com", b"/").unwrap();

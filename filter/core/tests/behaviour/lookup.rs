@@ -129,3 +129,18 @@ fn route_exposes_name_stat_token_and_route() {
         "ns/name-1_x_y_z"
     );
 }
+
+#[test]
+fn every_route_knows_its_index() {
+    let t = table();
+    for (i, r) in t.routes().iter().enumerate() {
+        assert_eq!(r.index(), i);
+        let found = t.find_route(
+            r.route().hosts[0].trim_start_matches("*.").as_bytes(),
+            r.route().path_prefix.as_bytes(),
+        );
+        if let Some(found) = found {
+            assert!(std::ptr::eq(found, &t.routes()[found.index()]));
+        }
+    }
+}

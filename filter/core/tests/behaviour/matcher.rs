@@ -164,6 +164,26 @@ fn cookies_query_params_method_and_uri() {
 }
 
 #[test]
+fn cookie_conditions_read_every_cookie_header() {
+    let r = rule(r#"{"cookies": {"tester": {"exact": "1"}, "plan": {"present": true}}}"#);
+    let split = OwnedRequest::new("GET", "a", "/")
+        .with_header("cookie", "plan=pro")
+        .with_header("cookie", "x=y; tester=1");
+    assert!(r.matches(&split));
+    // The first copy of a cookie decides, across headers as within one.
+    let first_wins = OwnedRequest::new("GET", "a", "/")
+        .with_header("cookie", "tester=0; plan=pro")
+        .with_header("cookie", "tester=1");
+    assert!(!r.matches(&first_wins));
+    let absent = rule(r#"{"cookies": {"optout": {"present": false}}}"#);
+    assert!(!absent.matches(
+        &OwnedRequest::new("GET", "a", "/")
+            .with_header("cookie", "a=1")
+            .with_header("cookie", "optout=1")
+    ));
+}
+
+#[test]
 fn uri_excludes_the_query_string() {
     let r = rule(r#"{"uri": {"exact": "/login"}}"#);
     assert!(r.matches(&OwnedRequest::new("GET", "a", "/login?next=/x")));
