@@ -36,7 +36,7 @@ class Envoy:
     def counters(self, pattern: str) -> dict[str, int]:
         """Admin stats whose names match the regex `pattern`, as integers."""
         status, _, body = procs.http_get(
-            f"http://127.0.0.1:{self.admin_port}/stats?filter={pattern}", timeout=5
+            f"http://127.0.0.1:{self.admin_port}/stats?filter={pattern}", timeout=30
         )
         if status != 200:
             raise procs.BenchError(f"{self.name}: /stats answered {status}")
@@ -55,9 +55,8 @@ class Envoy:
         return self.counter(f"http.{LISTENER_STAT_PREFIX}.downstream_rq_total")
 
     def upstream_rq(self) -> dict[str, int]:
-        return {
-            c: self.counter(f"cluster.{c}.upstream_rq_total") for c in ("primary", "canary")
-        }
+        got = self.counters(r"^cluster\.(primary|canary)\.upstream_rq_total$")
+        return {c: got.get(f"cluster.{c}.upstream_rq_total", 0) for c in ("primary", "canary")}
 
     def stop(self) -> None:
         procs.stop(self.proc)

@@ -64,7 +64,7 @@ def wrk(
                 if stop_when():
                     proc.send_signal(signal.SIGINT)
                     break
-                time.sleep(0.05)
+                time.sleep(0.2)
         out, err = proc.communicate(timeout=timeout_s or duration_s + 60)
     except BaseException:
         proc.kill()

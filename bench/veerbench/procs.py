@@ -53,8 +53,8 @@ def pinned(argv: list[str], cpus: str | None) -> list[str]:
     """Prefix `argv` with taskset (when `cpus` is set) and a raised priority (when root)."""
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
-        if os.geteuid() == 0:
-            argv = ["nice", "-n", NICE, *argv]
+    if os.geteuid() == 0:
+        argv = ["nice", "-n", NICE, *argv]
     return argv
 
 

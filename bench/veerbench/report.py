@@ -78,6 +78,7 @@ def render(results: dict) -> str:
         w = c.get("veer_wasm") or {}
         parts.append(
             f"\nveer build measured: {w.get('path')} {w.get('bytes', 0):,} bytes, sha256 {w.get('sha256')}, built {w.get('mtime')}"
+            + (" (rebuilt by other work during the run; the gateways kept this one)" if c.get("veer_wasm_rebuilt_during_run") else "")
             if w else "\nveer build measured: none"
         )
         parts.append(

@@ -200,6 +200,10 @@ def run(build_first: bool = True) -> dict:
     named = NAMED_DIR / "veer_filter.wasm"
     rows, per_section = by_crate(named)
     data = veer.read_bytes()
+    # The named build must be of the same source as the shipped file; another build may have
+    # replaced the shipped file in between (a shared checkout).
+    if abs(function_sizes(data)[1].get("code", 0) - per_section.get("code", 0)) > 0.02 * per_section.get("code", 1):
+        raise procs.BenchError("the shipped .wasm and the named build differ: the filter was rebuilt meanwhile; rerun")
     # Small crates are folded into one row so the table stays readable.
     top = [r for r in rows if r["share"] >= 0.005]
     rest = [r for r in rows if r["share"] < 0.005]

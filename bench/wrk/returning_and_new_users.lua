@@ -1,8 +1,9 @@
 -- wrk traffic for the CPU benchmark: a fixed cycle of requests in which one in
 -- VEER_BENCH_NEW_EVERY comes from a new user (no affinity cookie) and the rest from returning
 -- users whose cookies were collected from the gateway under test (VEER_BENCH_COOKIES: one
--- "name=value" per line). Requests are built once in init(), so wrk's own cost per request
--- stays small and the same for every variant.
+-- "name=value" per line; 1000 of them, so a returning user's cookie comes back only after
+-- ~800 other users' requests). Requests are built once in init(), so wrk's own cost per
+-- request stays small and the same for every variant.
 
 local requests = {}
 local n = 0
