@@ -3,9 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use super::poll_until;
 use super::process::ChildGuard;
 
 /// The Envoy binary: `$VEER_ENVOY`, else the workspace venv's (as the e2e harness finds it).
@@ -44,21 +42,13 @@ impl Envoy {
             "warning",
         ]);
         let mut process = ChildGuard::spawn("envoy", cmd, dir.path().join("envoy.log"));
-        let http = reqwest::Client::new();
-        let ready = format!("http://{admin}/ready");
-        poll_until("Envoy /ready", Duration::from_secs(30), || {
-            process.assert_running();
-            let http = http.clone();
-            let ready = ready.clone();
-            async move {
-                match http.get(&ready).send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("HTTP {}", r.status())),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
-        .await;
+        process
+            .wait_http_ready(
+                "Envoy /ready",
+                &reqwest::Client::new(),
+                &format!("http://{admin}/ready"),
+            )
+            .await;
         Envoy {
             admin,
             process,

@@ -2,8 +2,10 @@
 //! and commands run to their exit with a deadline.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use super::poll_until;
 
 /// A child process that is killed (and reaped) when dropped.
 pub struct ChildGuard {
@@ -27,12 +29,37 @@ impl ChildGuard {
         }
     }
 
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Panics with the log if the process has exited.
     pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            panic!("{} exited ({status}); log:\n{log}", self.name);
+        if let Some(status) = self.try_wait() {
+            panic!("{} exited ({status}); log:\n{}", self.name, self.log_text());
         }
+    }
+
+    /// Polls `GET url` (with a 30 s deadline) until it answers 2xx; fails the test, with the
+    /// log, as soon as the process exits. `what` names the wait in the failure.
+    pub async fn wait_http_ready(&mut self, what: &str, http: &reqwest::Client, url: &str) {
+        poll_until(what, Duration::from_secs(30), || {
+            self.assert_running();
+            let request = http.get(url);
+            async move {
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
     }
 
     pub fn log_text(&self) -> String {

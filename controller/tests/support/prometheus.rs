@@ -4,10 +4,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
+use super::free_port;
 use super::process::ChildGuard;
-use super::{free_port, poll_until};
 
 pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
 
@@ -55,21 +54,13 @@ impl Prometheus {
             .arg("--log.level=warn");
         let mut process = ChildGuard::spawn("prometheus", cmd, dir.path().join("prometheus.log"));
         let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let ready = format!("{url}/-/ready");
-        poll_until("Prometheus /-/ready", Duration::from_secs(30), || {
-            process.assert_running();
-            let http = http.clone();
-            let ready = ready.clone();
-            async move {
-                match http.get(&ready).send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("HTTP {}", r.status())),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
-        .await;
+        process
+            .wait_http_ready(
+                "Prometheus /-/ready",
+                &reqwest::Client::new(),
+                &format!("{url}/-/ready"),
+            )
+            .await;
         Prometheus {
             url,
             process,

@@ -3,20 +3,19 @@
 //! run to its exit with a deadline.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::process::run_to_exit;
-use super::{free_port, poll_until};
+use super::free_port;
+use super::process::{run_to_exit, ChildGuard};
 
 pub const VEER: &str = env!("CARGO_BIN_EXE_veer");
 
 /// A running `veer controller`, killed with SIGKILL on drop.
 pub struct Controller {
-    process: Process,
-    pid: u32,
+    process: ChildGuard,
     pub url: String,
     http: reqwest::Client,
 }
@@ -31,43 +30,26 @@ impl Controller {
             .args(args)
             .arg(format!("--listen=127.0.0.1:{port}"))
             .env("RUST_LOG", "veer_controller=debug,info");
-        let mut process = Process::spawn(cmd, log);
-        let pid = process.child.id();
+        let mut process = ChildGuard::spawn("veer controller", cmd, log);
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let health = format!("{url}/healthz");
-        poll_until("veer controller /healthz", Duration::from_secs(30), || {
-            process.assert_running();
-            let http = http.clone();
-            let health = health.clone();
-            async move {
-                match http.get(&health).send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("HTTP {}", r.status())),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
-        .await;
-        Controller {
-            process,
-            pid,
-            url,
-            http,
-        }
+        process
+            .wait_http_ready("veer controller /healthz", &http, &format!("{url}/healthz"))
+            .await;
+        Controller { process, url, http }
     }
 
     /// Sends `signal` (e.g. "TERM", "HUP") with kill(1).
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(self.pid.to_string())
+            .arg(self.process.id().to_string())
             .status()
             .unwrap();
-        assert!(status.success(), "kill -{signal} {}", self.pid);
+        assert!(status.success(), "kill -{signal} {}", self.process.id());
     }
 
     /// Waits for the process to exit by itself; panics at the deadline.
@@ -149,49 +131,6 @@ impl Controller {
             .await;
         assert_eq!(status, 200, "revision {revision}: {answer}");
         answer
-    }
-}
-
-/// The controller's child process, with its output in a log file; killed (SIGKILL) and
-/// reaped on drop, even when the test panics.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Process {
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Process { child, log }
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.try_wait() {
-            panic!(
-                "veer controller exited ({status}); log:\n{}",
-                self.log_text()
-            );
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
