@@ -6,6 +6,7 @@ pub mod bucket;
 pub mod compiled;
 pub mod cookie;
 pub mod decision;
+mod json;
 pub mod keys;
 pub mod matcher;
 pub mod request;

@@ -2,6 +2,7 @@
 //! the controller (which serves it) and the filter (which decides with it). Field names are
 //! camelCase. These types only describe shape; `validate` checks meaning.
 
+use crate::json::{Field, Shape, Shaped};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -22,10 +23,10 @@ pub const DEFAULT_TABLE_PATH: &str = "/v1/table";
 /// Weights are in basis points: 10000 is everyone.
 pub const MAX_WEIGHT: u32 = 10_000;
 
-/// Defines the JSON types once, and a mirror of them in `strict` that denies unknown fields
-/// (at every depth: the mirror's field types resolve to the mirror's own structs). The
-/// plugin configuration is checked against the mirror; the table from the controller is
-/// read with the lenient types, so that an old filter can read a newer table.
+/// Defines the JSON types and their `Shaped` impls from one field list. The plugin
+/// configuration is checked against those shapes for unknown fields (at every depth); the
+/// table from the controller is read without that check, so that an old filter can read a
+/// newer table.
 macro_rules! config_types {
     ($(
         $(#[$meta:meta])*
@@ -44,30 +45,22 @@ macro_rules! config_types {
                     pub $field: $ty,
                 )*
             }
-        )*
 
-        /// The same types, denying unknown fields. Only deserialized, to check a document.
-        pub(crate) mod strict {
-            #![allow(dead_code)]
-            use super::*;
-            $(
-                $(#[$meta])*
-                #[serde(deny_unknown_fields)]
-                pub(crate) struct $name {
-                    $(
-                        $(#[$field_meta])*
-                        pub(crate) $field: $ty,
-                    )*
+            impl Shaped for $name {
+                fn shape() -> Shape {
+                    const FIELDS: &[Field] =
+                        &[$((stringify!($field), <$ty as Shaped>::shape)),*];
+                    Shape::Struct(FIELDS)
                 }
-            )*
-        }
+            }
+        )*
     };
 }
 
 config_types! {
 /// The filter's plugin configuration (`WasmPlugin.spec.pluginConfig`).
 /// Unknown fields are an error here, at any depth: a typo in deployed config must not pass
-/// silently (`validate::parse_plugin_config` checks it against `strict::PluginConfig`).
+/// silently (`validate::parse_plugin_config` checks the document against this type's shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginConfig {
@@ -269,6 +262,12 @@ pub enum Variant {
     Canary,
 }
 
+impl Shaped for Variant {
+    fn shape() -> Shape {
+        Shape::Leaf
+    }
+}
+
 impl Variant {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -295,4 +294,10 @@ pub enum SameSite {
     Strict,
     Lax,
     None,
+}
+
+impl Shaped for SameSite {
+    fn shape() -> Shape {
+        Shape::Leaf
+    }
 }

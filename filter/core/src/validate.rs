@@ -3,10 +3,9 @@
 //! field path and what is wrong with it.
 
 use crate::compiled::CompiledTable;
+use crate::json::{parse_json, unknown_field};
 use crate::keys::SigningKeys;
-use crate::table::{
-    strict, PluginConfig, Route, RoutingTable, SameSite, SessionAffinity, MAX_WEIGHT,
-};
+use crate::table::{PluginConfig, Route, RoutingTable, SameSite, SessionAffinity, MAX_WEIGHT};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -54,10 +53,10 @@ impl std::error::Error for ConfigError {}
 /// Parses `pluginConfig` strictly: JSON and type errors and unknown fields (at any depth)
 /// are reported with their field path, then the whole configuration is validated.
 pub fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
-    // The strict mirror finds every error the lenient read would, plus unknown fields; the
-    // second read only happens for a document that passed the first.
-    parse_json::<strict::PluginConfig>(bytes)?;
     let cfg: PluginConfig = parse_json(bytes)?;
+    if let Some(unknown) = unknown_field::<PluginConfig>(bytes) {
+        return Err(unknown);
+    }
     validate_config(&cfg)?;
     Ok(cfg)
 }
@@ -68,120 +67,6 @@ pub fn parse_table(bytes: &[u8]) -> Result<RoutingTable, ConfigError> {
     let table: RoutingTable = parse_json(bytes)?;
     validate_table(&table)?;
     Ok(table)
-}
-
-/// Deserializes `bytes`; errors carry the JSON field path.
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
-    // serde lets a struct be read from a JSON array, positionally; at the top level that
-    // would turn `[]` into a default configuration, so only an object is accepted there.
-    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => {}
-        Some(_) => return Err(ConfigError::new(None, "", "expected a JSON object")),
-        None => {
-            return Err(ConfigError::new(
-                None,
-                "",
-                "empty document, expected a JSON object",
-            ))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = T::deserialize(&mut de).map_err(|e| json_error(bytes, &e))?;
-    de.end()
-        .map_err(|e| ConfigError::new(None, "", e.to_string()))?;
-    Ok(value)
-}
-
-/// serde_json's error, placed at its field path. serde_json says where an error is as a line
-/// and column; the path is recovered by scanning the document up to there. (Tracking the
-/// path while deserializing, as serde_path_to_error does, wraps every visitor of every type:
-/// about 100 KB of the filter's .wasm.)
-fn json_error(doc: &[u8], e: &serde_json::Error) -> ConfigError {
-    let message = e.to_string();
-    let line_start: usize = doc
-        .split_inclusive(|&b| b == b'\n')
-        .take(e.line().saturating_sub(1))
-        .map(<[u8]>::len)
-        .sum();
-    // The column is one-based; the token at the error position is not entered.
-    let stop = line_start + e.column().saturating_sub(1);
-    let mut path = json_path_before(doc, stop);
-    // serde reports a missing field at the end of its object: the path is the object's,
-    // not that of its last key.
-    if message.starts_with("missing field `") {
-        if let Some(Frame::Object(key)) = path.last_mut() {
-            *key = None;
-        }
-    }
-    let reason = unknown_field_reason(&message).unwrap_or(message);
-    ConfigError::new(None, render_path(&path), reason)
-}
-
-/// One open JSON container while scanning: an object with the key being read, or an array
-/// with the index of the element being read.
-enum Frame {
-    Object(Option<String>),
-    Array(usize),
-}
-
-/// The containers open at byte `stop` of `doc` (a string that starts before `stop` is read
-/// whole, so that an error reported after a key still names that key).
-fn json_path_before(doc: &[u8], stop: usize) -> Vec<Frame> {
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut i = 0;
-    while i < stop.min(doc.len()) {
-        match doc[i] {
-            b'{' => stack.push(Frame::Object(None)),
-            b'[' => stack.push(Frame::Array(0)),
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b',' => match stack.last_mut() {
-                Some(Frame::Array(n)) => *n += 1,
-                Some(Frame::Object(key)) => *key = None,
-                None => {}
-            },
-            b'"' => {
-                let mut end = i + 1;
-                while end < doc.len() && doc[end] != b'"' {
-                    end += if doc[end] == b'\\' { 2 } else { 1 };
-                }
-                let raw = doc.get(i..=end).unwrap_or_default();
-                if let Some(Frame::Object(key @ None)) = stack.last_mut() {
-                    *key = Some(serde_json::from_slice(raw).unwrap_or_else(|_| {
-                        String::from_utf8_lossy(raw).trim_matches('"').to_string()
-                    }));
-                }
-                i = end;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    stack
-}
-
-/// `table.routes[0].headers.x-user`, map keys written as `key_segment` writes them.
-fn render_path(frames: &[Frame]) -> String {
-    let mut out = String::new();
-    for frame in frames {
-        match frame {
-            Frame::Object(Some(key)) => out.push_str(&key_segment(key)),
-            Frame::Object(None) => {}
-            Frame::Array(n) => out.push_str(&format!("[{n}]")),
-        }
-    }
-    out.strip_prefix('.').unwrap_or(&out).to_string()
-}
-
-/// serde's ``unknown field `x`, expected one of `a`, `b` at line 1 column 9`` as
-/// ``unknown field, expected one of `a`, `b` ``: the path already names the field and says
-/// where it is.
-fn unknown_field_reason(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    let (_, expected) = rest.split_once('`')?;
-    let expected = expected.split(" at line ").next().unwrap_or_default();
-    Some(format!("unknown field{expected}"))
 }
 
 /// Validates the whole plugin configuration, including its inline table (paths start

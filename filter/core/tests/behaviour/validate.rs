@@ -297,3 +297,41 @@ fn serde_errors_name_the_path_of_the_value() {
         "controller.pollMs: invalid type: boolean `true`, expected u64"
     );
 }
+
+#[test]
+fn unknown_fields_are_found_at_every_depth_and_only_in_plugin_config() {
+    let err = |doc: &str| parse_plugin_config(doc.as_bytes()).unwrap_err().to_string();
+    let route = r#""name": "a", "hosts": ["x"]"#;
+    assert_eq!(
+        err(&format!(
+            r#"{{"table": {{"routes": [{{{route}}}, {{{route}, "stickyKey": {{"header": "h", "heder": 1}}}}]}}}}"#
+        )),
+        "table.routes[1].stickyKey.heder: unknown field, expected `header`"
+    );
+    assert_eq!(
+        err(&format!(
+            r#"{{"table": {{"routes": [{{{route}, "match": [{{"headers": {{"x-a": {{"exact": "1", "regx": "b"}}}}}}]}}]}}}}"#
+        )),
+        "table.routes[0].match[0].headers.x-a.regx: unknown field, expected one of `exact`, \
+         `prefix`, `suffix`, `regex`, `present`"
+    );
+    assert_eq!(
+        err(r#"{"controller": {"cluster": "c", "timeout": 5}}"#),
+        "controller.timeout: unknown field, expected one of `cluster`, `authority`, `path`, \
+         `pollMs`, `timeoutMs`"
+    );
+    // Escaped keys are compared decoded; values of any kind are skipped over.
+    assert!(parse_plugin_config(
+        br#"{"\u0074able": {"generation": 1e0, "routes": []}, "decisionHeader": true, "controller": null}"#
+    )
+    .is_err_and(|e| e.to_string().contains("generation")));
+    assert!(parse_plugin_config(
+        br#"{"\u0074able": {"generation": 1, "routes": [{"name": "a\"]}", "hosts": ["x"], "revision": "{[\\"}]}, "decisionHeader": true, "controller": null}"#
+    )
+    .is_ok());
+    // The controller's table: the same unknown fields are ignored.
+    let table = format!(
+        r#"{{"generation": 2, "future": {{"x": [1]}}, "routes": [{{{route}, "stickyKey": {{"header": "h", "heder": 1}}}}]}}"#
+    );
+    assert_eq!(parse_table(table.as_bytes()).unwrap().generation, 2);
+}
