@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::canary::quick_canary_yaml;
 use support::poll_until;
 use support::process::{run_to_exit, text};
 use support::veer::{run_veer, write_spec, Controller, VEER};
@@ -21,27 +22,7 @@ fn seed() -> PathBuf {
 }
 
 fn quick_canary(name: &str) -> String {
-    format!(
-        r#"apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata:
-  name: {name}
-  namespace: test
-spec:
-  targetRef:
-    apiVersion: apps/v1
-    kind: Deployment
-    name: {name}
-  service:
-    port: 80
-    hosts: [{name}.example.com]
-  analysis:
-    interval: 1s
-    threshold: 2
-    maxWeight: 30
-    stepWeight: 10
-"#
-    )
+    quick_canary_yaml(name, "")
 }
 
 #[test]

@@ -25,6 +25,7 @@ use axum::extract::Json as JsonBody;
 use axum::http::StatusCode;
 use axum::routing::{any, post};
 use serde_json::{json, Value};
+use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::TestServer;
 use support::veer::{write_spec, Controller, VEER};
 use support::{free_port, poll_until};
@@ -122,22 +123,11 @@ fn canary_yaml(fakes: &TestServer, promotion_step: bool) -> String {
     } else {
         ""
     };
-    format!(
-        r#"apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata:
-  name: podinfo
-  namespace: test
-spec:
-  targetRef:
-    apiVersion: apps/v1
-    kind: Deployment
-    name: podinfo
-  service:
-    port: 9898
-    hosts: [app.example.com]
-  analysis:
-    interval: 1s
+    canary_yaml_with_service(
+        "podinfo",
+        PODINFO_SERVICE,
+        &format!(
+            r#"    interval: 1s
     threshold: 3
     maxWeight: 30
     stepWeight: 10
@@ -157,9 +147,10 @@ spec:
         type: post-rollout
         url: {post}
 "#,
-        traffic = fakes.url("/gate/traffic"),
-        promotion_url = fakes.url("/gate/promotion"),
-        post = fakes.url("/hook/post"),
+            traffic = fakes.url("/gate/traffic"),
+            promotion_url = fakes.url("/gate/promotion"),
+            post = fakes.url("/hook/post"),
+        ),
     )
 }
 
@@ -748,20 +739,10 @@ async fn prometheus_stopping_mid_run_fails_checks_then_rolls_back() {
     write_spec(
         &canaries,
         "podinfo.yaml",
-        r#"apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata:
-  name: podinfo
-  namespace: test
-spec:
-  targetRef:
-    apiVersion: apps/v1
-    kind: Deployment
-    name: podinfo
-  service:
-    port: 9898
-  analysis:
-    interval: 1s
+        &canary_yaml_with_service(
+            "podinfo",
+            "    port: 9898\n",
+            r#"    interval: 1s
     threshold: 2
     maxWeight: 50
     stepWeight: 10
@@ -771,6 +752,7 @@ spec:
         thresholdRange:
           min: 99
 "#,
+        ),
     );
     let args = vec![
         format!("--canaries={}", canaries.display()),

@@ -26,28 +26,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use serde_json::{json, Value};
+use support::canary::canary_yaml;
 use support::http::{HangingServer, TestServer};
 use support::veer::{write_spec, Controller};
-
-fn canary(name: &str, analysis: &str) -> String {
-    format!(
-        r#"apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata:
-  name: {name}
-  namespace: test
-spec:
-  targetRef:
-    apiVersion: apps/v1
-    kind: Deployment
-    name: {name}
-  service:
-    port: 80
-    hosts: [{name}.example.com]
-  analysis:
-{analysis}"#
-    )
-}
 
 const QUICK: &str = "    interval: 1s\n    threshold: 1\n    maxWeight: 50\n    stepWeight: 50\n";
 
@@ -71,26 +52,26 @@ async fn bad_canary_specs_are_named_and_the_others_keep_running() {
     let dir = tempfile::tempdir().unwrap();
     let canaries = dir.path().join("canaries");
     std::fs::create_dir(&canaries).unwrap();
-    write_spec(&canaries, "good.yaml", &canary("good", QUICK));
+    write_spec(&canaries, "good.yaml", &canary_yaml("good", QUICK));
     let cases: &[(&str, String, &str)] = &[
         (
             "wrong-type.yaml",
-            canary("wrong-type", &QUICK.replace("stepWeight: 50", "stepWeight: fifty")),
+            canary_yaml("wrong-type", &QUICK.replace("stepWeight: 50", "stepWeight: fifty")),
             "wrong-type.yaml (doc 1): spec.analysis.stepWeight: invalid type: string \"fifty\", expected u32",
         ),
         (
             "negative-interval.yaml",
-            canary("negative-interval", &QUICK.replace("interval: 1s", "interval: -1m")),
+            canary_yaml("negative-interval", &QUICK.replace("interval: 1s", "interval: -1m")),
             "negative-interval.yaml (doc 1): spec.analysis.interval: invalid duration \"-1m\"",
         ),
         (
             "zero-step.yaml",
-            canary("zero-step", &QUICK.replace("stepWeight: 50", "stepWeight: 0")),
+            canary_yaml("zero-step", &QUICK.replace("stepWeight: 50", "stepWeight: 0")),
             "zero-step.yaml (doc 1): spec.analysis: no stepWeight, stepWeights or iterations: the canary would never advance",
         ),
         (
             "unknown-template.yaml",
-            canary(
+            canary_yaml(
                 "unknown-template",
                 &format!(
                     "{QUICK}    metrics:\n      - name: errors\n        templateRef:\n          name: nope\n          namespace: shop\n        thresholdRange:\n          max: 1\n"
@@ -111,7 +92,7 @@ async fn bad_canary_specs_are_named_and_the_others_keep_running() {
     write_spec(
         &canaries,
         "typo.yaml",
-        &canary("typo", &format!("{QUICK}    stepWieght: 5\n")),
+        &canary_yaml("typo", &format!("{QUICK}    stepWieght: 5\n")),
     );
     let args = vec![
         format!("--canaries={}", canaries.display()),
@@ -267,7 +248,7 @@ async fn broken_prometheus_and_webhooks_fail_checks_clearly_and_others_are_unaff
              namespace: test\nspec:\n  provider:\n    type: prometheus\n    address: {address}\n  \
              query: sum(rate(requests_total[{{{{ interval }}}}]))\n"
         ));
-        docs.push(canary(
+        docs.push(canary_yaml(
             name,
             &format!(
                 "{QUICK}    metrics:\n      - name: success\n        templateRef:\n          name: {name}\n        thresholdRange:\n          min: 99\n"
@@ -280,7 +261,7 @@ async fn broken_prometheus_and_webhooks_fail_checks_clearly_and_others_are_unaff
         ("hook-204", fakes.url("/hook/204"), "answered HTTP 204"),
     ];
     for (name, url, _) in &hook_cases {
-        docs.push(canary(
+        docs.push(canary_yaml(
             name,
             &format!(
                 "{QUICK}    webhooks:\n      - name: load-test\n        type: rollout\n        url: {url}\n        timeout: 1s\n"
@@ -294,13 +275,13 @@ async fn broken_prometheus_and_webhooks_fail_checks_clearly_and_others_are_unaff
          query: sum(rate(requests_total[{{{{ interval }}}}]))\n",
         fakes.url("/good")
     ));
-    docs.push(canary(
+    docs.push(canary_yaml(
         "good",
         &format!(
             "{QUICK}    metrics:\n      - name: success\n        templateRef:\n          name: good\n        thresholdRange:\n          min: 99\n"
         ),
     ));
-    docs.push(canary(
+    docs.push(canary_yaml(
         "hook-huge",
         &format!(
             "{QUICK}    webhooks:\n      - name: load-test\n        type: rollout\n        url: {}\n        timeout: 5s\n",

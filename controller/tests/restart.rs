@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::routing::{any, post};
 use serde_json::{json, Value};
+use support::canary::{canary_yaml, canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::TestServer;
 use support::poll_until;
 use support::process::text;
@@ -72,23 +73,12 @@ async fn start_fakes() -> (TestServer, Arc<Fakes>) {
     (TestServer::start(app).await, fakes)
 }
 
-fn canary_yaml(gate_url: &str) -> String {
-    format!(
-        r#"apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata:
-  name: podinfo
-  namespace: test
-spec:
-  targetRef:
-    apiVersion: apps/v1
-    kind: Deployment
-    name: podinfo
-  service:
-    port: 9898
-    hosts: [app.example.com]
-  analysis:
-    interval: 1s
+fn gated_canary_yaml(gate_url: &str) -> String {
+    canary_yaml_with_service(
+        "podinfo",
+        PODINFO_SERVICE,
+        &format!(
+            r#"    interval: 1s
     threshold: 3
     maxWeight: 50
     stepWeight: 10
@@ -102,6 +92,7 @@ spec:
         type: confirm-traffic-increase
         url: {gate_url}
 "#
+        ),
     )
 }
 
@@ -151,7 +142,7 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
     write_spec(
         &canaries,
         "podinfo.yaml",
-        &canary_yaml(&fakes_server.url("/gate")),
+        &gated_canary_yaml(&fakes_server.url("/gate")),
     );
     let state_file = dir.path().join("state.json");
     let args = vec![
@@ -306,7 +297,7 @@ async fn a_corrupt_state_file_stops_the_controller_with_its_name() {
     write_spec(
         &canaries,
         "podinfo.yaml",
-        &canary_yaml("http://127.0.0.1:9/gate"),
+        &gated_canary_yaml("http://127.0.0.1:9/gate"),
     );
     let cases = [
         (
@@ -356,25 +347,9 @@ async fn a_corrupt_state_file_stops_the_controller_with_its_name() {
 }
 
 fn plain_canary(name: &str) -> String {
-    format!(
-        r#"apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata:
-  name: {name}
-  namespace: test
-spec:
-  targetRef:
-    apiVersion: apps/v1
-    kind: Deployment
-    name: {name}
-  service:
-    port: 80
-    hosts: [{name}.example.com]
-  analysis:
-    interval: 1s
-    maxWeight: 100
-    stepWeight: 5
-"#
+    canary_yaml(
+        name,
+        "    interval: 1s\n    maxWeight: 100\n    stepWeight: 5\n",
     )
 }
 

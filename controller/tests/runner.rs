@@ -17,6 +17,7 @@ use axum::routing::{any, post};
 use axum::Json;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
+use support::canary::quick_canary_yaml;
 use support::http::{Recorder, TestServer};
 use support::poll_until;
 use tokio::sync::Semaphore;
@@ -74,30 +75,6 @@ async fn start_fakes(value: f64) -> (TestServer, Fakes) {
         .route("/api/v1/query", any(query))
         .with_state(fakes.clone());
     (TestServer::start(app).await, fakes)
-}
-
-fn canary(name: &str, analysis_extra: &str) -> String {
-    format!(
-        r#"apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata:
-  name: {name}
-  namespace: test
-spec:
-  targetRef:
-    apiVersion: apps/v1
-    kind: Deployment
-    name: {name}
-  service:
-    port: 80
-    hosts: [{name}.example.com]
-  analysis:
-    interval: 1s
-    threshold: 2
-    maxWeight: 30
-    stepWeight: 10
-{analysis_extra}"#
-    )
 }
 
 fn specs(files: &[(&str, String)]) -> SpecSet {
@@ -177,7 +154,7 @@ fn read_state(path: &Path) -> Value {
 async fn a_failed_state_write_takes_no_transition_and_the_run_resumes_after() {
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("state.json");
-    let set = specs(&[("app.yaml", canary("app", ""))]);
+    let set = specs(&[("app.yaml", quick_canary_yaml("app", ""))]);
     let (runner, registry) = start(&state_file, &set, None).await;
     let key = "test/app";
     command(&runner, key, Command::Revision("v1".into())).unwrap();
@@ -248,7 +225,7 @@ async fn a_command_during_a_pass_wins_and_the_pass_is_dropped() {
         "    webhooks:\n      - name: slow-acceptance\n        type: pre-rollout\n        url: {}\n",
         server.url("/hooks/hold")
     );
-    let set = specs(&[("app.yaml", canary("app", &hooks))]);
+    let set = specs(&[("app.yaml", quick_canary_yaml("app", &hooks))]);
     let (runner, registry) = start(&state_file, &set, None).await;
     let key = "test/app";
     command(&runner, key, Command::Revision("v1".into())).unwrap();
@@ -311,7 +288,7 @@ async fn a_failing_metric_rolls_back_at_the_threshold_with_flagger_payloads() {
         post = server.url("/hooks/post-rollout"),
         event = server.url("/hooks/event"),
     );
-    let set = specs(&[("app.yaml", canary("app", &extra))]);
+    let set = specs(&[("app.yaml", quick_canary_yaml("app", &extra))]);
     let (runner, registry) = start(&state_file, &set, Some(&server.url(""))).await;
     let key = "test/app";
     command(&runner, key, Command::Revision("v1".into())).unwrap();
@@ -390,8 +367,8 @@ async fn a_failing_metric_rolls_back_at_the_threshold_with_flagger_payloads() {
 async fn rescans_withdraw_removed_canaries_keep_broken_ones_and_restore_returning_ones() {
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("state.json");
-    let app = canary("app", "");
-    let web = canary("web", "");
+    let app = quick_canary_yaml("app", "");
+    let web = quick_canary_yaml("web", "");
     let set = specs(&[("app.yaml", app.clone()), ("web.yaml", web.clone())]);
     let (runner, _registry) = start(&state_file, &set, None).await;
     command(&runner, "test/web", Command::Revision("w1".into())).unwrap();
@@ -451,8 +428,8 @@ async fn rescans_withdraw_removed_canaries_keep_broken_ones_and_restore_returnin
     // And a restart restores the same, serving a generation above the saved one.
     let saved_generation = read_state(&state_file)["tableGeneration"].as_u64().unwrap();
     let set = specs(&[
-        ("app.yaml", canary("app", "")),
-        ("web.yaml", canary("web", "")),
+        ("app.yaml", quick_canary_yaml("app", "")),
+        ("web.yaml", quick_canary_yaml("web", "")),
     ]);
     let (again, _registry) = start(&state_file, &set, None).await;
     assert_eq!(status(&again, "test/web")["canaryRevision"], "w2");

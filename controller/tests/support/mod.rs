@@ -3,6 +3,7 @@
 //! Prometheus, a real Envoy and the real `veer` binary in the submodules.
 #![allow(dead_code)]
 
+pub mod canary;
 pub mod envoy;
 pub mod http;
 pub mod process;
