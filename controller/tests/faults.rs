@@ -27,6 +27,7 @@ use axum::routing::{any, post};
 use serde_json::{json, Value};
 use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::TestServer;
+use support::prometheus::one_sample_answer;
 use support::veer::{write_spec, Controller, VEER};
 use support::{free_port, poll_until};
 
@@ -55,12 +56,7 @@ async fn start_fakes() -> (TestServer, Arc<Fakes>) {
                 let q = q.clone();
                 async move {
                     q.queries.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(json!({
-                        "status": "success",
-                        "data": {"resultType": "vector", "result": [
-                            {"metric": {}, "value": [1_700_000_000.0, "99.9"]}
-                        ]}
-                    }))
+                    axum::Json(one_sample_answer("99.9"))
                 }
             }),
         )

@@ -28,6 +28,7 @@ use axum::routing::{any, post};
 use serde_json::{json, Value};
 use support::canary::canary_yaml;
 use support::http::{HangingServer, TestServer};
+use support::prometheus::{sample, vector_answer};
 use support::veer::{write_spec, Controller};
 
 const QUICK: &str = "    interval: 1s\n    threshold: 1\n    maxWeight: 50\n    stepWeight: 50\n";
@@ -156,11 +157,7 @@ async fn bad_canary_specs_are_named_and_the_others_keep_running() {
 
 /// What the fake Prometheus answers under `/<behaviour>/api/v1/query`.
 async fn prometheus_answer(UrlPath(behaviour): UrlPath<String>) -> Response {
-    let vector = |result: Value| {
-        axum::Json(json!({"status": "success", "data": {"resultType": "vector", "result": result}}))
-            .into_response()
-    };
-    let sample = |v: &str| json!({"metric": {}, "value": [1_700_000_000.0, v]});
+    let vector = |result: Value| axum::Json(vector_answer(result)).into_response();
     match behaviour.as_str() {
         "good" => vector(json!([sample("99.9")])),
         "nan" => vector(json!([sample("NaN")])),

@@ -22,6 +22,7 @@ use support::canary::{canary_yaml, canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::TestServer;
 use support::poll_until;
 use support::process::text;
+use support::prometheus::one_sample_answer;
 use support::veer::{run_veer, write_spec, Controller};
 
 const KEY: &str = "test/podinfo";
@@ -47,12 +48,7 @@ async fn start_fakes() -> (TestServer, Arc<Fakes>) {
                 let q = q.clone();
                 async move {
                     q.queries.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(json!({
-                        "status": "success",
-                        "data": {"resultType": "vector", "result": [
-                            {"metric": {}, "value": [1_700_000_000.0, "99.9"]}
-                        ]}
-                    }))
+                    axum::Json(one_sample_answer("99.9"))
                 }
             }),
         )

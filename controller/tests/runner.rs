@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use support::canary::quick_canary_yaml;
 use support::http::{Recorder, TestServer};
 use support::poll_until;
+use support::prometheus::one_sample_answer;
 use tokio::sync::Semaphore;
 use veer_controller::prometheus::{MetricsSet, PrometheusClient};
 use veer_controller::runner::{Runner, RunnerConfig};
@@ -56,12 +57,7 @@ async fn hook(
 
 async fn query(State(f): State<Fakes>) -> Json<Value> {
     let value = f64::from_bits(f.value.load(Ordering::SeqCst));
-    Json(json!({
-        "status": "success",
-        "data": {"resultType": "vector", "result": [
-            {"metric": {}, "value": [1_700_000_000.0, value.to_string()]}
-        ]}
-    }))
+    Json(one_sample_answer(&value.to_string()))
 }
 
 async fn start_fakes(value: f64) -> (TestServer, Fakes) {

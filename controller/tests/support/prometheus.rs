@@ -6,6 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use super::free_port;
+use serde_json::{json, Value};
+
 use super::process::ChildGuard;
 
 pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
@@ -113,4 +115,20 @@ impl Drop for Exporter {
     fn drop(&mut self) {
         self._task.abort();
     }
+}
+
+/// A sample without labels in a Prometheus instant vector, at a fixed time; Prometheus sends
+/// the value as a string.
+pub fn sample(value: &str) -> Value {
+    json!({"metric": {}, "value": [1_700_000_000.0, value]})
+}
+
+/// A successful Prometheus `/api/v1/query` answer whose result is the instant vector `result`.
+pub fn vector_answer(result: Value) -> Value {
+    json!({"status": "success", "data": {"resultType": "vector", "result": result}})
+}
+
+/// A `/api/v1/query` answer of one `sample(value)`.
+pub fn one_sample_answer(value: &str) -> Value {
+    vector_answer(json!([sample(value)]))
 }
