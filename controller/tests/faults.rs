@@ -27,6 +27,7 @@ use axum::routing::{any, post};
 use serde_json::{json, Value};
 use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::TestServer;
+use support::immutable_dir::ImmutableDir;
 use support::prometheus::one_sample_answer;
 use support::veer::{write_spec, Controller, VEER};
 use support::{free_port, poll_until};
@@ -545,37 +546,12 @@ trait StateFault {
     fn expected_error(&self) -> &'static str;
 }
 
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(dir: &Path) -> Immutable {
-        let out = Command::new("chattr")
-            .arg("+i")
-            .arg(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("chattr is missing ({e}): apt-get install -y e2fsprogs"));
-        assert!(
-            out.status.success(),
-            "chattr +i {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Immutable(dir.to_path_buf())
-    }
-}
-
-impl StateFault for Immutable {
+impl StateFault for ImmutableDir {
     fn name(&self) -> &'static str {
         "read-only state directory"
     }
     fn expected_error(&self) -> &'static str {
         "Operation not permitted"
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
     }
 }
 
@@ -636,7 +612,7 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
     let fault: Box<dyn StateFault> = if full_disk {
         Box::new(FileSizeLimit::set(c.pid()))
     } else {
-        Box::new(Immutable::set(&state_dir))
+        Box::new(ImmutableDir::set(&state_dir))
     };
     let name = fault.name();
     // Passes keep running and keep failing to save: each is counted and retried.

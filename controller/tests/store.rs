@@ -4,11 +4,14 @@
 //! failures come from things that stop root too: a parent that is a regular file, an
 //! immutable directory (`chattr +i`) and a file-size limit (`prlimit --fsize`).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
+use support::immutable_dir::ImmutableDir;
 use veer_controller::store::{self, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,32 +157,6 @@ fn unserializable_state_is_an_error_and_writes_nothing() {
     assert!(others(dir.path(), "").is_empty());
 }
 
-/// Makes a directory immutable for the guard's lifetime (root cannot create files in it).
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(dir: &Path) -> Immutable {
-        let out = Command::new("chattr")
-            .arg("+i")
-            .arg(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("chattr is missing ({e}): apt-get install -y e2fsprogs"));
-        assert!(
-            out.status.success(),
-            "chattr +i {} failed (the filesystem must support attributes): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Immutable(dir.to_path_buf())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn read_only_directory_fails_the_write_and_keeps_the_old_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,7 +164,7 @@ fn read_only_directory_fails_the_write_and_keeps_the_old_state() {
     store::save(&path, &state(5, 10)).unwrap();
     let before = std::fs::read(&path).unwrap();
     let err = {
-        let _guard = Immutable::set(dir.path());
+        let _guard = ImmutableDir::set(dir.path());
         store::save(&path, &state(6, 20)).unwrap_err()
     };
     match &err {

@@ -6,6 +6,7 @@
 pub mod canary;
 pub mod envoy;
 pub mod http;
+pub mod immutable_dir;
 pub mod process;
 pub mod prometheus;
 pub mod veer;
