@@ -74,6 +74,32 @@ impl Running {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    async fn metrics_text(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    /// A long poll is held by the server once the hub has a waiter.
+    async fn wait_until_one_poll_waits(&self) {
+        let hub = self.hub.clone();
+        poll_until(
+            "the long-poll to be waiting",
+            Duration::from_secs(5),
+            || {
+                let hub = hub.clone();
+                async move {
+                    (hub.waiting() == 1)
+                        .then_some(())
+                        .ok_or_else(|| "no waiter yet".to_string())
+                }
+            },
+        )
+        .await;
+    }
 }
 
 async fn start(token: Option<&str>) -> Running {
@@ -115,12 +141,7 @@ async fn long_poll_answers_304_after_wait_ms_when_unchanged() {
     let s = start(None).await;
     assert_eq!(s.hub.publish(vec![route(0)]), 1);
     let started = Instant::now();
-    let r = s
-        .http
-        .get(s.url("/v1/table?after=1&waitMs=300"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/v1/table?after=1&waitMs=300").await;
     let took = started.elapsed();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     assert!(
@@ -134,12 +155,7 @@ async fn long_poll_answers_at_once_when_a_newer_table_exists() {
     let s = start(None).await;
     s.hub.publish(vec![route(1000)]);
     let started = Instant::now();
-    let r = s
-        .http
-        .get(s.url("/v1/table?after=0&waitMs=10000"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/v1/table?after=0&waitMs=10000").await;
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "took {:?}",
@@ -156,14 +172,9 @@ async fn long_poll_answers_at_once_when_a_newer_table_exists() {
 #[tokio::test]
 async fn nothing_is_served_before_the_first_publish() {
     let s = start(None).await;
-    let r = s
-        .http
-        .get(s.url("/v1/table?after=0&waitMs=100"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/v1/table?after=0&waitMs=100").await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
-    let r = s.http.get(s.url("/v1/table")).send().await.unwrap();
+    let r = s.get("/v1/table").await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 }
 
@@ -179,21 +190,7 @@ async fn a_publish_wakes_a_waiting_poll_within_100ms() {
             (Instant::now(), r.status(), r.json::<Value>().await.unwrap())
         })
     };
-    // The poll is held by the server once the hub has a waiter.
-    let hub = s.hub.clone();
-    poll_until(
-        "the long-poll to be waiting",
-        Duration::from_secs(5),
-        || {
-            let hub = hub.clone();
-            async move {
-                (hub.waiting() == 1)
-                    .then_some(())
-                    .ok_or_else(|| "no waiter yet".to_string())
-            }
-        },
-    )
-    .await;
+    s.wait_until_one_poll_waits().await;
     let published = Instant::now();
     assert_eq!(s.hub.publish(vec![route(2000)]), 2);
     let (answered, status, table) = tokio::time::timeout(Duration::from_secs(5), poll)
@@ -227,15 +224,7 @@ async fn gateway_confirmations_are_recorded_and_exported() {
     let seen = s.hub.gateways();
     assert_eq!(seen["ingressgateway-7d9f~10.0.0.7"].generation, 1);
 
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics_text().await;
     assert!(metrics.contains("veer_table_generation 2"), "{metrics}");
     assert!(metrics.contains("veer_table_gateways 1"), "{metrics}");
     assert!(
@@ -255,15 +244,7 @@ async fn gateway_confirmations_are_recorded_and_exported() {
         s.hub.gateways()["ingressgateway-7d9f~10.0.0.7"].generation,
         2
     );
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics_text().await;
     assert!(
         metrics.contains("veer_table_gateways_behind 0"),
         "{metrics}"
@@ -273,24 +254,14 @@ async fn gateway_confirmations_are_recorded_and_exported() {
 #[tokio::test]
 async fn malformed_query_parameters_are_named() {
     let s = start(None).await;
-    let r = s
-        .http
-        .get(s.url("/v1/table?after=-1"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/v1/table?after=-1").await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
     assert!(
         body["error"].as_str().unwrap().contains("after=\"-1\""),
         "{body}"
     );
-    let r = s
-        .http
-        .get(s.url("/v1/table?after=0&waitMs=soon"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/v1/table?after=0&waitMs=soon").await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("waitMs"), "{body}");
@@ -346,11 +317,11 @@ async fn writes_need_the_token_and_reads_do_not() {
         "/metrics",
         "/healthz",
     ] {
-        let r = s.http.get(s.url(path)).send().await.unwrap();
+        let r = s.get(path).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
     s.hub.publish(vec![]);
-    let r = s.http.get(s.url("/v1/table")).send().await.unwrap();
+    let r = s.get("/v1/table").await;
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -412,32 +383,16 @@ async fn huge_bodies_get_413() {
 #[tokio::test]
 async fn canary_endpoints_go_through_the_runner() {
     let s = start(Some(TOKEN)).await;
-    let list: Value = s
-        .http
-        .get(s.url("/v1/canaries"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = s.get("/v1/canaries").await.json().await.unwrap();
     assert_eq!(list[0]["name"], "test/podinfo");
     let one: Value = s
-        .http
-        .get(s.url("/v1/canaries/test/podinfo"))
-        .send()
+        .get("/v1/canaries/test/podinfo")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(one["weight"], 10);
-    let r = s
-        .http
-        .get(s.url("/v1/canaries/test/nope"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/v1/canaries/test/nope").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"],
@@ -554,7 +509,7 @@ async fn canary_endpoints_go_through_the_runner() {
 async fn metrics_merge_the_runner_text_into_one_openmetrics_document() {
     let s = start(None).await;
     s.hub.publish(vec![route(0)]);
-    let r = s.http.get(s.url("/metrics")).send().await.unwrap();
+    let r = s.get("/metrics").await;
     assert!(r.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -571,7 +526,7 @@ async fn metrics_merge_the_runner_text_into_one_openmetrics_document() {
     );
     assert_eq!(text.matches("# EOF").count(), 1, "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
-    let health = s.http.get(s.url("/healthz")).send().await.unwrap();
+    let health = s.get("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
 }
 
@@ -584,20 +539,7 @@ async fn shutdown_ends_pending_long_polls_at_once() {
         let url = s.url("/v1/table?after=1&waitMs=60000");
         tokio::spawn(async move { http.get(url).send().await.map(|r| r.status()) })
     };
-    let hub = s.hub.clone();
-    poll_until(
-        "the long-poll to be waiting",
-        Duration::from_secs(5),
-        || {
-            let hub = hub.clone();
-            async move {
-                (hub.waiting() == 1)
-                    .then_some(())
-                    .ok_or_else(|| "no waiter yet".to_string())
-            }
-        },
-    )
-    .await;
+    s.wait_until_one_poll_waits().await;
     let started = Instant::now();
     s.stop.take().unwrap().send(()).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(5), poll)
