@@ -37,6 +37,18 @@ struct Fakes {
     gate_calls: AtomicUsize,
 }
 
+impl Fakes {
+    /// Waits (20 s deadline) until the gate has been called twice more than it had been.
+    async fn two_more_gate_calls(&self, what: &str) {
+        let since = self.gate_calls.load(Ordering::SeqCst);
+        poll_until(what, Duration::from_secs(20), || async {
+            let calls = self.gate_calls.load(Ordering::SeqCst) - since;
+            (calls >= 2).then_some(()).ok_or(format!("{calls} calls"))
+        })
+        .await;
+    }
+}
+
 async fn start_fakes() -> (TestServer, Arc<Fakes>) {
     let fakes = Arc::new(Fakes::default());
     fakes.gate_open.store(true, Ordering::SeqCst);
@@ -168,16 +180,7 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
 
     // Close the gate and wait until two passes have been refused: the weight is still.
     fakes.gate_open.store(false, Ordering::SeqCst);
-    let calls_at_close = fakes.gate_calls.load(Ordering::SeqCst);
-    poll_until(
-        "two refused gate calls",
-        Duration::from_secs(20),
-        || async {
-            let calls = fakes.gate_calls.load(Ordering::SeqCst) - calls_at_close;
-            (calls >= 2).then_some(()).ok_or(format!("{calls} calls"))
-        },
-    )
-    .await;
+    fakes.two_more_gate_calls("two refused gate calls").await;
     let before = first.canary(KEY).await;
     weights.push(weight(&before));
     assert_eq!(phase(&before), "Progressing", "{before}");
@@ -226,16 +229,9 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
     assert_eq!(after["primaryRevision"], "v1");
 
     // With the gate still closed, passes run but the weight does not move.
-    let calls_at_restart = fakes.gate_calls.load(Ordering::SeqCst);
-    poll_until(
-        "two refused gate calls after restart",
-        Duration::from_secs(20),
-        || async {
-            let calls = fakes.gate_calls.load(Ordering::SeqCst) - calls_at_restart;
-            (calls >= 2).then_some(()).ok_or(format!("{calls} calls"))
-        },
-    )
-    .await;
+    fakes
+        .two_more_gate_calls("two refused gate calls after restart")
+        .await;
     let held = second.canary(KEY).await;
     assert_eq!(weight(&held), persisted_weight, "{held}");
     weights.push(weight(&held));
