@@ -128,6 +128,8 @@ struct Sample {
     users_on_v2: usize,
     users_seen: usize,
     flip_backs: usize,
+    /// What the primary runs (v2 once promoted).
+    primary_identity: String,
 }
 
 const VARIANTS: [&str; 2] = ["primary", "canary"];
@@ -479,6 +481,7 @@ fn take_sample(
         users_on_v2,
         users_seen,
         flip_backs: flips,
+        primary_identity: stack.primary.identity(),
     }
 }
 
@@ -605,7 +608,8 @@ fn render_block(
             max.map_or("-".into(), |v| v.to_string())
         ),
     ];
-    for (i, name) in ["primary v1", "canary  v2"].iter().enumerate() {
+    let primary = format!("primary {:<2}", s.primary_identity);
+    for (i, name) in [primary.as_str(), "canary  v2"].iter().enumerate() {
         lines.push(format!(
             "  {name}    {} {:<4}            {} {:<4}   {:>5.0}",
             pct(s.success[i]),
@@ -911,7 +915,7 @@ fn report_html(
     c.line(&mut charts, &series(&|s| s.success[1]), "#2ca02c", false);
     c.legend(
         &mut charts,
-        &[("primary v1", "#7f7f7f"), ("canary v2", "#2ca02c")],
+        &[("primary", "#7f7f7f"), ("canary", "#2ca02c")],
     );
     charts.push_str("</svg>\n");
 
@@ -936,7 +940,7 @@ fn report_html(
     c.line(&mut charts, &series(&|s| s.p99[1]), "#2ca02c", false);
     c.legend(
         &mut charts,
-        &[("primary v1", "#7f7f7f"), ("canary v2", "#2ca02c")],
+        &[("primary", "#7f7f7f"), ("canary", "#2ca02c")],
     );
     charts.push_str("</svg>\n");
 
