@@ -17,7 +17,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use axum::http::StatusCode;
 use axum::routing::{any, post};
 use serde_json::{json, Value};
 use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
-use support::http::TestServer;
+use support::http::{Gate, TestServer};
 use support::immutable_dir::ImmutableDir;
 use support::prometheus::one_sample_answer;
 use support::veer::{write_spec, Controller, VEER};
@@ -42,8 +42,7 @@ struct Fakes {
     traffic_budget: AtomicI64,
     traffic_approved: AtomicUsize,
     traffic_calls: AtomicUsize,
-    promotion_open: AtomicBool,
-    promotion_calls: AtomicUsize,
+    promotion: Gate,
     post_rollout: Mutex<Vec<String>>,
 }
 
@@ -88,14 +87,7 @@ async fn start_fakes() -> (TestServer, Arc<Fakes>) {
             "/gate/promotion",
             post(move || {
                 let p = p.clone();
-                async move {
-                    p.promotion_calls.fetch_add(1, Ordering::SeqCst);
-                    if p.promotion_open.load(Ordering::SeqCst) {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                }
+                async move { p.promotion.answer() }
             }),
         )
         .route(
@@ -241,14 +233,17 @@ impl Seen {
     }
 }
 
-/// SIGKILLs the controller and starts it again from the same state file; returns the new
-/// process and what the file said at the moment of the kill.
+/// SIGKILLs the controller and starts it again from the same state file, counting the
+/// restart; returns the new process and what the file said at the moment of the kill. The
+/// first table served after the restart must have a higher generation than before it.
 async fn kill_and_restart(
     c: Controller,
     s: &Setup,
-    n: usize,
-    generation_before: u64,
+    restarts: &mut usize,
 ) -> (Controller, (String, u64)) {
+    let generation_before = generation(&c).await;
+    *restarts += 1;
+    let n = *restarts;
     drop(c); // ChildGuard: SIGKILL + reap
     let at_kill = persisted_canary(&s.state_file);
     let c = Controller::start(&s.args, s.dir.path().join(format!("run-{n}.log"))).await;
@@ -298,9 +293,7 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
             })
             .await;
         }
-        let g = generation(&c).await;
-        restarts += 1;
-        let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+        let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
         c = c2;
         let after = c.canary(KEY).await;
         assert_eq!(
@@ -320,9 +313,7 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
     })
     .await;
     assert_eq!(st["weight"], 30);
-    let g = generation(&c).await;
-    restarts += 1;
-    let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+    let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
     c = c2;
     assert_eq!(at_kill, ("WaitingPromotion".to_string(), 30));
     let after = c.canary(KEY).await;
@@ -331,15 +322,13 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
     assert!(fakes.post_rollout.lock().unwrap().is_empty());
 
     // Promoting (30 -> 20 -> 10 -> 0 with stepWeightPromotion 10): killed on sight.
-    fakes.promotion_open.store(true, Ordering::SeqCst);
+    fakes.promotion.open.store(true, Ordering::SeqCst);
     let st = wait_for(&c, "Promoting", Duration::from_secs(20), |st| {
         st["phase"] == "Promoting"
     })
     .await;
     seen.push(st["weight"].as_u64().unwrap());
-    let g = generation(&c).await;
-    restarts += 1;
-    let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+    let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
     c = c2;
     assert_eq!(at_kill.0, "Promoting");
     let after = c.canary(KEY).await;
@@ -357,9 +346,7 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
     })
     .await;
     assert_eq!(st["weight"], 0);
-    let g = generation(&c).await;
-    restarts += 1;
-    let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+    let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
     c = c2;
     assert_eq!(at_kill, ("Finalising".to_string(), 0));
     let after = c.canary(KEY).await;
@@ -380,11 +367,9 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
             .ok_or_else(|| "not called".to_string())
     })
     .await;
-    let promotion_calls = fakes.promotion_calls.load(Ordering::SeqCst);
+    let promotion_calls = fakes.promotion.calls.load(Ordering::SeqCst);
     let queries = fakes.queries.load(Ordering::SeqCst);
-    let g = generation(&c).await;
-    restarts += 1;
-    let (c2, at_kill) = kill_and_restart(c, &s, restarts, g).await;
+    let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
     c = c2;
     assert_eq!(at_kill, ("Succeeded".to_string(), 0));
     // An observation window of three intervals: a repeated promotion would show in it.
@@ -398,7 +383,7 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
         "post-rollout ran exactly once for the run, across {restarts} kills"
     );
     assert_eq!(
-        fakes.promotion_calls.load(Ordering::SeqCst),
+        fakes.promotion.calls.load(Ordering::SeqCst),
         promotion_calls,
         "no confirm-promotion after Succeeded"
     );

@@ -11,15 +11,14 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use axum::routing::{any, post};
 use serde_json::{json, Value};
 use support::canary::{canary_yaml, canary_yaml_with_service, PODINFO_SERVICE};
-use support::http::TestServer;
+use support::http::{Gate, TestServer};
 use support::poll_until;
 use support::process::text;
 use support::prometheus::one_sample_answer;
@@ -33,16 +32,15 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct Fakes {
     queries: AtomicUsize,
-    gate_open: AtomicBool,
-    gate_calls: AtomicUsize,
+    gate: Gate,
 }
 
 impl Fakes {
     /// Waits (20 s deadline) until the gate has been called twice more than it had been.
     async fn two_more_gate_calls(&self, what: &str) {
-        let since = self.gate_calls.load(Ordering::SeqCst);
+        let since = self.gate.calls.load(Ordering::SeqCst);
         poll_until(what, Duration::from_secs(20), || async {
-            let calls = self.gate_calls.load(Ordering::SeqCst) - since;
+            let calls = self.gate.calls.load(Ordering::SeqCst) - since;
             (calls >= 2).then_some(()).ok_or(format!("{calls} calls"))
         })
         .await;
@@ -51,7 +49,7 @@ impl Fakes {
 
 async fn start_fakes() -> (TestServer, Arc<Fakes>) {
     let fakes = Arc::new(Fakes::default());
-    fakes.gate_open.store(true, Ordering::SeqCst);
+    fakes.gate.open.store(true, Ordering::SeqCst);
     let (q, g) = (fakes.clone(), fakes.clone());
     let app = axum::Router::new()
         .route(
@@ -68,14 +66,7 @@ async fn start_fakes() -> (TestServer, Arc<Fakes>) {
             "/gate",
             post(move || {
                 let g = g.clone();
-                async move {
-                    g.gate_calls.fetch_add(1, Ordering::SeqCst);
-                    if g.gate_open.load(Ordering::SeqCst) {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                }
+                async move { g.gate.answer() }
             }),
         );
     (TestServer::start(app).await, fakes)
@@ -179,7 +170,7 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
     }
 
     // Close the gate and wait until two passes have been refused: the weight is still.
-    fakes.gate_open.store(false, Ordering::SeqCst);
+    fakes.gate.open.store(false, Ordering::SeqCst);
     fakes.two_more_gate_calls("two refused gate calls").await;
     let before = first.canary(KEY).await;
     weights.push(weight(&before));
@@ -237,7 +228,7 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
     weights.push(weight(&held));
 
     // Open the gate: the run continues one step per passing analysis, to Succeeded.
-    fakes.gate_open.store(true, Ordering::SeqCst);
+    fakes.gate.open.store(true, Ordering::SeqCst);
     let increases_before = weights.increases();
     let mut max_weight = 0;
     let mut generation_seen = generation_after;

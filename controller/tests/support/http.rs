@@ -1,8 +1,12 @@
 //! Test HTTP servers on free ports: an axum app served until drop, a server that accepts
-//! and never answers, and a recorder of what a server received.
+//! and never answers, a recorder of what a server received, and a webhook gate the test
+//! opens and closes.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
 
 /// Records what a test server received.
 #[derive(Clone)]
@@ -81,5 +85,25 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self._task.abort();
+    }
+}
+
+/// A confirm-* webhook the test opens and closes: it answers 200 while open and 503 while
+/// closed (the default), and counts its calls.
+#[derive(Default)]
+pub struct Gate {
+    pub open: AtomicBool,
+    pub calls: AtomicUsize,
+}
+
+impl Gate {
+    /// Counts the call and answers as the gate stands.
+    pub fn answer(&self) -> StatusCode {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.open.load(Ordering::SeqCst) {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
