@@ -63,8 +63,8 @@ spec:
     )
 }
 
-/// A canary run: every 3s, 10% steps up to 50%, 3 failed checks roll back; success rate
-/// >= 99% and P99 <= 250 ms over 10s windows (10 scrapes). 3s, not less: the first
+/// A canary run: every 3s, 10% steps up to 50%, 3 failed checks roll back; a success rate
+/// of at least 99% and a P99 of at most 250 ms over 10s windows (10 scrapes). 3s, not less: the first
 /// analysis after a step needs the step's traffic in Prometheus, which takes Envoy's stats
 /// flush (1s, for the histogram) plus a scrape (1s); 2s would leave no margin on a busy CI box.
 const CANARY_ANALYSIS: &str = "    interval: 3s
