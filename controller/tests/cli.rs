@@ -13,7 +13,7 @@ use serde_json::Value;
 use support::canary::quick_canary_yaml;
 use support::poll_until;
 use support::process::{run_to_exit, text};
-use support::veer::{run_veer, write_spec, Controller, VEER};
+use support::veer::{canaries_dir, run_veer, write_spec, Controller, VEER};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -206,8 +206,7 @@ fn client(controller: &Controller, args: &[&str], token: Option<&str>) -> (bool,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_rollout_and_gates_against_a_running_controller() {
     let dir = tempfile::tempdir().unwrap();
-    let canaries = dir.path().join("canaries");
-    std::fs::create_dir(&canaries).unwrap();
+    let canaries = canaries_dir(dir.path());
     write_spec(&canaries, "app.yaml", &quick_canary("app"));
     write_spec(&canaries, "web.yaml", &quick_canary("web"));
     let token = "s3cret-token-for-writes";

@@ -29,7 +29,7 @@ use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::{Gate, TestServer};
 use support::immutable_dir::ImmutableDir;
 use support::prometheus::one_sample_answer;
-use support::veer::{write_spec, Controller, VEER};
+use support::veer::{canaries_dir, write_spec, Controller, VEER};
 use support::{free_port, poll_until};
 
 const KEY: &str = "test/podinfo";
@@ -151,8 +151,7 @@ struct Setup {
 
 fn setup(fakes: &TestServer, promotion_step: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let canaries = dir.path().join("canaries");
-    std::fs::create_dir(&canaries).unwrap();
+    let canaries = canaries_dir(dir.path());
     write_spec(
         &canaries,
         "podinfo.yaml",
@@ -691,8 +690,7 @@ async fn prometheus_stopping_mid_run_fails_checks_then_rolls_back() {
     let prometheus = support::prometheus::Prometheus::start(&[]).await;
     let prometheus_addr = prometheus.url.trim_start_matches("http://").to_string();
     let dir = tempfile::tempdir().unwrap();
-    let canaries = dir.path().join("canaries");
-    std::fs::create_dir(&canaries).unwrap();
+    let canaries = canaries_dir(dir.path());
     write_spec(
         &canaries,
         "podinfo.yaml",

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use support::canary::canary_yaml;
 use support::http::{HangingServer, TestServer};
 use support::prometheus::{sample, vector_answer};
-use support::veer::{write_spec, Controller};
+use support::veer::{canaries_dir, write_spec, Controller};
 
 const QUICK: &str = "    interval: 1s\n    threshold: 1\n    maxWeight: 50\n    stepWeight: 50\n";
 
@@ -51,8 +51,7 @@ async fn wait_phase(c: &Controller, key: &str, phase: &str, timeout: Duration) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_canary_specs_are_named_and_the_others_keep_running() {
     let dir = tempfile::tempdir().unwrap();
-    let canaries = dir.path().join("canaries");
-    std::fs::create_dir(&canaries).unwrap();
+    let canaries = canaries_dir(dir.path());
     write_spec(&canaries, "good.yaml", &canary_yaml("good", QUICK));
     let cases: &[(&str, String, &str)] = &[
         (
@@ -201,8 +200,7 @@ async fn broken_prometheus_and_webhooks_fail_checks_clearly_and_others_are_unaff
     let fakes = TestServer::start(app).await;
     let hanging = HangingServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let canaries = dir.path().join("canaries");
-    std::fs::create_dir(&canaries).unwrap();
+    let canaries = canaries_dir(dir.path());
 
     // (canary, address of its Prometheus or hook, the message its failed check must carry)
     let prometheus_cases = [

@@ -22,7 +22,7 @@ use support::http::{Gate, TestServer};
 use support::poll_until;
 use support::process::text;
 use support::prometheus::one_sample_answer;
-use support::veer::{run_veer, write_spec, Controller};
+use support::veer::{canaries_dir, run_veer, write_spec, Controller};
 
 const KEY: &str = "test/podinfo";
 const POLL: Duration = Duration::from_millis(50);
@@ -136,8 +136,7 @@ impl WeightLog {
 async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generation() {
     let (fakes_server, fakes) = start_fakes().await;
     let dir = tempfile::tempdir().unwrap();
-    let canaries = dir.path().join("canaries");
-    std::fs::create_dir(&canaries).unwrap();
+    let canaries = canaries_dir(dir.path());
     write_spec(
         &canaries,
         "podinfo.yaml",
@@ -275,8 +274,7 @@ async fn sigkill_mid_run_resumes_at_the_persisted_weight_with_a_higher_generatio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_stops_the_controller_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
-    let canaries = dir.path().join("canaries");
-    std::fs::create_dir(&canaries).unwrap();
+    let canaries = canaries_dir(dir.path());
     write_spec(
         &canaries,
         "podinfo.yaml",
@@ -339,8 +337,7 @@ fn plain_canary(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rescans_and_sigterm_stops_with_a_consistent_state_file() {
     let dir = tempfile::tempdir().unwrap();
-    let canaries = dir.path().join("canaries");
-    std::fs::create_dir(&canaries).unwrap();
+    let canaries = canaries_dir(dir.path());
     write_spec(&canaries, "app.yaml", &plain_canary("app"));
     let state_file = dir.path().join("state.json");
     let args = vec![

@@ -139,6 +139,14 @@ pub fn run_veer(args: &[&str], deadline: Duration) -> Output {
     run_to_exit(Command::new(VEER).args(args), deadline)
 }
 
+/// Creates `dir/canaries`, the directory of specs a test controller is started with
+/// (`--canaries`), and returns its path.
+pub fn canaries_dir(dir: &Path) -> PathBuf {
+    let canaries = dir.join("canaries");
+    std::fs::create_dir(&canaries).unwrap();
+    canaries
+}
+
 /// Writes `yaml` as `dir/name`.
 pub fn write_spec(dir: &Path, name: &str, yaml: &str) {
     std::fs::write(dir.join(name), yaml).unwrap();
