@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Json as JsonBody;
 use axum::http::StatusCode;
-use axum::routing::{any, post};
+use axum::routing::post;
 use serde_json::{json, Value};
 use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::{Gate, TestServer};
 use support::immutable_dir::ImmutableDir;
-use support::prometheus::one_sample_answer;
+use support::prometheus::counted_query_route;
 use support::veer::{canaries_dir, write_spec, Controller, VEER};
 use support::{free_port, poll_until};
 
@@ -38,7 +38,7 @@ const KEY: &str = "test/podinfo";
 /// confirm-traffic-increase gate still approves (-1: all); each approval uses one.
 #[derive(Default)]
 struct Fakes {
-    queries: AtomicUsize,
+    queries: Arc<AtomicUsize>,
     traffic_budget: AtomicI64,
     traffic_approved: AtomicUsize,
     traffic_calls: AtomicUsize,
@@ -48,17 +48,11 @@ struct Fakes {
 
 async fn start_fakes() -> (TestServer, Arc<Fakes>) {
     let fakes = Arc::new(Fakes::default());
-    let (q, t, p, r) = (fakes.clone(), fakes.clone(), fakes.clone(), fakes.clone());
+    let (t, p, r) = (fakes.clone(), fakes.clone(), fakes.clone());
     let app = axum::Router::new()
         .route(
             "/api/v1/query",
-            any(move || {
-                let q = q.clone();
-                async move {
-                    q.queries.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(one_sample_answer("99.9"))
-                }
-            }),
+            counted_query_route(fakes.queries.clone(), "99.9"),
         )
         .route(
             "/gate/traffic",

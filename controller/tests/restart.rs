@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::{any, post};
+use axum::routing::post;
 use serde_json::{json, Value};
 use support::canary::{canary_yaml, canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::{Gate, TestServer};
 use support::poll_until;
 use support::process::text;
-use support::prometheus::one_sample_answer;
+use support::prometheus::counted_query_route;
 use support::veer::{canaries_dir, run_veer, write_spec, Controller};
 
 const KEY: &str = "test/podinfo";
@@ -31,7 +31,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// open, 503 when closed.
 #[derive(Default)]
 struct Fakes {
-    queries: AtomicUsize,
+    queries: Arc<AtomicUsize>,
     gate: Gate,
 }
 
@@ -50,17 +50,11 @@ impl Fakes {
 async fn start_fakes() -> (TestServer, Arc<Fakes>) {
     let fakes = Arc::new(Fakes::default());
     fakes.gate.open.store(true, Ordering::SeqCst);
-    let (q, g) = (fakes.clone(), fakes.clone());
+    let g = fakes.clone();
     let app = axum::Router::new()
         .route(
             "/api/v1/query",
-            any(move || {
-                let q = q.clone();
-                async move {
-                    q.queries.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(one_sample_answer("99.9"))
-                }
-            }),
+            counted_query_route(fakes.queries.clone(), "99.9"),
         )
         .route(
             "/gate",

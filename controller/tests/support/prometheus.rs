@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::free_port;
@@ -131,4 +132,19 @@ pub fn vector_answer(result: Value) -> Value {
 /// A `/api/v1/query` answer of one `sample(value)`.
 pub fn one_sample_answer(value: &str) -> Value {
     vector_answer(json!([sample(value)]))
+}
+
+/// A fake Prometheus `/api/v1/query` route answering every query with `one_sample_answer(value)`
+/// and counting the queries in `queries`.
+pub fn counted_query_route(
+    queries: Arc<AtomicUsize>,
+    value: &'static str,
+) -> axum::routing::MethodRouter {
+    axum::routing::any(move || {
+        let queries = queries.clone();
+        async move {
+            queries.fetch_add(1, Ordering::SeqCst);
+            axum::Json(one_sample_answer(value))
+        }
+    })
 }
