@@ -134,7 +134,8 @@ impl CompiledTable {
         let routes = &out.routes;
         let by_prefix_len = |slot: &mut HostRoutes| {
             slot.0
-                .sort_by_key(|&i| std::cmp::Reverse(routes[i].route.path_prefix.len()));
+                // No ties: one host cannot list the same prefix twice (check_table_shape).
+                .sort_unstable_by_key(|&i| std::cmp::Reverse(routes[i].route.path_prefix.len()));
         };
         out.exact.values_mut().for_each(by_prefix_len);
         out.wildcard.values_mut().for_each(by_prefix_len);

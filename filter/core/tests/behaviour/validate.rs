@@ -296,6 +296,22 @@ fn serde_errors_name_the_path_of_the_value() {
         ),
         "controller.pollMs: invalid type: boolean `true`, expected u64"
     );
+    assert_eq!(
+        path_and_reason(
+            r#"{"table": {"routes": [{"name": "a", "hosts": ["x"], "weight": 12.5}]}}"#
+        ),
+        "table.routes[0].weight: invalid type: floating point `12.5`, expected u32"
+    );
+    assert_eq!(
+        path_and_reason(r#"{"table": {"generation": 18446744073709551616, "routes": []}}"#),
+        "table.generation: invalid type: floating point `1.8446744073709552e+19`, expected u64"
+    );
+    assert_eq!(
+        path_and_reason(
+            r#"{"table": {"routes": [{"name": "a", "hosts": ["x"], "weight": 4294967296}]}}"#
+        ),
+        "table.routes[0].weight: invalid value: integer `4294967296`, expected u32"
+    );
 }
 
 #[test]
