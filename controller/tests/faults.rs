@@ -42,13 +42,13 @@ struct Fakes {
     traffic_budget: AtomicI64,
     traffic_approved: AtomicUsize,
     traffic_calls: AtomicUsize,
-    promotion: Gate,
+    promotion: Arc<Gate>,
     post_rollout: Mutex<Vec<String>>,
 }
 
 async fn start_fakes() -> (TestServer, Arc<Fakes>) {
     let fakes = Arc::new(Fakes::default());
-    let (t, p, r) = (fakes.clone(), fakes.clone(), fakes.clone());
+    let (t, r) = (fakes.clone(), fakes.clone());
     let app = axum::Router::new()
         .route(
             "/api/v1/query",
@@ -77,13 +77,7 @@ async fn start_fakes() -> (TestServer, Arc<Fakes>) {
                 }
             }),
         )
-        .route(
-            "/gate/promotion",
-            post(move || {
-                let p = p.clone();
-                async move { p.promotion.answer() }
-            }),
-        )
+        .route("/gate/promotion", fakes.promotion.route())
         .route(
             "/hook/post",
             post(move |JsonBody(body): JsonBody<Value>| {

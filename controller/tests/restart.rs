@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::post;
 use serde_json::{json, Value};
 use support::canary::{canary_yaml, canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::{Gate, TestServer};
@@ -32,7 +31,7 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct Fakes {
     queries: Arc<AtomicUsize>,
-    gate: Gate,
+    gate: Arc<Gate>,
 }
 
 impl Fakes {
@@ -50,19 +49,12 @@ impl Fakes {
 async fn start_fakes() -> (TestServer, Arc<Fakes>) {
     let fakes = Arc::new(Fakes::default());
     fakes.gate.open.store(true, Ordering::SeqCst);
-    let g = fakes.clone();
     let app = axum::Router::new()
         .route(
             "/api/v1/query",
             counted_query_route(fakes.queries.clone(), "99.9"),
         )
-        .route(
-            "/gate",
-            post(move || {
-                let g = g.clone();
-                async move { g.gate.answer() }
-            }),
-        );
+        .route("/gate", fakes.gate.route());
     (TestServer::start(app).await, fakes)
 }
 

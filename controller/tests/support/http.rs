@@ -97,6 +97,15 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// A POST route on which the gate answers.
+    pub fn route(self: &Arc<Self>) -> axum::routing::MethodRouter {
+        let gate = self.clone();
+        axum::routing::post(move || {
+            let gate = gate.clone();
+            async move { gate.answer() }
+        })
+    }
+
     /// Counts the call and answers as the gate stands.
     pub fn answer(&self) -> StatusCode {
         self.calls.fetch_add(1, Ordering::SeqCst);
