@@ -16,7 +16,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,9 +28,9 @@ use serde_json::{json, Value};
 use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::{Gate, TestServer};
 use support::immutable_dir::ImmutableDir;
+use support::poll_until;
 use support::prometheus::counted_query_route;
-use support::veer::{canaries_dir, write_spec, Controller, VEER};
-use support::{free_port, poll_until};
+use support::veer::{canaries_dir, write_spec, Controller};
 
 const KEY: &str = "test/podinfo";
 
@@ -393,123 +393,16 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
 // ---------------------------------------------------------------------------------------
 // State directory read-only, disk full
 
-/// A controller started through `sh` with SIGXFSZ ignored (so a file-size limit makes writes
-/// fail with EFBIG instead of killing it), its output read through a pipe (a pipe is not
-/// subject to the file-size limit, so its log survives the "full disk").
-struct PipedController {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<u8>>>,
-    http: reqwest::Client,
-}
-
-impl PipedController {
-    async fn start(args: &[String]) -> PipedController {
-        let port = free_port();
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(r#"trap '' XFSZ; exec "$0" "$@""#)
-            .arg(VEER)
-            .arg("controller")
-            .args(args)
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .env("RUST_LOG", "veer_controller=debug,info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    log.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        let c = PipedController {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        };
-        poll_until("controller /healthz", Duration::from_secs(30), || async {
-            c.http
-                .get(format!("{}/healthz", c.url))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+/// The passes counted as run but not saved, from the controller's `/metrics`.
+async fn not_saved_passes(c: &Controller) -> f64 {
+    c.metrics_text()
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("veer_analysis_passes_total{") && l.contains("outcome=\"not_saved\"")
         })
-        .await;
-        c
-    }
-
-    fn log_text(&self) -> String {
-        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
-    }
-
-    async fn canary(&self) -> Value {
-        self.http
-            .get(format!("{}/v1/canaries/{KEY}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn post(&self, action: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}/v1/canaries/{KEY}/{action}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn not_saved_passes(&self) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| {
-                l.starts_with("veer_analysis_passes_total{") && l.contains("outcome=\"not_saved\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for PipedController {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The fault is on while the guard lives.
@@ -568,16 +461,16 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
     let (server, fakes) = start_fakes().await;
     fakes.traffic_budget.store(-1, Ordering::SeqCst);
     let s = setup(&server, false);
-    let c = PipedController::start(&s.args).await;
-    c.post("revision", json!({"revision": "v1"})).await;
-    c.post("revision", json!({"revision": "v2"})).await;
+    let c = Controller::start_ignoring_sigxfsz(&s.args).await;
+    c.revision(KEY, "v1").await;
+    c.revision(KEY, "v2").await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while c.canary().await["weight"] != 10 {
+    while c.canary(KEY).await["weight"] != 10 {
         assert!(Instant::now() < deadline, "weight 10 not reached");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let file_before = std::fs::read(&s.state_file).unwrap();
-    let not_saved_before = c.not_saved_passes().await;
+    let not_saved_before = not_saved_passes(&c).await;
     let log_len = c.log_text().len();
 
     let state_dir = s.state_file.parent().unwrap().to_path_buf();
@@ -592,9 +485,9 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
         &format!("{name}: two passes not saved"),
         Duration::from_secs(15),
         || async {
-            let n = c.not_saved_passes().await - not_saved_before;
+            let n = not_saved_passes(&c).await - not_saved_before;
             // What the API shows never runs ahead of the file.
-            let st = c.canary().await;
+            let st = c.canary(KEY).await;
             assert_eq!(
                 (
                     st["phase"].as_str().unwrap(),
@@ -626,7 +519,9 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
         "{name}: the retry is logged:\n{log}"
     );
     // A command cannot be applied either, and says so.
-    let (status, answer) = c.post("rollback", json!({})).await;
+    let (status, answer) = c
+        .post(&format!("/v1/canaries/{KEY}/rollback"), json!({}), None)
+        .await;
     assert_eq!(status, 503, "{name}: {answer}");
     assert!(
         answer["error"]
@@ -635,14 +530,14 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
             .contains("could not be saved"),
         "{answer}"
     );
-    assert_eq!(c.canary().await["phase"], "Progressing");
+    assert_eq!(c.canary(KEY).await["phase"], "Progressing");
     assert_eq!(std::fs::read(&s.state_file).unwrap(), file_before);
 
     // The fault clears: the retried transition is taken and saved.
     drop(fault);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let st = c.canary().await;
+        let st = c.canary(KEY).await;
         if st["weight"].as_u64().unwrap() >= 20 {
             let (phase, weight) = persisted_canary(&s.state_file);
             assert!(

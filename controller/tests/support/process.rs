@@ -1,8 +1,10 @@
 //! Child processes for the tests: killed (and reaped) on drop even when the test panics,
 //! and commands run to their exit with a deadline.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::poll_until;
@@ -11,7 +13,14 @@ use super::poll_until;
 pub struct ChildGuard {
     pub name: String,
     child: Child,
-    pub log: PathBuf,
+    log: Log,
+}
+
+/// Where a child's stdout and stderr go.
+enum Log {
+    File(PathBuf),
+    /// Read through pipes into memory: a pipe is not subject to a file-size limit.
+    Captured(Arc<Mutex<Vec<u8>>>),
 }
 
 impl ChildGuard {
@@ -25,7 +34,39 @@ impl ChildGuard {
         ChildGuard {
             name: name.to_string(),
             child,
-            log,
+            log: Log::File(log),
+        }
+    }
+
+    /// As `spawn`, with the output captured in memory instead of a file.
+    pub fn spawn_captured(name: &str, mut cmd: Command) -> ChildGuard {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        ChildGuard {
+            name: name.to_string(),
+            child,
+            log: Log::Captured(log),
         }
     }
 
@@ -63,7 +104,10 @@ impl ChildGuard {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        match &self.log {
+            Log::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            Log::Captured(bytes) => String::from_utf8_lossy(&bytes.lock().unwrap()).into_owned(),
+        }
     }
 }
 

@@ -26,11 +26,24 @@ impl Controller {
     pub async fn start(args: &[String], log: PathBuf) -> Controller {
         let port = free_port();
         let mut cmd = Command::new(VEER);
-        cmd.arg("controller")
-            .args(args)
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .env("RUST_LOG", "veer_controller=debug,info");
-        let mut process = ChildGuard::spawn("veer controller", cmd, log);
+        controller_args(&mut cmd, args, port);
+        Controller::wait_ready(ChildGuard::spawn("veer controller", cmd, log), port).await
+    }
+
+    /// As `start`, through `sh` with SIGXFSZ ignored (so a file-size limit makes writes fail
+    /// with EFBIG instead of killing it), its output captured through a pipe (not subject
+    /// to the file-size limit, so its log survives the "full disk").
+    pub async fn start_ignoring_sigxfsz(args: &[String]) -> Controller {
+        let port = free_port();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"trap '' XFSZ; exec "$0" "$@""#)
+            .arg(VEER);
+        controller_args(&mut cmd, args, port);
+        Controller::wait_ready(ChildGuard::spawn_captured("veer controller", cmd), port).await
+    }
+
+    async fn wait_ready(mut process: ChildGuard, port: u16) -> Controller {
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -40,6 +53,10 @@ impl Controller {
             .wait_http_ready("veer controller /healthz", &http, &format!("{url}/healthz"))
             .await;
         Controller { process, url, http }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
     }
 
     /// Sends `signal` (e.g. "TERM", "HUP") with kill(1).
@@ -91,6 +108,18 @@ impl Controller {
         response.json().await.unwrap()
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `GET /v1/table` without `after`: the served table, or `None` (304) before the first.
     pub async fn table(&self) -> Option<Value> {
         let response = self
@@ -132,6 +161,14 @@ impl Controller {
         assert_eq!(status, 200, "revision {revision}: {answer}");
         answer
     }
+}
+
+/// `controller ARGS --listen=127.0.0.1:<port>`, logging at debug.
+fn controller_args(cmd: &mut Command, args: &[String], port: u16) {
+    cmd.arg("controller")
+        .args(args)
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .env("RUST_LOG", "veer_controller=debug,info");
 }
 
 /// Runs `veer ARGS` to its exit (killing it at the deadline, which fails the test).
