@@ -569,10 +569,9 @@ fn plugin_config_reload_keeps_the_live_table_and_users_in_place() {
         assert!(was == "primary" || variant == "canary");
     }
     assert_no_crash(&envoy);
-    // KNOWN BUG (reported to the lead, not fixed here: filter/wasm/src/root.rs is not this
-    // test's owner's): a new root context routes with the plugin configuration's table
-    // (generation 0, weight 0) until its first tick adopts the shared table, so for up to
-    // 100 ms after a reload canary users are sent to primary.
+    // A new root context must adopt the shared live table in on_configure; if it waited for
+    // its first tick, requests in between would route on the configuration's own table
+    // (generation 0, weight 0) and canary users would flap to primary.
     assert!(
         flaps.is_empty(),
         "routing flapped during plugin reloads (variant, reason, generation, status):\n{}",

@@ -196,8 +196,9 @@ impl VeerRoot {
         self.confirmed_ms = confirmed_ms;
     }
 
-    /// Lazily sets up the poller side on the first tick (not in `on_configure`, which Envoy
-    /// also runs on a throwaway VM to validate configuration).
+    /// Sets up the poller side: reads properties only, so it is safe in `on_configure`, which
+    /// Envoy also runs on a throwaway VM to validate configuration. The lease and the poll,
+    /// which write shared data and dispatch calls, wait for `on_tick`.
     fn ensure_live(&mut self) {
         if self.live.is_some() {
             return;
@@ -453,6 +454,13 @@ impl RootContext for VeerRoot {
         if let Err(e) = self.configure(&bytes) {
             error!("invalid plugin configuration: {e}");
             return false;
+        }
+        if self.controller.is_some() {
+            // A reloaded plugin config starts from its own (usually empty) table. Adopt the
+            // live table from shared data now, not on the first tick: requests that arrive
+            // in between must not flap back to the config's table. Reading has no effects.
+            self.ensure_live();
+            self.adopt_shared();
         }
         let period = if self.controller.is_some() {
             LIVE_TICK_MS
