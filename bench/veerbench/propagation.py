@@ -99,6 +99,10 @@ class TableServerSource:
         t_hold = time.perf_counter()
         procs.wait_until("gateway long-poll held", lambda: self.server.waiting > 0, 10)
         self.hold_waits_ms.append((time.perf_counter() - t_hold) * 1000)
+        # The poll is (re)issued from the poller's tick, so publishing as soon as it is held
+        # would always land just after a tick (the worst phase). A random offset within one
+        # tick period (100 ms) removes that bias; the poll stays held meanwhile.
+        time.sleep(self.rng.uniform(0, 0.1))
         gen = self.server.generation + 1
         return gen, self.server.publish(_table(gen))
 
