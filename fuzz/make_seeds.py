@@ -254,13 +254,9 @@ write("matchers", "flagger-cookie-list", matchers_seed(
     ("^a$", "a\\$"), [("cookie", {"regex": "^(.*?;)?(canary=always)(;.*)?$"})], [], [],
     None, None, "GET", "/", [("cookie", "x=1;canary=always")], "q", "1"))
 
-# Open findings, kept out of corpus/ so that fuzzing is not stopped at startup; each should
-# run clean once fixed, then move into corpus/. Run: cargo fuzz run matchers regressions/matchers/<file>
-REGRESSIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "regressions")
-os.makedirs(os.path.join(REGRESSIONS, "matchers"), exist_ok=True)
-# regex-lite applies a repetition after a flag group to the atom before it: `a(?i)*b` is
-# accepted and means `a*b`; RE2 and the regex crate reject it.
-with open(os.path.join(REGRESSIONS, "matchers", "regex-repetition-after-flag-group"), "wb") as f:
-    f.write(matchers_seed(
-        {"regex": "a(?i)*b"}, ["b", "aab"], ("a", "b"), [], [], [], None, None,
-        "GET", "/", [], "q", "1"))
+# Fixed finding 1 (fuzz/README.md): regex-lite applies a repetition after a flag group to
+# the atom before it, so `a(?i)*b` was accepted and meant `a*b`; RE2 and the regex crate
+# reject it, and so does veer-core now.
+write("matchers", "regex-repetition-after-flag-group", matchers_seed(
+    {"regex": "a(?i)*b"}, ["b", "aab"], ("a", "b"), [], [], [], None, None,
+    "GET", "/", [], "q", "1"))

@@ -10,7 +10,8 @@ use crate::validate::{check_table_shape, ConfigError};
 use std::collections::BTreeMap;
 
 /// Longest host name looked up (DNS allows 253); longer authorities only match `*`.
-const MAX_HOST_LEN: usize = 255;
+/// Validation refuses longer hosts in a table, since no lookup could ever find them.
+pub(crate) const MAX_HOST_LEN: usize = 255;
 
 /// One route, ready to decide with.
 #[derive(Debug, Clone)]

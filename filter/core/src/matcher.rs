@@ -256,16 +256,157 @@ fn compile_whole_value_regex(pattern: &str, path: &str) -> Result<Regex, ConfigE
     }
     // The user's pattern is compiled alone first so that a syntax error describes their
     // text, not the anchoring wrapper around it.
-    let anchored = bounded_regex(pattern)
-        // The group keeps alternations inside the anchors: `a|b` must not become `\Aa|b\z`.
-        .and_then(|_| bounded_regex(&format!(r"\A(?:{pattern})\z")));
-    anchored.map_err(|e| {
-        ConfigError::new(
-            None,
-            path,
-            format!("invalid regex: {}", regex_error_reason(&e)),
-        )
-    })
+    let invalid = |reason: String| ConfigError::new(None, path, format!("invalid regex: {reason}"));
+    bounded_regex(pattern).map_err(|e| invalid(regex_error_reason(&e)))?;
+    // Checked once the engine has accepted the pattern, so that its own errors come first
+    // and the scan below only meets well-formed syntax.
+    if let Some((group, op)) = repetition_after_flag_group(pattern) {
+        return Err(invalid(format!(
+            "repetition operator {op:?} directly follows the flag group {group:?} and has \
+             nothing to repeat (RE2 rejects this); put the flags before the atom, e.g. \
+             (?i)a* or (?i:a)*"
+        )));
+    }
+    // The group keeps alternations inside the anchors: `a|b` must not become `\Aa|b\z`.
+    bounded_regex(&format!(r"\A(?:{pattern})\z")).map_err(|e| invalid(regex_error_reason(&e)))
+}
+
+/// A flag-only group `(?flags)` followed directly by `*`, `+`, `?` or `{` (the engine only
+/// accepts `{` as a counted repetition), returned as (group, operator). regex-lite applies
+/// such a repetition to the atom before the group (`a(?i)*b` means `a*b`), while RE2, which
+/// Istio uses, rejects it. At the start of the pattern or of a group or alternative,
+/// regex-lite rejects it itself. Escapes, character classes and, in `x` mode, whitespace and
+/// `#` comments are skipped as the engine reads them. `pattern` must already compile.
+fn repetition_after_flag_group(pattern: &str) -> Option<(&str, char)> {
+    // Every byte the scan acts on is ASCII, so byte offsets are enough; UTF-8 continuation
+    // bytes are skipped like any other literal.
+    let p = pattern.as_bytes();
+    // Whether `x` (ignore whitespace, `#` comments) is on, and its value at each open group.
+    let mut verbose = false;
+    let mut outer: Vec<bool> = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'\\' => i += 2,
+            b'[' => i = class_end(pattern, i, verbose),
+            b'#' if verbose => i = comment_end(p, i),
+            b')' => {
+                verbose = outer.pop().unwrap_or(verbose);
+                i += 1;
+            }
+            b'(' => {
+                let Some((flags, end)) = flag_group(p, i) else {
+                    outer.push(verbose);
+                    i += 1;
+                    continue;
+                };
+                if p[end] == b':' {
+                    // `(?flags:...)`: the flags last until the group's `)`.
+                    outer.push(verbose);
+                    verbose = sets_verbose(flags, verbose);
+                    i = end + 1;
+                    continue;
+                }
+                verbose = sets_verbose(flags, verbose);
+                // The last flag group before the operator, for the message.
+                let mut group = i..end + 1;
+                i = end + 1;
+                // Further flag groups, and what `x` mode ignores, still leave nothing to repeat.
+                loop {
+                    i = skip_ignored(pattern, i, verbose);
+                    match flag_group(p, i) {
+                        Some((more, end)) if p[end] == b')' => {
+                            verbose = sets_verbose(more, verbose);
+                            group = i..end + 1;
+                            i = end + 1;
+                        }
+                        _ => break,
+                    }
+                }
+                if let Some(&op @ (b'*' | b'+' | b'?' | b'{')) = p.get(i) {
+                    return pattern.get(group).map(|g| (g, char::from(op)));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// For `(?flags)` or `(?flags:` at `at`: the flag letters and the index of the `)` or `:`.
+fn flag_group(p: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let flags = p.get(at..)?.strip_prefix(b"(?")?;
+    let len = flags
+        .iter()
+        .position(|c| !c.is_ascii_alphabetic() && *c != b'-')?;
+    let end = at + 2 + len;
+    (len > 0 && matches!(p[end], b')' | b':')).then(|| (&flags[..len], end))
+}
+
+/// The `x` flag after applying `flags` (`-` turns off the flags after it).
+fn sets_verbose(flags: &[u8], mut verbose: bool) -> bool {
+    let mut on = true;
+    for &c in flags {
+        match c {
+            b'-' => on = false,
+            b'x' => verbose = on,
+            _ => {}
+        }
+    }
+    verbose
+}
+
+/// The index after whitespace (Unicode's, as the engine reads it) and `#` comments from
+/// `at`, in `x` mode.
+fn skip_ignored(pattern: &str, mut at: usize, verbose: bool) -> usize {
+    if !verbose {
+        return at;
+    }
+    loop {
+        match pattern.get(at..).and_then(|rest| rest.chars().next()) {
+            Some(c) if c.is_whitespace() => at += c.len_utf8(),
+            Some('#') => at = comment_end(pattern.as_bytes(), at),
+            _ => return at,
+        }
+    }
+}
+
+/// The index after the line comment starting at `at`.
+fn comment_end(p: &[u8], at: usize) -> usize {
+    memchr::memchr(b'\n', &p[at..]).map_or(p.len(), |n| at + n + 1)
+}
+
+/// The index after the character class opening at `at`: a `]` first (after `^`) is literal,
+/// `[:name:]` nests, and `x` mode skips whitespace and comments here too.
+fn class_end(pattern: &str, at: usize, verbose: bool) -> usize {
+    let p = pattern.as_bytes();
+    let mut i = skip_ignored(pattern, at + 1, verbose);
+    if p.get(i) == Some(&b'^') {
+        i = skip_ignored(pattern, i + 1, verbose);
+    }
+    if p.get(i) == Some(&b']') {
+        i += 1;
+    }
+    let mut depth = 1;
+    while i < p.len() {
+        i = skip_ignored(pattern, i, verbose);
+        match p.get(i) {
+            Some(b'\\') => i += 2,
+            Some(b'[') => {
+                depth += 1;
+                i += 1;
+            }
+            Some(b']') => {
+                depth -= 1;
+                i += 1;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    p.len()
 }
 
 /// Whether the pattern uses `\p`/`\P`. regex-lite refuses them too, but with a message

@@ -2,7 +2,7 @@
 //! filter and the controller; every error names the route (when there is one), the JSON
 //! field path and what is wrong with it.
 
-use crate::compiled::CompiledTable;
+use crate::compiled::{CompiledTable, MAX_HOST_LEN};
 use crate::json::{parse_json, unknown_field};
 use crate::keys::SigningKeys;
 use crate::table::{PluginConfig, Route, RoutingTable, SameSite, SessionAffinity, MAX_WEIGHT};
@@ -225,6 +225,17 @@ fn check_route(route: &Route, at: &str) -> Result<(), ConfigError> {
         return Err(err("hosts", "must list at least one host".into()));
     }
     for (h, host) in route.hosts.iter().enumerate() {
+        if host.len() > MAX_HOST_LEN {
+            let start: String = host.chars().take(40).collect();
+            return Err(err(
+                &format!("hosts[{h}]"),
+                format!(
+                    "{start:?}... is {} bytes long; a host may be at most {MAX_HOST_LEN} bytes \
+                     (DNS names 253, bracketed IPv6 literals 47), longer ones are never looked up",
+                    host.len()
+                ),
+            ));
+        }
         if let Err(why) = check_host(host) {
             return Err(err(&format!("hosts[{h}]"), format!("{host:?} {why}")));
         }

@@ -230,3 +230,84 @@ fn non_utf8_values_never_match_string_conditions() {
     assert!(!r.matches(&OwnedRequest::new("GET", "a", "/?p=%ff").with_header("x", "ok")));
     assert!(r.matches(&OwnedRequest::new("GET", "a", "/?p=%C3%A9").with_header("x", "ok")));
 }
+
+fn compile_error(pattern: &str) -> Option<String> {
+    let m = StringMatch {
+        regex: Some(pattern.to_string()),
+        ..Default::default()
+    };
+    CompiledMatch::compile(&m, "m").err().map(|e| e.to_string())
+}
+
+/// regex-lite applies a repetition after `(?flags)` to the atom before it (`a(?i)*b` means
+/// `a*b`); RE2 and the `regex` crate have nothing to repeat there and reject the pattern.
+#[test]
+fn repetition_after_a_flag_group_is_rejected() {
+    for pattern in [
+        "a(?i)*b",
+        "a(?i)+",
+        "a(?i)?b",
+        "a(?i){2}",
+        "a(?-i)*b",
+        "a(?i)(?s)*",
+        "a(?i)(?-i)*b",
+        "[a](?i)*",
+        "[(?i)*]a(?i)*",
+        "(a(?i)*)",
+        "a|b(?i)+",
+        // `x` mode ignores the space and the comment before the `*`.
+        "a(?x) *b",
+        "a(?x)# c\n*b",
+        "(?x)a(?i) # x\n  *",
+        // Rejected by regex-lite itself: nothing before the flag group, or no group at all.
+        "(?i)*a",
+        "*a",
+        "(*a)",
+        "a|*b",
+        "(?i)+a",
+        "a|(?i)*b",
+    ] {
+        let err = compile_error(pattern);
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.starts_with("m.regex: invalid regex: ")),
+            "{pattern:?} must be rejected, got {err:?}"
+        );
+    }
+    assert_eq!(
+        compile_error("a(?i)*b").unwrap(),
+        r#"m.regex: invalid regex: repetition operator '*' directly follows the flag group "(?i)" and has nothing to repeat (RE2 rejects this); put the flags before the atom, e.g. (?i)a* or (?i:a)*"#
+    );
+    assert!(compile_error("a(?i)(?s){3}")
+        .unwrap()
+        .contains(r#"'{' directly follows the flag group "(?s)""#));
+    // The same characters where they are not a repetition of a flag group.
+    for pattern in [
+        "(?i)a*",
+        "(?i:a)*",
+        "(a(?i))*",
+        "a(?i)",
+        "(?i)",
+        r"a(?i)\*b",
+        r"\(?i\)*",
+        "[(?i)*]",
+        "[](?i)*]",
+        "[^](?i)*]",
+        "[[:alpha:]](?i)x*",
+        "a(?i)x*",
+        "a(?P<n>b)*",
+        "a(?:b)*",
+        "a(?i) *",
+        "a(?i)# *",
+        "(?x)a # (?i)*\n b",
+        "(?x:a) (?i) *",
+        "(?x)[ a](?i)b*",
+        "(?x)a(?-x)(?i) *",
+    ] {
+        assert_eq!(compile_error(pattern), None, "{pattern:?}");
+    }
+    assert!(sm(r#"{"regex": "a(?i)\\*b"}"#).matches(Some(b"a*B")));
+    assert!(!sm(r#"{"regex": "a(?i)\\*b"}"#).matches(Some(b"A*B")));
+    assert!(!sm(r#"{"regex": "(?x:a) (?i) *"}"#).matches(Some(b"ab")));
+    assert!(sm(r#"{"regex": "(?x:a) (?i) *"}"#).matches(Some(b"a   ")));
+}

@@ -79,6 +79,10 @@ fn error_messages_name_route_path_and_reason() {
         r#"route "test/podinfo": table.routes[0].match[1].headers.x-user.regex: invalid regex: Unicode classes (\p{..}, \P{..}) are not supported: write explicit ranges such as [\x{370}-\x{3ff}]"#
     );
     assert_eq!(
+        error_for(|v| route0(v)["match"][1]["headers"]["x-user"]["regex"] = json!("u(?i)+")),
+        r#"route "test/podinfo": table.routes[0].match[1].headers.x-user.regex: invalid regex: repetition operator '+' directly follows the flag group "(?i)" and has nothing to repeat (RE2 rejects this); put the flags before the atom, e.g. (?i)a* or (?i:a)*"#
+    );
+    assert_eq!(
         error_for(|v| route0(v)["sessionAffinity"]["cookeName"] = json!("x")),
         "table.routes[0].sessionAffinity.cookeName: unknown field, expected one of `cookieName`, \
          `maxAge`, `path`, `domain`, `secure`, `httpOnly`, `sameSite`, `partitioned`"
@@ -350,4 +354,52 @@ fn unknown_fields_are_found_at_every_depth_and_only_in_plugin_config() {
         r#"{{"generation": 2, "future": {{"x": [1]}}, "routes": [{{{route}, "stickyKey": {{"header": "h", "heder": 1}}}}]}}"#
     );
     assert_eq!(parse_table(table.as_bytes()).unwrap().generation, 2);
+}
+
+/// `find_route` never looks up a host longer than 255 bytes, so a route listing one could
+/// never match it. DNS names stop at 253 bytes; bracketed IPv6 literals were only checked
+/// for their characters.
+#[test]
+fn hosts_longer_than_any_lookup_are_rejected() {
+    let ipv6 = |len: usize| format!("[{}]", "0:".repeat(len).get(..len - 2).unwrap());
+    let long = ipv6(256);
+    assert_eq!(long.len(), 256);
+    assert_eq!(
+        error_for(|v| route0(v)["hosts"][1] = json!(long)),
+        r#"route "test/podinfo": table.routes[0].hosts[1]: "[0:0:0:0:0:0:0:0:0:0:0:0:0:0:0:0:0:0:0:0"... is 256 bytes long; a host may be at most 255 bytes (DNS names 253, bracketed IPv6 literals 47), longer ones are never looked up"#
+    );
+    let longest = ipv6(255);
+    assert_eq!(longest.len(), 255);
+    assert_eq!(
+        error_for(|v| route0(v)["hosts"][1] = json!(longest)),
+        "no error"
+    );
+    assert_eq!(
+        error_for(|v| route0(v)["hosts"][1] = json!("[::ffff:192.0.2.1]")),
+        "no error"
+    );
+    // A wildcard over a 253-byte name is 255 bytes: still looked up.
+    let name = [
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61),
+    ]
+    .join(".");
+    assert_eq!(name.len(), 253);
+    assert_eq!(
+        error_for(|v| route0(v)["hosts"][1] = json!(format!("*.{name}"))),
+        "no error"
+    );
+    let too_long = format!("{name}e");
+    assert!(
+        error_for(|v| route0(v)["hosts"][1] = json!(too_long))
+            .ends_with(r#"is not a valid host name"#),
+        "a 254-byte DNS name is refused by the name rules"
+    );
+    // The table served by the controller is held to the same rule.
+    let table = json!({"generation": 1, "routes": [{"name": "r", "hosts": [ipv6(300)]}]});
+    let err = parse_table(table.to_string().as_bytes()).unwrap_err();
+    assert_eq!(err.path, "routes[0].hosts[0]");
+    assert!(err.reason.contains("is 300 bytes long"), "{err}");
 }
