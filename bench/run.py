@@ -3,7 +3,7 @@
 ratios, checks them against the targets of issue 6, and writes the raw results as JSON to
 target/bench/results.json. Not part of `make test`: it takes minutes and wants a quiet machine.
 
-    python3 bench/run.py                      # everything (about 12 minutes on 2 cores)
+    python3 bench/run.py                      # everything (about 13 minutes on 2 cores)
     python3 bench/run.py --sections cpu,size  # some sections
     python3 bench/run.py --quick              # shorter runs, for trying the harness
 """
