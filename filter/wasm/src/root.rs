@@ -22,8 +22,10 @@ use veer_core::{
 };
 
 /// Tick period while a controller is configured: a table stored by the poller reaches every
-/// worker within one tick.
-const LIVE_TICK_MS: u32 = 100;
+/// worker within one tick. 50 ms keeps propagation's worst case at about half of Istio's
+/// smallest push debounce (100 ms); a tick that finds no new generation costs one shared-data
+/// read per worker.
+const LIVE_TICK_MS: u32 = 50;
 /// Tick period with a static table: only the age gauge needs it.
 const STATIC_TICK_MS: u32 = 1_000;
 /// A poller that stops renewing loses the lease after this long.
