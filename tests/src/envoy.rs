@@ -30,6 +30,14 @@ pub fn envoy_binary() -> Result<PathBuf, String> {
     }
 }
 
+/// What every gateway test needs before it starts: the Envoy binary and a release filter
+/// build no older than its sources. The error names the command that provides the missing one.
+pub fn gateway_tools() -> Result<(), String> {
+    envoy_binary()?;
+    filter_wasm()?;
+    Ok(())
+}
+
 /// The release build of the filter.
 pub fn filter_wasm() -> Result<PathBuf, String> {
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use veer_core::{bucket, encode_cookie_value, fresh_seed, SigningKeys};
 use veer_e2e::backend::Backend;
 use veer_e2e::client::{HttpClient, Response};
-use veer_e2e::envoy::{envoy_binary, filter_wasm, prometheus_value, Envoy, GatewaySpec};
+use veer_e2e::envoy::{gateway_tools, prometheus_value, Envoy, GatewaySpec};
 use veer_e2e::process::{poll_until, work_dir};
 use veer_e2e::table_stub::TableStub;
 
@@ -25,15 +25,6 @@ const KEY_B: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 const KEY_FORGER: &str = "YW4gYXR0YWNrZXIncyBvd24ga2V5IG1hdGVyaWFsISE=";
 
 const CONTROLLER_CLUSTER: &str = "outbound|8080||veer-controller.veer-system.svc.cluster.local";
-
-fn require_tools() {
-    if let Err(e) = envoy_binary() {
-        panic!("{e}");
-    }
-    if let Err(e) = filter_wasm() {
-        panic!("{e}");
-    }
-}
 
 fn backends() -> (Backend, Backend) {
     (
@@ -106,7 +97,7 @@ fn static_config() -> serde_json::Value {
 /// One Envoy with a static table: split, overrides, A/B, spoofing, cookies, metrics.
 #[test]
 fn static_table_routes_splits_and_counts_in_envoy() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let (primary, canary) = backends();
     let dir = work_dir("filter-static").unwrap();
     let spec = GatewaySpec::new(&static_config(), primary.addr(), canary.addr());
@@ -630,7 +621,7 @@ fn live_table(generation: u64, weight: u32) -> serde_json::Value {
 /// table from the controller, then the controller dies.
 #[test]
 fn live_table_propagates_keeps_users_sticky_and_survives_controller_loss() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let (primary, canary) = backends();
     let mut stub = TableStub::start(&live_table(1, 1000)).unwrap();
     let config = serde_json::json!({
@@ -859,7 +850,7 @@ fn prom_errors(envoy: &Envoy) -> f64 {
 /// Bad plugin configurations stop Envoy from loading the listener, and the log names the field.
 #[test]
 fn bad_plugin_configs_are_rejected_with_the_field_named() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let route = |extra: serde_json::Value| {
         let mut r = serde_json::json!({ "name": "test/podinfo", "hosts": ["*"], "weight": 1000 });
         for (k, v) in extra.as_object().unwrap() {
@@ -922,7 +913,7 @@ fn bad_plugin_configs_are_rejected_with_the_field_named() {
 /// applies its own controller's table and each has exactly one poller.
 #[test]
 fn two_plugins_sharing_a_vm_keep_their_tables_apart() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let (primary, canary) = backends();
     let table = |generation: u64, weight: u32| {
         serde_json::json!({ "generation": generation, "routes": [

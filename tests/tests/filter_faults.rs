@@ -20,21 +20,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use veer_e2e::backend::Backend;
 use veer_e2e::client::{HttpClient, Response};
-use veer_e2e::envoy::{envoy_binary, filter_wasm, prometheus_value, Envoy, GatewaySpec};
+use veer_e2e::envoy::{gateway_tools, prometheus_value, Envoy, GatewaySpec};
 use veer_e2e::ports::free_port;
 use veer_e2e::process::{poll_until, work_dir};
 use veer_e2e::table_stub::TableStub;
 
 const CONTROLLER_CLUSTER: &str = "outbound|8080||veer-controller.veer-system.svc.cluster.local";
-
-fn require_tools() {
-    if let Err(e) = envoy_binary() {
-        panic!("{e}");
-    }
-    if let Err(e) = filter_wasm() {
-        panic!("{e}");
-    }
-}
 
 fn live_table(generation: u64, weight: u32) -> serde_json::Value {
     serde_json::json!({
@@ -196,7 +187,7 @@ fn connect_failures(envoy: &Envoy) -> u64 {
 /// The controller is unreachable for a while, then comes back.
 #[test]
 fn unreachable_controller_keeps_the_last_table_backs_off_and_recovers() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let primary = Backend::start("primary").unwrap();
     let canary = Backend::start("canary").unwrap();
     let stub = TableStub::start(&live_table(1, 2000)).unwrap();
@@ -440,7 +431,7 @@ fn applied_lines(envoy: &Envoy, generation: u64) -> usize {
 /// table must survive and routing must not flap back to the configuration's table.
 #[test]
 fn plugin_config_reload_keeps_the_live_table_and_users_in_place() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let primary = Backend::start("primary").unwrap();
     let canary = Backend::start("canary").unwrap();
     let stub = TableStub::start(&live_table(5, 5000)).unwrap();

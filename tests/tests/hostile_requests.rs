@@ -24,7 +24,7 @@ use std::time::Duration;
 use veer_core::{bucket, encode_cookie_value, fresh_seed, verify_cookie_value, Seed, SigningKeys};
 use veer_e2e::backend::Backend;
 use veer_e2e::client::{HttpClient, Response};
-use veer_e2e::envoy::{envoy_binary, filter_wasm, prometheus_value, Envoy, GatewaySpec};
+use veer_e2e::envoy::{gateway_tools, prometheus_value, Envoy, GatewaySpec};
 use veer_e2e::process::work_dir;
 
 /// base64 of "0123456789abcdef0123456789abcdef".
@@ -38,15 +38,6 @@ const HALF: &str = "test/half";
 const HALF_HOST: &str = "half.example.com";
 const HALF_REVISION: &str = "r2";
 const COOKIE: &str = "veer-cookie";
-
-fn require_tools() {
-    if let Err(e) = envoy_binary() {
-        panic!("{e}");
-    }
-    if let Err(e) = filter_wasm() {
-        panic!("{e}");
-    }
-}
 
 fn keys(b64: &str) -> SigningKeys {
     SigningKeys::from_base64(&[b64.to_string()]).unwrap()
@@ -215,7 +206,7 @@ fn signed(route: &str, seed: &Seed, key: &str) -> String {
 
 #[test]
 fn hostile_requests_never_fail_never_pick_the_canary_and_get_a_valid_cookie() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let primary = Backend::start("primary").unwrap();
     let canary = Backend::start("canary").unwrap();
     let envoy = start_gateway(&primary, &canary);
@@ -568,7 +559,7 @@ fn hostile_requests_never_fail_never_pick_the_canary_and_get_a_valid_cookie() {
 /// an unknown field and a missing keysEnv variable.
 #[test]
 fn more_bad_plugin_configs_are_rejected_naming_the_field_not_the_key() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let table =
         |routes: serde_json::Value| serde_json::json!({ "generation": 1, "routes": routes });
     let route = serde_json::json!({ "name": "test/a", "hosts": ["a.example.com"], "weight": 100 });
@@ -695,7 +686,7 @@ fn more_bad_plugin_configs_are_rejected_naming_the_field_not_the_key() {
 /// replaying a request sequence, choose) the seat a fresh visit gets.
 #[test]
 fn fresh_seeds_differ_between_gateway_starts() {
-    require_tools();
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
     let primary = Backend::start("primary").unwrap();
     let canary = Backend::start("canary").unwrap();
     let mut runs = Vec::new();
