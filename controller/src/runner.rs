@@ -296,15 +296,14 @@ impl Committer {
                 });
         // The table did not change: the states still must reach the file.
         let result = match published {
-            Ok(generation) if !saved => {
-                store::save(&path, &document(generation)).map(|()| generation)
-            }
-            other => other,
+            Ok(generation) if !saved => store::save(&path, &document(generation))
+                .map(|()| generation)
+                .map_err(|e| e.to_string()),
+            other => other.map_err(|e| e.to_string()),
         };
         let generation = match result {
             Ok(generation) => generation,
-            Err(e) => {
-                let message = e.to_string();
+            Err(message) => {
                 tracing::error!(
                     error = %message,
                     "cannot save the state; the transitions of this batch are not taken and are retried"

@@ -311,13 +311,19 @@ async fn get_table(
         Duration::ZERO
     };
     match state.hub.wait_newer(after_generation, wait).await {
-        Some(table) => {
-            let mut response = Json(table).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
+        // The JSON was encoded once, when this generation was published; every gateway
+        // fetching it shares those bytes.
+        Some(published) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            published.json().clone(),
+        )
+            .into_response(),
         None => StatusCode::NOT_MODIFIED.into_response(),
     }
 }
@@ -475,6 +481,93 @@ async fn get_metrics(State(state): State<ServerState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use veer_core::{Route, RoutingTable};
+
+    struct NoCanaries;
+
+    impl CanaryControl for NoCanaries {
+        fn list(&self) -> serde_json::Value {
+            json!([])
+        }
+        fn get(&self, _: &str, _: &str) -> Option<serde_json::Value> {
+            None
+        }
+        fn command(
+            &self,
+            ns: &str,
+            name: &str,
+            _: Command,
+        ) -> Result<serde_json::Value, CommandError> {
+            Err(CommandError::NotFound(format!("no canary {ns}/{name}")))
+        }
+        fn metrics_text(&self) -> String {
+            String::new()
+        }
+    }
+
+    fn route(name: &str, weight: u32) -> Route {
+        serde_json::from_value(
+            json!({"name": name, "hosts": [format!("{name}.example")], "weight": weight}),
+        )
+        .unwrap()
+    }
+
+    /// The bytes served are the current generation's table, for every generation: the JSON
+    /// kept next to the table must never lag behind it or belong to another generation.
+    #[tokio::test]
+    async fn the_table_is_served_as_the_json_of_the_current_generation() {
+        let hub = Arc::new(TableHub::new(0));
+        let state = ServerState::new(hub.clone(), Arc::new(NoCanaries), Registry::default(), None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let close_hub = hub.clone();
+        let served = tokio::spawn(serve(listener, router(state), async move {
+            let _ = stopped.await;
+            close_hub.close();
+        }));
+        let http = reqwest::Client::new();
+        for (step, weight) in [0, 10, 500, 1000].into_iter().enumerate() {
+            let mut routes = vec![route("a/one", weight), route("b/two", 1000 - weight)];
+            routes.truncate(1 + step % 2);
+            let generation = hub.publish(routes.clone());
+            let after = generation - 1;
+            for query in [format!("?after={after}&waitMs=5000"), String::new()] {
+                let response = http
+                    .get(format!("http://{addr}/v1/table{query}"))
+                    .header(GATEWAY_ID_HEADER, "gw-1")
+                    .header(GATEWAY_GENERATION_HEADER, after.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                assert_eq!(response.headers()["content-type"], "application/json");
+                assert_eq!(response.headers()["cache-control"], "no-store");
+                let body = response.bytes().await.unwrap();
+                let table: RoutingTable = serde_json::from_slice(&body).unwrap();
+                assert_eq!(
+                    table,
+                    RoutingTable {
+                        generation,
+                        routes: routes.clone()
+                    }
+                );
+                assert_eq!(table, hub.current());
+            }
+            assert_eq!(hub.gateways()["gw-1"].generation, after);
+        }
+        let unchanged = http
+            .get(format!(
+                "http://{addr}/v1/table?after={}&waitMs=50",
+                hub.generation()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
+    }
 
     #[test]
     fn constant_time_eq_compares_exactly() {

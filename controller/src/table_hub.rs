@@ -1,5 +1,6 @@
-//! The routing table the controller serves, its generation, and the long-poll that hands it
-//! to gateways. Also remembers which generation each gateway last confirmed, so an operator
+//! The routing table the controller serves, its generation, its JSON (encoded once per
+//! generation, however many gateways fetch it), and the long-poll that hands it to
+//! gateways. Also remembers which generation each gateway last confirmed, so an operator
 //! can see that every gateway applied a weight change.
 //!
 //! The generation only rises: within a process by one per change, and across restarts
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use veer_core::{Route, RoutingTable};
 
@@ -39,13 +41,71 @@ fn serialize_system_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S
     s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
 }
 
-/// The served table. `ready` is false until the first publish after start: until the
-/// controller has restored its canaries, it has nothing true to serve.
+/// One generation of the table as published: the table and its JSON, encoded once when it
+/// is published. Every gateway fetching this generation is answered with the same bytes,
+/// so serving a table costs a copy of a reference, not an encoding of 1,000 routes.
+#[derive(Debug)]
+pub struct PublishedTable {
+    table: RoutingTable,
+    json: Bytes,
+}
+
+impl PublishedTable {
+    fn encode(table: RoutingTable) -> Result<PublishedTable, TableEncodeError> {
+        let json = serde_json::to_vec(&table).map_err(|source| TableEncodeError {
+            generation: table.generation,
+            source,
+        })?;
+        Ok(PublishedTable {
+            table,
+            json: Bytes::from(json),
+        })
+    }
+
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// The table as the JSON document `GET /v1/table` answers with.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+}
+
+/// A table that could not be encoded as JSON. It is neither persisted nor served.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode routing table generation {generation} as JSON: {source}")]
+pub struct TableEncodeError {
+    generation: u64,
+    source: serde_json::Error,
+}
+
+/// Why [`TableHub::publish_checked`] did not serve a new table.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError<E> {
+    #[error(transparent)]
+    Encode(TableEncodeError),
+    /// The caller's `persist` failed.
+    #[error(transparent)]
+    Persist(E),
+}
+
+/// The served table. `None` until the first publish after start: until the controller has
+/// restored its canaries, it has nothing true to serve.
 #[derive(Debug, Clone)]
 struct Served {
-    table: Arc<RoutingTable>,
-    ready: bool,
+    published: Option<Arc<PublishedTable>>,
+    /// The generation persisted by the previous run; the first table is above it.
+    initial_generation: u64,
     closed: bool,
+}
+
+impl Served {
+    fn generation(&self) -> u64 {
+        self.published
+            .as_ref()
+            .map_or(self.initial_generation, |p| p.table.generation)
+    }
 }
 
 /// The current routing table and the gateways that fetch it. Share it as `Arc<TableHub>`.
@@ -63,13 +123,9 @@ impl TableHub {
     /// generation persisted by the previous run, or 0). Nothing is served before the first
     /// [`publish`](TableHub::publish).
     pub fn new(initial_generation: u64) -> TableHub {
-        let table = RoutingTable {
-            generation: initial_generation,
-            routes: Vec::new(),
-        };
         let (served, _) = watch::channel(Served {
-            table: Arc::new(table),
-            ready: false,
+            published: None,
+            initial_generation,
             closed: false,
         });
         TableHub {
@@ -79,68 +135,88 @@ impl TableHub {
         }
     }
 
-    /// Makes `routes` the served table and returns its generation. The generation rises
-    /// only when the routes differ from the served ones, except that the first publish
-    /// after start always takes a new generation (above anything a previous run served).
+    /// Makes `routes` the served table and returns its generation, for callers that persist
+    /// nothing (tests, tools). The generation rises only when the routes differ from the
+    /// served ones, except that the first publish after start always takes a new generation
+    /// (above anything a previous run served). A table that cannot be encoded (which the
+    /// types of [`RoutingTable`] rule out: every map key is a string) is logged and not
+    /// served; the served generation is returned.
     pub fn publish(&self, routes: Vec<Route>) -> u64 {
         match self.publish_checked(routes, |_| Ok::<(), std::convert::Infallible>(())) {
             Ok(generation) => generation,
-            Err(never) => match never {},
+            Err(PublishError::Persist(never)) => match never {},
+            Err(PublishError::Encode(e)) => {
+                tracing::error!(error = %e, "routing table not served");
+                self.generation()
+            }
         }
     }
 
-    /// As [`publish`](TableHub::publish), but calls `persist(new_generation)` first when the
-    /// generation changes and only serves the new table if it succeeds. On error the served
-    /// table stays as it was.
+    /// As [`publish`](TableHub::publish), but encodes the table and calls
+    /// `persist(new_generation)` before serving it, when the generation changes; only if
+    /// both succeed is the new table served. On error the served table stays as it was.
     pub fn publish_checked<E>(
         &self,
         routes: Vec<Route>,
         persist: impl FnOnce(u64) -> Result<(), E>,
-    ) -> Result<u64, E> {
+    ) -> Result<u64, PublishError<E>> {
         let _serialized = lock(&self.publish_lock);
         let current = self.served.borrow().clone();
-        if current.ready && current.table.routes == routes {
-            return Ok(current.table.generation);
+        if let Some(published) = &current.published {
+            if published.table.routes == routes {
+                return Ok(published.table.generation);
+            }
         }
-        let generation = current.table.generation + 1;
-        persist(generation)?;
-        let table = Arc::new(RoutingTable { generation, routes });
-        self.served.send_modify(|served| {
-            served.table = table;
-            served.ready = true;
-        });
+        let generation = current.generation() + 1;
+        let published = PublishedTable::encode(RoutingTable { generation, routes })
+            .map_err(PublishError::Encode)?;
+        persist(generation).map_err(PublishError::Persist)?;
+        let published = Arc::new(published);
+        self.served
+            .send_modify(|served| served.published = Some(published));
         Ok(generation)
     }
 
     /// The served table (generation and routes). Before the first publish this is the
     /// empty table at the initial generation.
     pub fn current(&self) -> RoutingTable {
-        self.served.borrow().table.as_ref().clone()
+        let served = self.served.borrow();
+        match &served.published {
+            Some(published) => published.table.clone(),
+            None => RoutingTable {
+                generation: served.initial_generation,
+                routes: Vec::new(),
+            },
+        }
     }
 
     /// The served generation.
     pub fn generation(&self) -> u64 {
-        self.served.borrow().table.generation
+        self.served.borrow().generation()
     }
 
     /// Whether a table has been published since start.
     pub fn is_ready(&self) -> bool {
-        self.served.borrow().ready
+        self.served.borrow().published.is_some()
     }
 
     /// Waits until a table with a generation above `after` is served, for at most
     /// `max_wait` (capped at [`MAX_WAIT`]). `None` means nothing newer came in time, or the
     /// hub was closed.
-    pub async fn wait_newer(&self, after: u64, max_wait: Duration) -> Option<RoutingTable> {
+    pub async fn wait_newer(&self, after: u64, max_wait: Duration) -> Option<Arc<PublishedTable>> {
         let mut changes = self.served.subscribe();
-        let newer = |s: &Served| s.ready && !s.closed && s.table.generation > after;
-        let wait = changes.wait_for(|s| newer(s) || s.closed);
+        let newer = |s: &Served| {
+            s.published
+                .as_ref()
+                .filter(|p| !s.closed && p.table.generation > after)
+                .cloned()
+        };
+        let wait = changes.wait_for(|s| s.closed || newer(s).is_some());
         let served = tokio::time::timeout(max_wait.min(MAX_WAIT), wait)
             .await
             .ok()?
-            .ok()?
-            .clone();
-        newer(&served).then(|| served.table.as_ref().clone())
+            .ok()?;
+        newer(&served)
     }
 
     /// How many long-polls are waiting right now.
@@ -232,7 +308,10 @@ mod tests {
         let err = hub.publish_checked(vec![route("a/b", 500)], |g| {
             Err(format!("disk full at {g}"))
         });
-        assert_eq!(err, Err("disk full at 2".to_string()));
+        assert!(
+            matches!(&err, Err(PublishError::Persist(e)) if e == "disk full at 2"),
+            "{err:?}"
+        );
         assert_eq!(hub.generation(), 1);
         assert_eq!(hub.current().routes[0].weight, 0);
         let mut persisted = None;
@@ -240,17 +319,38 @@ mod tests {
             persisted = Some(g);
             Ok::<(), String>(())
         });
-        assert_eq!(ok, Ok(2));
+        assert!(matches!(ok, Ok(2)), "{ok:?}");
         assert_eq!(persisted, Some(2));
+    }
+
+    #[tokio::test]
+    async fn each_generation_is_served_as_its_own_json() {
+        let hub = TableHub::new(0);
+        for weight in [0, 250, 1000] {
+            let generation = hub.publish(vec![route("a/b", weight), route("c/d", 10)]);
+            let served = hub
+                .wait_newer(generation - 1, Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(served.table(), &hub.current());
+            let parsed: RoutingTable = serde_json::from_slice(served.json()).unwrap();
+            assert_eq!(parsed, hub.current(), "JSON of generation {generation}");
+            assert_eq!(parsed.generation, generation);
+            assert_eq!(parsed.routes[0].weight, weight);
+        }
     }
 
     #[tokio::test]
     async fn nothing_is_served_before_the_first_publish() {
         let hub = TableHub::new(7);
-        assert_eq!(hub.wait_newer(0, Duration::from_millis(20)).await, None);
+        assert!(hub.wait_newer(0, Duration::from_millis(20)).await.is_none());
         hub.publish(vec![]);
         assert_eq!(
-            hub.wait_newer(0, Duration::ZERO).await.unwrap().generation,
+            hub.wait_newer(0, Duration::ZERO)
+                .await
+                .unwrap()
+                .table()
+                .generation,
             8
         );
     }
@@ -269,7 +369,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(got.unwrap().generation, 2);
+        assert_eq!(got.unwrap().table().generation, 2);
 
         let waiter = {
             let hub = hub.clone();
@@ -281,7 +381,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(got, None);
+        assert!(got.is_none());
         assert!(start.elapsed() < Duration::from_secs(1));
     }
 
