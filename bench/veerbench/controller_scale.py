@@ -7,14 +7,21 @@ Prometheus scrapes a small exporter serving Istio's `istio_requests_total` and
 every canary runs its two builtin queries (success rate, p99) on real data. Canaries are
 started the way local mode starts them (a first revision becomes primary, a second starts a
 run) and step the weight by 1 up to 50, so they stay in Progressing for the whole window.
-The simulated gateways behave like the filter's poller: `GET /v1/table?after=<gen>&waitMs=30000`
-with its headers, at most one poll per second (`pollMs` 1000)."""
+The simulated gateways behave like the filter's poller (filter/wasm/src/poll.rs and root.rs) with
+its default endpoint (`timeoutMs` 30000, `pollMs` 1000): `GET /v1/table?after=<applied>&waitMs=30000`
+with the `x-veer-gateway` and `x-veer-generation` headers, polls started on the filter's 50 ms
+tick, and the poller's pacing: after a 200 the next poll starts at once (the next tick), since
+the long-poll itself bounds the rate (the controller answers only when a new generation is
+served, a few per second under load); after a 304 (the hold ran out) the next poll starts no
+sooner than `pollMs` after the previous one started; after a failure it waits
+`pollMs * 2^(failures-1)`, at most 10 s."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import http.client
 import json
+import math
 import re
 import shutil
 import threading
@@ -108,44 +115,84 @@ class IstioExporter:
         self.httpd.server_close()
 
 
+# The filter's poller constants (filter/wasm/src/poll.rs, root.rs) and its default endpoint.
+POLL_MS = 1000
+TIMEOUT_MS = 30_000
+CALL_GRACE_MS = 5_000
+MAX_BACKOFF_MS = 10_000
+LIVE_TICK_MS = 50
+
+
 class SimulatedGateway(threading.Thread):
-    """The filter's poller, without Envoy: long-polls the table, at most once per second."""
+    """The filter's poller, without Envoy: the same request, headers and pacing (see the module
+    docstring). Like the filter, it takes a 200's generation as applied only if it is newer."""
 
     def __init__(self, index: int, port: int, stop: threading.Event):
         super().__init__(daemon=True)
         self.index, self.port, self.stop = index, port, stop
         self.generation = 0
+        self.polls = 0
         self.tables = 0
+        self.not_modified = 0
         self.bytes = 0
         self.errors = 0
+        self.failures = 0
+        # Each gateway's tick has its own phase, as separate Envoys' would.
+        self.tick_phase = (index * 7919 % LIVE_TICK_MS) / 1000
+
+    def _next_tick(self, not_before: float) -> None:
+        """Waits until the first tick at or after `not_before`: the filter starts polls on its tick."""
+        tick = LIVE_TICK_MS / 1000
+        at = self.tick_phase + math.ceil(max(0.0, not_before - self.tick_phase) / tick) * tick
+        rest = at - time.monotonic()
+        if rest > 0:
+            self.stop.wait(rest)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=(TIMEOUT_MS + CALL_GRACE_MS) / 1000)
 
     def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=40)
+        conn = self._connect()
+        next_at = time.monotonic()
         while not self.stop.is_set():
+            self._next_tick(next_at)
+            if self.stop.is_set():
+                break
             started = time.monotonic()
+            self.polls += 1
             try:
                 conn.request(
                     "GET",
-                    f"/v1/table?after={self.generation}&waitMs=30000",
+                    f"/v1/table?after={self.generation}&waitMs={TIMEOUT_MS}",
                     headers={"x-veer-gateway": f"bench-gw-{self.index}", "x-veer-generation": str(self.generation)},
                 )
                 resp = conn.getresponse()
                 body = resp.read()
                 if resp.status == 200:
                     m = re.search(rb'"generation"\s*:\s*(\d+)', body)
-                    if m:
-                        self.generation = int(m.group(1))
+                    if not m:
+                        raise http.client.HTTPException("a 200 without a table generation")
                     self.tables += 1
                     self.bytes += len(body)
-                elif resp.status != 304:
-                    self.errors += 1
+                    self.failures = 0
+                    if int(m.group(1)) > self.generation:
+                        self.generation = int(m.group(1))
+                        next_at = time.monotonic()  # a new table: ask for the next one at once
+                    else:
+                        next_at = started + POLL_MS / 1000
+                    continue
+                if resp.status != 304:
+                    raise http.client.HTTPException(f"HTTP {resp.status}")
+                self.not_modified += 1
+                self.failures = 0
+                next_at = started + POLL_MS / 1000
             except (OSError, http.client.HTTPException):
                 self.errors += 1
+                self.failures += 1
+                delay_ms = min(POLL_MS * 2 ** min(self.failures - 1, 20), max(MAX_BACKOFF_MS, POLL_MS))
+                next_at = time.monotonic() + delay_ms / 1000
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=40)
-            rest = 1.0 - (time.monotonic() - started)
-            if rest > 0:
-                self.stop.wait(rest)
+                conn = self._connect()
 
 
 def _json(url: str, data: dict | None = None, timeout: float = 10):
@@ -270,6 +317,8 @@ def run(canaries: int = 1000, gateways: int = 100, measure_s: float = 60, log=pr
         log(f"  {canaries} canaries progressing, {gateways} gateways polling; warm-up 10s, then {measure_s:g}s")
         time.sleep(10)  # warm-up: a full analysis interval before measuring, not synchronization
         tables0 = sum(g.tables for g in gws)
+        polls0 = sum(g.polls for g in gws)
+        not_modified0 = sum(g.not_modified for g in gws)
         bytes0 = sum(g.bytes for g in gws)
         gen0 = max(g.generation for g in gws)
         q0 = prometheus_queries(prom_url)
@@ -280,6 +329,8 @@ def run(canaries: int = 1000, gateways: int = 100, measure_s: float = 60, log=pr
         t1 = time.monotonic()
         queries = prometheus_queries(prom_url) - q0
         tables = sum(g.tables for g in gws) - tables0
+        polls = sum(g.polls for g in gws) - polls0
+        not_modified = sum(g.not_modified for g in gws) - not_modified0
         table_bytes = sum(g.bytes for g in gws) - bytes0
         gen1 = max(g.generation for g in gws)
         errors = sum(g.errors for g in gws)
@@ -313,6 +364,8 @@ def run(canaries: int = 1000, gateways: int = 100, measure_s: float = 60, log=pr
         "phases_at_end": phases,
         "table_generations_in_window": gen1 - gen0,
         "tables_served_in_window": tables,
+        "table_polls_in_window": polls,
+        "table_304s_in_window": not_modified,
         "table_bytes_served_in_window": table_bytes,
         "gateway_poll_errors": errors,
         "prometheus_queries_in_window": queries,
@@ -320,7 +373,8 @@ def run(canaries: int = 1000, gateways: int = 100, measure_s: float = 60, log=pr
     log(
         f"  controller CPU {result['cpu_share_of_core'] * 100:.2f}% of one core "
         f"({result['cpu_share_without_gateways'] * 100:.2f}% once the gateways stop), peak RSS {rss:.1f} MB; "
-        f"{gen1 - gen0} generations, {tables} tables served, {queries} Prometheus queries in {t1 - t0:.0f}s; "
+        f"{gen1 - gen0} generations, {polls} polls, {tables} tables served, {queries} Prometheus queries "
+        f"in {t1 - t0:.0f}s; "
         f"phases {phases}"
     )
     return result
