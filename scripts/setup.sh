@@ -61,6 +61,18 @@ if [ -n "$wb_version" ]; then
 fi
 command -v node >/dev/null 2>&1 || missing+=("apt-get install -y nodejs")
 
+# --- binaryen's wasm-opt, the last step of scripts/build-filter.sh -------------------------
+binaryen_version=$(cat scripts/binaryen-version)
+if ! .tools/binaryen/node_modules/.bin/wasm-opt --version 2>/dev/null | grep -q "version ${binaryen_version%%.*}"; then
+  if command -v npm >/dev/null 2>&1; then
+    say "npm install binaryen@$binaryen_version into .tools/binaryen"
+    npm install --silent --no-audit --no-fund --prefix .tools/binaryen "binaryen@$binaryen_version" >/dev/null \
+      || missing+=("npm install --prefix .tools/binaryen binaryen@$binaryen_version")
+  else
+    missing+=("apt-get install -y npm && npm install --prefix .tools/binaryen binaryen@$binaryen_version")
+  fi
+fi
+
 if [ ${#missing[@]} -gt 0 ]; then
   say "could not install everything. Run these, then try again:"
   for m in "${missing[@]}"; do printf '  %s\n' "$m"; done

@@ -17,8 +17,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo clippy (filter, wasm32)"
 cargo clippy -p veer-filter -p veer-core --target wasm32-unknown-unknown -- -D warnings
 
-step "build: filter (wasm32, release) and controller"
-cargo build -p veer-filter --target wasm32-unknown-unknown --release
+step "build: filter (wasm32, release, wasm-opt) and controller"
+scripts/build-filter.sh
 cargo build -p veer-controller --bins
 
 step "tests (native)"

@@ -44,7 +44,7 @@ pub fn filter_wasm() -> Result<PathBuf, String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     let path = target.join("wasm32-unknown-unknown/release/veer_filter.wasm");
-    let build = "cargo build -p veer-filter --target wasm32-unknown-unknown --release";
+    let build = "scripts/build-filter.sh";
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .map_err(|_| {

@@ -30,6 +30,8 @@ struct State {
     polls: Vec<PollRecord>,
     in_flight: u32,
     max_in_flight: u32,
+    /// `after` of each poll being held right now.
+    held: Vec<u64>,
 }
 
 struct Shared {
@@ -100,6 +102,23 @@ impl TableStub {
             .unwrap_or(0)
     }
 
+    /// Waits until a poll asking for tables after `generation` is being held.
+    pub fn wait_for_held_poll(&self, generation: u64, timeout: Duration) -> Result<(), String> {
+        crate::process::poll_until(
+            &format!("a held poll with after={generation}"),
+            timeout,
+            Duration::from_millis(5),
+            || {
+                let s = self.shared.state.lock().map_err(|e| e.to_string())?;
+                if s.held.contains(&generation) {
+                    Ok(())
+                } else {
+                    Err(format!("held: {:?}", s.held))
+                }
+            },
+        )
+    }
+
     /// The controller dies: held polls are cut without an answer, the port is closed.
     pub fn stop(&mut self) {
         if let Ok(mut s) = self.shared.state.lock() {
@@ -130,6 +149,8 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
     };
     s.in_flight += 1;
     s.max_in_flight = s.max_in_flight.max(s.in_flight);
+    let held_after = after.unwrap_or(0);
+    s.held.push(held_after);
     let deadline = Instant::now() + Duration::from_millis(wait_ms.unwrap_or(0).min(120_000));
     let reply = loop {
         if s.stopped {
@@ -158,6 +179,9 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
         };
     };
     s.in_flight -= 1;
+    if let Some(i) = s.held.iter().position(|a| *a == held_after) {
+        s.held.swap_remove(i);
+    }
     s.polls.push(record);
     reply
 }

@@ -169,69 +169,72 @@ fn static_table_routes_splits_and_counts_in_envoy() {
         assert_eq!(variant(&r), "primary");
     }
 
-    // --- metrics (snapshot before other hosts' traffic) in /stats/prometheus, with the exact names and labels ---
+    // --- metrics (before other hosts' traffic) in /stats/prometheus, with the exact names and labels ---
+    // Each worker keeps its counts and hands them to Envoy on its tick (1 s with a static
+    // table), so poll until every counter shows exactly what was sent; the last mismatch is
+    // the failure message.
     let route = ("veer_route", "test/podinfo");
-    let prom = envoy.prometheus().unwrap();
-    let weight_canary = prometheus_value(
-        &prom,
-        "veer_requests_total",
-        &[route, ("veer_variant", "canary"), ("veer_reason", "weight")],
-    );
-    assert_eq!(
-        weight_canary,
-        Some(canary_hits as f64),
-        "counter = canary requests seen\n{prom}"
-    );
-    let weight_primary = prometheus_value(
-        &prom,
-        "veer_requests_total",
-        &[
-            route,
-            ("veer_variant", "primary"),
-            ("veer_reason", "weight"),
-        ],
-    );
-    assert_eq!(weight_primary, Some((n - canary_hits) as f64));
-    assert_eq!(
-        prometheus_value(
-            &prom,
+    type Expected<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+    let expected_counters: Vec<Expected> = vec![
+        (
             "veer_requests_total",
-            &[
+            vec![route, ("veer_variant", "canary"), ("veer_reason", "weight")],
+            canary_hits as f64,
+        ),
+        (
+            "veer_requests_total",
+            vec![
+                route,
+                ("veer_variant", "primary"),
+                ("veer_reason", "weight"),
+            ],
+            (n - canary_hits) as f64,
+        ),
+        (
+            "veer_requests_total",
+            vec![
                 route,
                 ("veer_variant", "canary"),
-                ("veer_reason", "override")
-            ]
+                ("veer_reason", "override"),
+            ],
+            50.0,
         ),
-        Some(50.0)
-    );
-    assert_eq!(
-        prometheus_value(
-            &prom,
+        (
             "veer_requests_total",
-            &[
+            vec![
                 ("veer_route", "test/ab"),
                 ("veer_variant", "primary"),
-                ("veer_reason", "unmatched")
-            ]
+                ("veer_reason", "unmatched"),
+            ],
+            400.0,
         ),
-        Some(400.0)
-    );
-    assert_eq!(
-        prometheus_value(
-            &prom,
+        (
             "veer_responses_total",
-            &[route, ("veer_variant", "canary"), ("veer_class", "2xx")]
+            vec![route, ("veer_variant", "canary"), ("veer_class", "2xx")],
+            (canary_hits + 50) as f64,
         ),
-        Some((canary_hits + 50) as f64)
-    );
-    assert_eq!(
-        prometheus_value(
-            &prom,
+        (
             "veer_responses_total",
-            &[route, ("veer_variant", "canary"), ("veer_class", "5xx")]
+            vec![route, ("veer_variant", "canary"), ("veer_class", "5xx")],
+            0.0,
         ),
-        Some(0.0)
-    );
+    ];
+    let prom = poll_until(
+        "the request and response counters to be handed to Envoy",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let prom = envoy.prometheus()?;
+            for (name, labels, want) in &expected_counters {
+                let got = prometheus_value(&prom, name, labels);
+                if got != Some(*want) {
+                    return Err(format!("{name}{labels:?} = {got:?}, want {want}"));
+                }
+            }
+            Ok(prom)
+        },
+    )
+    .unwrap();
     assert!(
         prom.contains("# TYPE veer_request_duration_ms histogram"),
         "{prom}"
@@ -605,6 +608,102 @@ fn propagate(
     )
     .unwrap();
     set_at.elapsed()
+}
+
+/// After a new table the poller asks again at once instead of waiting `pollMs`: two
+/// generations published back to back (a promotion does that, and so do two canaries stepping
+/// in the same second) reach the gateway together. `pollMs` is 5 s here, so a poller that
+/// waited it out would miss the 2 s deadline for its next poll.
+#[test]
+fn back_to_back_generations_do_not_wait_for_poll_ms() {
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
+    let (primary, canary) = backends();
+    let stub = TableStub::start(&live_table(1, 1000)).unwrap();
+    let config = serde_json::json!({
+        "decisionHeader": true,
+        "controller": { "cluster": CONTROLLER_CLUSTER, "pollMs": 5000, "timeoutMs": 10000 },
+        "table": live_table(1, 1000),
+    });
+    let mut spec = GatewaySpec::new(&config, primary.addr(), canary.addr());
+    spec.controller = Some(stub.addr());
+    let dir = work_dir("filter-back-to-back").unwrap();
+    let envoy = Envoy::start_gateway(&dir, &spec).unwrap();
+    let gw = envoy.gateway_addr().unwrap();
+
+    stub.wait_for_held_poll(1, Duration::from_secs(10)).unwrap();
+    let published = Instant::now();
+    stub.set_table(&live_table(2, 2000)).unwrap();
+    stub.wait_for_held_poll(2, Duration::from_secs(2))
+        .unwrap_or_else(|e| {
+            panic!("no poll for generation 3 within 2 s of generation 2 (pollMs 5000): {e}")
+        });
+    println!(
+        "next poll held {:?} after generation 2 was published",
+        published.elapsed()
+    );
+    let took = propagate(&envoy, gw, &stub, &live_table(3, 3000));
+    println!("generation 3 on both workers after {took:?}");
+    assert!(took < Duration::from_secs(1), "generation 3 took {took:?}");
+    assert_eq!(stub.max_concurrent_polls(), 1, "more than one poll at once");
+    assert_no_crash(&envoy);
+}
+
+/// `responseMetrics: false` (what the Istio manifests ship, next to Istio's own telemetry):
+/// requests are still counted by variant and reason, responses are neither counted nor timed,
+/// and their stats are not even defined, so no series of zeros suggests otherwise.
+#[test]
+fn response_metrics_off_counts_requests_only() {
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
+    let (primary, canary) = backends();
+    let config = serde_json::json!({
+        "responseMetrics": false,
+        "decisionHeader": true,
+        "table": live_table(3, 5000),
+    });
+    let spec = GatewaySpec::new(&config, primary.addr(), canary.addr());
+    let dir = work_dir("filter-response-metrics-off").unwrap();
+    let envoy = Envoy::start_gateway(&dir, &spec).unwrap();
+    let mut client = HttpClient::new(envoy.gateway_addr().unwrap());
+    let n = 300;
+    let mut canary_hits = 0;
+    for _ in 0..n {
+        let r = client.get("app.example.com", "/", &[]).unwrap();
+        assert!(
+            veer_cookie(&r, "flagger-cookie").is_some(),
+            "Set-Cookie still added"
+        );
+        assert_eq!(decision(&r).unwrap().3, 3, "decision header still added");
+        if variant(&r) == "canary" {
+            canary_hits += 1;
+        }
+    }
+    let route = ("veer_route", "test/podinfo");
+    let prom = poll_until(
+        "the request counters to be handed to Envoy",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let prom = envoy.prometheus()?;
+            let counted =
+                [("canary", canary_hits), ("primary", n - canary_hits)].map(|(v, want)| {
+                    prometheus_value(
+                        &prom,
+                        "veer_requests_total",
+                        &[route, ("veer_variant", v), ("veer_reason", "weight")],
+                    ) == Some(want as f64)
+                });
+            if counted.iter().all(|c| *c) {
+                Ok(prom)
+            } else {
+                Err(format!("want {canary_hits} canary of {n}:\n{prom}"))
+            }
+        },
+    )
+    .unwrap();
+    assert!(!prom.contains("veer_responses_total"), "{prom}");
+    assert!(!prom.contains("veer_request_duration_ms"), "{prom}");
+    assert_eq!(prometheus_value(&prom, "veer_errors_total", &[]), Some(0.0));
+    assert_no_crash(&envoy);
 }
 
 fn live_table(generation: u64, weight: u32) -> serde_json::Value {

@@ -70,6 +70,11 @@ pub struct PluginConfig {
     pub mirror_header: String,
     #[serde(default)]
     pub decision_header: bool,
+    /// The per-response metrics (`veer_responses_total`, `veer_request_duration_ms`). Off,
+    /// the filter makes no host call for a response it does not set a cookie on; Istio's own
+    /// metrics already count each variant's workload.
+    #[serde(default = "default_true")]
+    pub response_metrics: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie_signing: Option<CookieSigning>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,6 +228,7 @@ impl Default for PluginConfig {
             route_header: default_route_header(),
             mirror_header: default_mirror_header(),
             decision_header: false,
+            response_metrics: true,
             cookie_signing: None,
             controller: None,
             table: None,

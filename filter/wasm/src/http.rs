@@ -5,7 +5,7 @@
 
 use crate::headers::HeaderBlock;
 use crate::host::{self, MapType};
-use crate::metrics::{class_index, RouteStats};
+use crate::metrics::RouteStats;
 use crate::root::{ActiveTable, EdgeConfig};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -34,7 +34,7 @@ impl RequestView for HeaderBlock {
 
 /// What the request decided, kept for the response.
 struct Outcome {
-    stats: Option<RouteStats>,
+    stats: Option<Rc<RouteStats>>,
     variant: Variant,
     set_cookie: Option<String>,
     decision: Option<String>,
@@ -113,22 +113,23 @@ impl Exchange {
         {
             config.count_error();
         }
-        let stats = active.stats.get(route.index()).copied().flatten();
-        if let Some(stats) = stats {
-            if host::increment_metric(stats.request(decision.variant, decision.reason), 1).is_err()
-            {
-                config.count_error();
-            }
+        let stats = active.stats.get(route.index()).cloned().flatten();
+        if let Some(stats) = &stats {
+            stats.count_request(decision.variant, decision.reason);
         }
         let decision_value = config
             .decision_header
             .then(|| decision_header_value(route.name(), &decision, active.table.generation()));
+        let started_ns = stats
+            .as_ref()
+            .filter(|s| s.measures_responses())
+            .and_then(|_| host::now_nanos().ok());
         self.outcome = Some(Outcome {
             stats,
             variant: decision.variant,
             set_cookie: decision.set_cookie,
             decision: decision_value,
-            started_ns: host::now_nanos().ok(),
+            started_ns,
         });
     }
 
@@ -151,23 +152,20 @@ impl Exchange {
                 config.count_error();
             }
         }
-        let Some(stats) = outcome.stats else { return };
+        let Some(stats) = outcome.stats.filter(|s| s.measures_responses()) else {
+            return;
+        };
         match host::header_value(MapType::ResponseHeaders, ":status") {
-            Ok(Some(status)) => {
-                let counter = class_index(&status).and_then(|c| stats.response(outcome.variant, c));
-                if let Some(id) = counter {
-                    if host::increment_metric(id, 1).is_err() {
-                        config.count_error();
-                    }
-                }
-            }
+            Ok(Some(status)) => stats.count_response(outcome.variant, &status),
             Ok(None) => {}
             Err(_) => config.count_error(),
         }
-        if let (Some(start), Ok(end)) = (outcome.started_ns, host::now_nanos()) {
+        let histogram = stats.duration(outcome.variant);
+        if let (Some(id), Some(start), Ok(end)) = (histogram, outcome.started_ns, host::now_nanos())
+        {
             // Rounded, not truncated: a 0.9 ms response must not land in the 0.5 ms bucket.
             let ms = end.saturating_sub(start).saturating_add(500_000) / 1_000_000;
-            if host::record_metric(stats.duration(outcome.variant), ms).is_err() {
+            if host::record_metric(id, ms).is_err() {
                 config.count_error();
             }
         }

@@ -2,7 +2,7 @@
 //! HTTP context (decision in, headers, cookies and metrics out). All decisions live in
 //! veer-core; this crate only moves bytes between Envoy and it.
 //!
-//! Build: `cargo build -p veer-filter --target wasm32-unknown-unknown --release`
+//! Build: `scripts/build-filter.sh` (the release build for wasm32, then `wasm-opt -Os`)
 //! → `target/wasm32-unknown-unknown/release/veer_filter.wasm`.
 
 mod headers;

@@ -1,9 +1,12 @@
 //! When the poller asks the controller again, and what it asks.
 //!
 //! The poll is a long poll: the controller holds it up to `timeoutMs` and answers 200 as soon
-//! as the table changes, else 304. A new poll starts no sooner than `pollMs` after the previous
-//! one started, so a controller that answers 304 at once is asked about once per `pollMs`, not
-//! in a tight loop. Failures (connection refused, timeout, 5xx, a table that fails validation)
+//! as the table changes, else 304. After a 200 with a newer table the next poll starts at once:
+//! the controller coalesces its changes into a few generations a second, and a change published
+//! while the gateway was busy fetching the last one must not wait `pollMs` (a promotion
+//! publishes two generations in quick succession). After a 304, or a 200 with nothing newer,
+//! a new poll starts no sooner than `pollMs` after the previous one started, so a controller
+//! that answers at once is asked about once per `pollMs`, not in a tight loop. Failures (connection refused, timeout, 5xx, a table that fails validation)
 //! back off exponentially from `pollMs` up to `MAX_BACKOFF_MS`, keeping the last good table.
 
 use veer_core::ControllerEndpoint;
@@ -13,6 +16,15 @@ pub const MAX_BACKOFF_MS: u64 = 10_000;
 /// Extra time the HTTP call waits beyond the hold it asked for, so the controller's 304
 /// arrives before Envoy's own timeout fires.
 pub const CALL_GRACE_MS: u64 = 5_000;
+
+/// What a successful poll brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollAnswer {
+    /// A newer table, now applied: poll again at once.
+    NewTable,
+    /// A 304, or a table no newer than the applied one: wait out `pollMs`.
+    Unchanged,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollSchedule {
@@ -42,11 +54,15 @@ impl PollSchedule {
         self.in_flight_since = Some(now_ms);
     }
 
-    /// A 200 or 304: the next poll may start `pollMs` after this one started.
-    pub fn succeeded(&mut self, now_ms: u64) {
+    /// A 200 or 304: the next poll may start at once after a new table, else `pollMs` after
+    /// this one started.
+    pub fn succeeded(&mut self, now_ms: u64, answer: PollAnswer) {
         let started = self.in_flight_since.take().unwrap_or(now_ms);
         self.failures = 0;
-        self.next_at_ms = started.saturating_add(self.poll_ms);
+        self.next_at_ms = match answer {
+            PollAnswer::NewTable => now_ms,
+            PollAnswer::Unchanged => started.saturating_add(self.poll_ms),
+        };
     }
 
     /// Anything else: wait `pollMs · 2^(failures-1)`, capped.
@@ -135,12 +151,27 @@ mod tests {
         assert!(s.due(0));
         s.started(100);
         assert!(!s.due(5000), "one poll at a time");
-        s.succeeded(30_100); // a long poll held 30 s: poll again at once
+        s.succeeded(30_100, PollAnswer::Unchanged); // a long poll held 30 s: poll again at once
         assert!(s.due(30_100));
         s.started(30_100);
-        s.succeeded(30_105); // an immediate 304: wait out the interval
+        s.succeeded(30_105, PollAnswer::Unchanged); // an immediate 304: wait out the interval
         assert!(!s.due(31_000));
         assert!(s.due(31_100));
+    }
+
+    #[test]
+    fn a_new_table_is_followed_by_a_poll_at_once() {
+        let mut s = PollSchedule::new(1000);
+        s.started(0);
+        s.succeeded(20, PollAnswer::NewTable);
+        assert!(
+            s.due(20),
+            "a change published meanwhile must not wait pollMs"
+        );
+        s.started(20);
+        s.succeeded(25, PollAnswer::Unchanged);
+        assert!(!s.due(500));
+        assert!(s.due(1020));
     }
 
     #[test]
@@ -154,7 +185,7 @@ mod tests {
             .collect();
         assert_eq!(delays, vec![1000, 2000, 4000, 8000, 10_000, 10_000]);
         s.started(0);
-        s.succeeded(0);
+        s.succeeded(0, PollAnswer::Unchanged);
         s.started(0);
         assert_eq!(s.failed(0), 1000);
     }

@@ -8,7 +8,7 @@ use crate::host::{self, BufferType, CasWrite, MapType};
 use crate::http::Exchange;
 use crate::lease::{self, LeaseStep};
 use crate::metrics::{MetricIds, RouteStats};
-use crate::poll::{self, PollSchedule, CALL_GRACE_MS};
+use crate::poll::{self, PollAnswer, PollSchedule, CALL_GRACE_MS};
 use crate::shared::{self, SharedKeys};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -26,7 +26,8 @@ use veer_core::{
 /// smallest push debounce (100 ms); a tick that finds no new generation costs one shared-data
 /// read per worker.
 const LIVE_TICK_MS: u32 = 50;
-/// Tick period with a static table: only the age gauge needs it.
+/// Tick period with a static table: the age gauge and the counter flush need it. Counters
+/// therefore reach Envoy up to a second late, well inside any scrape interval.
 const STATIC_TICK_MS: u32 = 1_000;
 /// A poller that stops renewing loses the lease after this long.
 const LEASE_TTL_MS: u64 = 3_000;
@@ -37,6 +38,7 @@ pub struct EdgeConfig {
     pub route_header: String,
     pub mirror_header: String,
     pub decision_header: bool,
+    pub response_metrics: bool,
     pub keys: Option<SigningKeys>,
     /// `veer_errors_total`, when it could be defined.
     pub errors_metric: Option<u32>,
@@ -49,6 +51,7 @@ impl EdgeConfig {
             route_header: veer_core::DEFAULT_ROUTE_HEADER.to_string(),
             mirror_header: veer_core::DEFAULT_MIRROR_HEADER.to_string(),
             decision_header: false,
+            response_metrics: true,
             keys: None,
             errors_metric: None,
         }
@@ -66,7 +69,7 @@ impl EdgeConfig {
 #[derive(Debug)]
 pub struct ActiveTable {
     pub table: CompiledTable,
-    pub stats: Vec<Option<RouteStats>>,
+    pub stats: Vec<Option<Rc<RouteStats>>>,
 }
 
 /// The poller's side: shared-data keys, lease identity and poll pacing.
@@ -147,12 +150,13 @@ impl VeerRoot {
         }
     }
 
-    fn compile(&mut self, table: &RoutingTable) -> Result<ActiveTable, String> {
+    /// Compiles a table for this worker; `responses` is the configuration's `responseMetrics`.
+    fn compile(&mut self, table: &RoutingTable, responses: bool) -> Result<ActiveTable, String> {
         let compiled = CompiledTable::compile(table).map_err(|e| e.to_string())?;
         let stats = compiled
             .routes()
             .iter()
-            .map(|r| self.metrics.route(r.stat_token()).ok())
+            .map(|r| self.metrics.route(r.stat_token(), responses).ok())
             .collect();
         Ok(ActiveTable {
             table: compiled,
@@ -168,11 +172,14 @@ impl VeerRoot {
         let keys = signing_keys(&cfg, |var| host::env_var(var).ok().flatten())
             .map_err(|e| e.to_string())?;
         let table: RoutingTable = cfg.table.clone().unwrap_or_default();
-        let active = self.compile(&table).map_err(|e| format!("table: {e}"))?;
+        let active = self
+            .compile(&table, cfg.response_metrics)
+            .map_err(|e| format!("table: {e}"))?;
         self.config = Rc::new(EdgeConfig {
             route_header: cfg.route_header.to_ascii_lowercase(),
             mirror_header: cfg.mirror_header.to_ascii_lowercase(),
             decision_header: cfg.decision_header,
+            response_metrics: cfg.response_metrics,
             keys,
             errors_metric: self.metrics.errors().ok(),
         });
@@ -254,7 +261,7 @@ impl VeerRoot {
         };
         let compiled = parse_table(&json)
             .map_err(|e| e.to_string())
-            .and_then(|t| self.compile(&t));
+            .and_then(|t| self.compile(&t, self.config.response_metrics));
         match compiled {
             Ok(active) if active.table.generation() > applied => {
                 self.install(active, state.confirmed_ms)
@@ -340,6 +347,13 @@ impl VeerRoot {
         }
     }
 
+    /// Hands the counts the HTTP contexts kept to Envoy (see `RouteStats`).
+    fn flush_counts(&mut self) {
+        if self.metrics.flush() > 0 {
+            self.count_error();
+        }
+    }
+
     fn record_gauges(&mut self, now: u64) {
         let generation = self.applied_generation();
         let age_s = now.saturating_sub(self.confirmed_ms) / 1000;
@@ -353,20 +367,20 @@ impl VeerRoot {
     }
 
     /// Handles the controller's answer to a poll.
-    fn poll_answered(&mut self, body_size: usize) -> Result<(), String> {
+    fn poll_answered(&mut self, body_size: usize) -> Result<PollAnswer, String> {
         let now = now_ms().ok_or("no clock")?;
         let status = host::header_value(MapType::HttpCallResponseHeaders, ":status")
             .map_err(|e| e.to_string())?;
         let applied = self.applied_generation();
         let Some(live) = &self.live else {
-            return Ok(());
+            return Ok(PollAnswer::Unchanged);
         };
         let keys = live.keys.clone();
         match status.as_deref() {
             Some(b"304") => {
                 shared::confirm(&keys, applied, now).map_err(|e| e.to_string())?;
                 self.confirmed_ms = now;
-                Ok(())
+                Ok(PollAnswer::Unchanged)
             }
             Some(b"200") => {
                 let body = host::buffer(BufferType::HttpCallResponseBody, body_size)
@@ -375,15 +389,15 @@ impl VeerRoot {
                 if table.generation <= applied {
                     shared::confirm(&keys, applied, now).map_err(|e| e.to_string())?;
                     self.confirmed_ms = now;
-                    return Ok(());
+                    return Ok(PollAnswer::Unchanged);
                 }
                 let active = self
-                    .compile(&table)
+                    .compile(&table, self.config.response_metrics)
                     .map_err(|e| format!("table rejected: {e}"))?;
                 shared::publish_table(&keys, table.generation, &body, now)
                     .map_err(|e| e.to_string())?;
                 self.install(active, now);
-                Ok(())
+                Ok(PollAnswer::NewTable)
             }
             Some(other) => Err(format!(
                 "controller answered HTTP {}",
@@ -410,7 +424,7 @@ impl Context for VeerRoot {
             live.token = None;
         }
         match result {
-            Ok(()) => {
+            Ok(answer) => {
                 if live.failures > 0 {
                     info!(
                         "controller reachable again after {} failed polls",
@@ -418,7 +432,12 @@ impl Context for VeerRoot {
                     );
                 }
                 live.failures = 0;
-                live.schedule.succeeded(now);
+                live.schedule.succeeded(now, answer);
+                if answer == PollAnswer::NewTable {
+                    // Not on the next tick: that would add up to a tick to every change
+                    // published while this one was in flight.
+                    self.poll_if_leading(now);
+                }
             }
             Err(e) => {
                 let delay = live.schedule.failed(now);
@@ -432,6 +451,7 @@ impl Context for VeerRoot {
     }
 
     fn on_done(&mut self) -> bool {
+        self.flush_counts();
         // Hand the lease back at once instead of making the next poller wait for expiry.
         if let Some(live) = &self.live {
             if let Ok((Some(value), cas)) = host::shared_data(&live.keys.lease) {
@@ -480,6 +500,7 @@ impl RootContext for VeerRoot {
         if !self.configured {
             return;
         }
+        self.flush_counts();
         let Some(now) = now_ms() else {
             return self.count_error();
         };

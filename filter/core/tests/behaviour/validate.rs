@@ -90,7 +90,7 @@ fn error_messages_name_route_path_and_reason() {
     assert_eq!(
         error_for(|v| v["tabel"] = json!({})),
         "tabel: unknown field, expected one of `routeHeader`, `mirrorHeader`, `decisionHeader`, \
-         `cookieSigning`, `controller`, `table`"
+         `responseMetrics`, `cookieSigning`, `controller`, `table`"
     );
     assert_eq!(
         error_for(|v| route0(v)["overrides"][0]["match"]["header"] = json!({})),
