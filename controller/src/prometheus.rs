@@ -515,7 +515,8 @@ impl PrometheusClient {
 /// Interprets an `/api/v1/query` answer. Separate from the transport so every shape of
 /// answer is testable without a server.
 fn parse_query_response(status: u16, body: &[u8], promql: &str) -> Result<f64, MetricError> {
-    let query = one_line(promql);
+    // Only error messages carry the query; a successful answer must not pay for it.
+    let query = || one_line(promql);
     let parsed: Result<serde_json::Value, _> = serde_json::from_slice(body);
     let json = match parsed {
         Ok(json) => json,
@@ -568,14 +569,14 @@ fn parse_query_response(status: u16, body: &[u8], promql: &str) -> Result<f64, M
                 .as_array()
                 .ok_or_else(|| parse_error("\"data.result\" of a vector is not an array"))?;
             match series.as_slice() {
-                [] => return Err(MetricError::NoValues { query }),
+                [] => return Err(MetricError::NoValues { query: query() }),
                 [one] => one
                     .get("value")
                     .ok_or_else(|| parse_error("a vector sample has no \"value\""))?,
                 several => {
                     return Err(MetricError::SeveralSeries {
                         count: several.len(),
-                        query,
+                        query: query(),
                     })
                 }
             }
@@ -583,7 +584,7 @@ fn parse_query_response(status: u16, body: &[u8], promql: &str) -> Result<f64, M
         other => {
             return Err(MetricError::UnsupportedResultType {
                 result_type: other.to_string(),
-                query,
+                query: query(),
             })
         }
     };
@@ -599,7 +600,7 @@ fn parse_query_response(status: u16, body: &[u8], promql: &str) -> Result<f64, M
             .map_err(|_| parse_error(&format!("sample value {text:?} is not a number")))?,
     };
     if value.is_nan() {
-        return Err(MetricError::NaN { query });
+        return Err(MetricError::NaN { query: query() });
     }
     Ok(value)
 }

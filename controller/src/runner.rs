@@ -16,13 +16,14 @@
 //!
 //! The committer is one long-lived thread. Under load it batches the transitions that
 //! arrive while it waits for the spacing between writes into one write, so a thousand
-//! canaries do not mean a thousand writes of the state file per interval. Every commit carries the version of the state it was computed
-//! from; a commit computed from an outdated state (a command arrived during the pass, or
+//! canaries do not mean a thousand writes of the state file per interval. A write encodes
+//! and derives (state JSON, route) only what changed since the last one. Every commit
+//! carries the version of the state it was computed from; a commit computed from an outdated state (a command arrived during the pass, or
 //! the spec changed) is refused and the pass runs again from the new state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,13 +52,14 @@ pub const STATE_FILE_VERSION: u32 = 1;
 /// Aborting is safe (nothing is committed mid-pass), only effects in flight are lost.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Spacing of state file writes: a write starts no sooner than [`WRITE_SPACING_FACTOR`]
-/// times the previous write's duration after the previous one started (capped at
-/// [`MAX_WRITE_SPACING`]), and transitions arriving meanwhile share the next write. So
-/// writing takes at most about 1/40 of a core however many canaries there are, while a
-/// lone transition (the usual case) is written at once.
-const MAX_WRITE_SPACING: Duration = Duration::from_millis(500);
-const WRITE_SPACING_FACTOR: u32 = 40;
+/// Spacing of state file writes: a write starts no sooner than this after the previous one
+/// started, and transitions arriving meanwhile share the next write, so a lone transition
+/// (the usual case) is written at once while a thousand canaries stepping mean two writes a
+/// second, not a hundred. Each write that changes a route is a new table generation, which
+/// every gateway fetches in full (a 200 makes the filter poll again at once): this spacing
+/// also keeps the table's generation rate, and so the cost of serving it, at two per
+/// second however many canaries and gateways there are.
+const WRITE_SPACING: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------------------------------
 // The state file
@@ -74,15 +76,6 @@ pub struct StateFile {
     /// (or was only broken for a while) resumes where it was.
     #[serde(default)]
     pub canaries: BTreeMap<String, CanaryState>,
-}
-
-/// The same document, borrowed, for writing without copying every state.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StateFileRef<'a> {
-    version: u32,
-    table_generation: u64,
-    canaries: BTreeMap<&'a str, &'a CanaryState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,38 +184,97 @@ enum CommitError {
 /// blocking file I/O with fsync, which must not stall the async runtime.
 struct Committer {
     shared: Arc<Shared>,
+    /// The loaded canaries as last written (and served): the book's spec, state and
+    /// version, with what is derived from them.
+    committed: BTreeMap<String, Staged>,
     /// Saved states of canaries with no loaded spec.
     orphans: BTreeMap<String, CanaryState>,
-    served_routes: BTreeMap<String, Route>,
     next_version: u64,
     /// When the last write started, and the earliest start of the next one.
     next_write_at: Option<Instant>,
 }
 
+/// One loaded canary in a write. Cheap to clone: a write copies every canary's entry and
+/// replaces those that change.
+#[derive(Clone)]
 struct Staged {
     spec: Arc<CanarySpec>,
-    state: CanaryState,
+    state: Arc<CanaryState>,
     version: u64,
+    /// The route of `spec` and `state`, derived when either changes, not on every write.
+    route: Arc<Route>,
+    /// `state` as it appears in the state file ([`state_json`]); encoded once per change.
+    json: Option<Arc<[u8]>>,
+}
+
+impl Staged {
+    fn new(spec: Arc<CanarySpec>, state: CanaryState, version: u64) -> Staged {
+        let route = Arc::new(analysis::route_for_state(&spec, &state));
+        Staged {
+            spec,
+            state: Arc::new(state),
+            version,
+            route,
+            json: None,
+        }
+    }
+}
+
+/// A canary's state as the state file's pretty-printed JSON has it: at depth 2, inside
+/// `"canaries"`. Encoded on its own, a state starts at depth 0, so every line after the
+/// first gets two more levels of indentation (JSON strings never contain a raw newline).
+fn state_json(state: &CanaryState) -> Result<Arc<[u8]>, serde_json::Error> {
+    let flat = serde_json::to_vec_pretty(state)?;
+    let mut out = Vec::with_capacity(flat.len() + flat.len() / 8);
+    for &b in &flat {
+        out.push(b);
+        if b == b'\n' {
+            out.extend_from_slice(b"    ");
+        }
+    }
+    Ok(out.into())
+}
+
+/// The state file's bytes from every canary's [`state_json`] in key order: the same bytes
+/// `serde_json::to_vec_pretty` gives for the whole [`StateFile`] (plus a final newline),
+/// without encoding again the states that did not change.
+fn state_file_json<'a>(
+    table_generation: u64,
+    canaries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = format!(
+        "{{\n  \"version\": {STATE_FILE_VERSION},\n  \"tableGeneration\": {table_generation},\n  \"canaries\": {{"
+    )
+    .into_bytes();
+    let mut any = false;
+    for (key, json) in canaries {
+        out.extend_from_slice(if any { b",\n    " } else { b"\n    " });
+        serde_json::to_writer(&mut out, key)?;
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(json);
+        any = true;
+    }
+    out.extend_from_slice(if any { b"\n  }\n}\n" } else { b"}\n}\n" });
+    Ok(out)
 }
 
 impl Committer {
     fn run(mut self, requests: mpsc::Receiver<CommitRequest>) {
         while let Ok(first) = requests.recv() {
-            let mut batch = vec![first];
-            if let Some(not_before) = self.next_write_at {
-                while let Some(left) = not_before.checked_duration_since(Instant::now()) {
-                    match requests.recv_timeout(left) {
-                        Ok(request) => batch.push(request),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
-                }
+            let wait = self
+                .next_write_at
+                .and_then(|at| at.checked_duration_since(Instant::now()));
+            if let Some(wait) = wait {
+                // Sleeping rather than receiving: transitions queue up meanwhile without
+                // waking this thread for each of them.
+                std::thread::sleep(wait);
             }
-            // Whatever is already queued shares this write.
+            let mut batch = vec![first];
+            // Whatever is queued shares this write.
             batch.extend(requests.try_iter());
             let started = Instant::now();
             self.commit(batch);
-            let spacing = (started.elapsed() * WRITE_SPACING_FACTOR).min(MAX_WRITE_SPACING);
-            self.next_write_at = Some(started + spacing);
+            self.next_write_at = Some(started + WRITE_SPACING);
         }
     }
 
@@ -232,17 +284,7 @@ impl Committer {
     }
 
     fn commit(&mut self, batch: Vec<CommitRequest>) {
-        let mut staged: BTreeMap<String, Staged> = lock(&self.shared.book)
-            .iter()
-            .map(|(key, e)| {
-                let staged = Staged {
-                    spec: e.spec.clone(),
-                    state: e.state.clone(),
-                    version: e.version,
-                };
-                (key.clone(), staged)
-            })
-            .collect();
+        let mut staged = self.committed.clone();
         let mut orphans = self.orphans.clone();
         let mut verdicts = Vec::with_capacity(batch.len());
         for request in batch {
@@ -251,12 +293,13 @@ impl Committer {
                     key,
                     version,
                     state,
-                } => match staged.get_mut(&key) {
+                } => match staged.get(&key) {
                     None => Err(CommitError::Gone),
                     Some(s) if s.version != version => Err(CommitError::Stale),
                     Some(s) => {
-                        s.state = *state;
-                        s.version = self.version();
+                        let spec = s.spec.clone();
+                        let version = self.version();
+                        staged.insert(key, Staged::new(spec, *state, version));
                         Ok(Receipt::default())
                     }
                 },
@@ -271,36 +314,50 @@ impl Committer {
             return;
         }
 
-        let routes: BTreeMap<&str, Route> = staged
-            .iter()
-            .map(|(key, s)| (key.as_str(), analysis::route_for_state(&s.spec, &s.state)))
-            .collect();
         let path = self.shared.state_file.clone();
-        let document = |generation: u64| StateFileRef {
-            version: STATE_FILE_VERSION,
-            table_generation: generation,
-            canaries: staged
-                .iter()
-                .map(|(k, s)| (k.as_str(), &s.state))
-                .chain(orphans.iter().map(|(k, s)| (k.as_str(), s)))
-                .collect(),
-        };
-        let mut saved = false;
-        let published =
-            self.shared
-                .hub
-                .publish_checked(routes.values().cloned().collect(), |generation| {
-                    store::save(&path, &document(generation))?;
+        let result = Self::encode_states(&mut staged, &orphans)
+            .map_err(|source| {
+                StoreError::Encode {
+                    path: path.clone(),
+                    source,
+                }
+                .to_string()
+            })
+            .and_then(|orphans_json| {
+                // A canary is either loaded or an orphan, never both.
+                let mut canaries: BTreeMap<&str, &[u8]> = orphans_json
+                    .iter()
+                    .map(|(key, json)| (*key, &json[..]))
+                    .collect();
+                canaries.extend(
+                    staged
+                        .iter()
+                        .filter_map(|(key, s)| Some((key.as_str(), s.json.as_deref()?))),
+                );
+                let document = |generation: u64| {
+                    state_file_json(generation, canaries.iter().map(|(k, j)| (*k, *j))).map_err(
+                        |source| StoreError::Encode {
+                            path: path.clone(),
+                            source,
+                        },
+                    )
+                };
+                let routes: Vec<Route> = staged.values().map(|s| (*s.route).clone()).collect();
+                let mut saved = false;
+                let published = self.shared.hub.publish_checked(routes, |generation| {
+                    store::save_json(&path, &document(generation)?)?;
                     saved = true;
                     Ok::<(), StoreError>(())
                 });
-        // The table did not change: the states still must reach the file.
-        let result = match published {
-            Ok(generation) if !saved => store::save(&path, &document(generation))
-                .map(|()| generation)
-                .map_err(|e| e.to_string()),
-            other => other.map_err(|e| e.to_string()),
-        };
+                match published {
+                    // The table did not change: the states still must reach the file.
+                    Ok(generation) if !saved => document(generation)
+                        .and_then(|json| store::save_json(&path, &json))
+                        .map(|()| generation)
+                        .map_err(|e| e.to_string()),
+                    other => other.map_err(|e| e.to_string()),
+                }
+            });
         let generation = match result {
             Ok(generation) => generation,
             Err(message) => {
@@ -316,15 +373,11 @@ impl Committer {
         };
 
         // Saved and served: install into the book.
-        let changed_routes: BTreeSet<String> = routes
-            .iter()
-            .filter(|(key, route)| self.served_routes.get(**key) != Some(*route))
-            .map(|(key, _)| key.to_string())
-            .collect();
-        self.served_routes = routes
-            .into_iter()
-            .map(|(k, r)| (k.to_string(), r))
-            .collect();
+        let route_changed = |key: &str, s: &Staged| {
+            self.committed
+                .get(key)
+                .is_none_or(|c| !Arc::ptr_eq(&c.route, &s.route) && c.route != s.route)
+        };
         {
             let mut book = lock(&self.shared.book);
             book.retain(|key, entry| {
@@ -334,14 +387,14 @@ impl Committer {
                 }
                 keep
             });
-            for (key, s) in staged {
-                let route_changed = changed_routes.contains(&key);
-                match book.get_mut(&key) {
+            for (key, s) in &staged {
+                let route_changed = route_changed(key, s);
+                match book.get_mut(key) {
                     Some(entry) => {
                         if entry.version != s.version {
                             let spec_changed = !Arc::ptr_eq(&entry.spec, &s.spec);
-                            entry.spec = s.spec;
-                            entry.state = s.state;
+                            entry.spec = s.spec.clone();
+                            entry.state = (*s.state).clone();
                             entry.version = s.version;
                             if spec_changed {
                                 entry.wake.notify_one();
@@ -353,10 +406,10 @@ impl Committer {
                     }
                     None => {
                         book.insert(
-                            key,
+                            key.clone(),
                             Entry {
-                                spec: s.spec,
-                                state: s.state,
+                                spec: s.spec.clone(),
+                                state: (*s.state).clone(),
                                 version: s.version,
                                 route_generation: generation,
                                 wake: Arc::new(Notify::new()),
@@ -366,6 +419,7 @@ impl Committer {
                 }
             }
         }
+        self.committed = staged;
         self.orphans = orphans;
         for (reply, verdict) in verdicts {
             let _ = reply.send(verdict.map(|mut receipt| {
@@ -373,6 +427,21 @@ impl Committer {
                 receipt
             }));
         }
+    }
+
+    /// Encodes the states that changed since they were last written (in place), and every
+    /// orphan's (there are none unless canary files were removed).
+    fn encode_states<'a>(
+        staged: &mut BTreeMap<String, Staged>,
+        orphans: &'a BTreeMap<String, CanaryState>,
+    ) -> Result<BTreeMap<&'a str, Arc<[u8]>>, serde_json::Error> {
+        for s in staged.values_mut().filter(|s| s.json.is_none()) {
+            s.json = Some(state_json(&s.state)?);
+        }
+        orphans
+            .iter()
+            .map(|(key, state)| Ok((key.as_str(), state_json(state)?)))
+            .collect()
     }
 
     /// Makes `specs` the loaded set: new canaries take their saved state (or start fresh),
@@ -392,7 +461,7 @@ impl Committer {
             .collect();
         for key in gone {
             if let Some(s) = staged.remove(&key) {
-                orphans.insert(key.clone(), s.state);
+                orphans.insert(key.clone(), Arc::unwrap_or_clone(s.state));
                 receipt.removed.push(key);
             }
         }
@@ -401,6 +470,7 @@ impl Committer {
             match staged.get_mut(&key) {
                 Some(s) => {
                     if *s.spec != *spec {
+                        s.route = Arc::new(analysis::route_for_state(&spec, &s.state));
                         s.spec = spec;
                         s.version = self.version();
                     }
@@ -408,14 +478,7 @@ impl Committer {
                 None => {
                     let state = orphans.remove(&key).unwrap_or_default();
                     let version = self.version();
-                    staged.insert(
-                        key.clone(),
-                        Staged {
-                            spec,
-                            state,
-                            version,
-                        },
-                    );
+                    staged.insert(key.clone(), Staged::new(spec, state, version));
                     receipt.added.push(key);
                 }
             }
@@ -489,8 +552,8 @@ impl Runner {
         let (sender, requests) = mpsc::channel();
         let committer = Committer {
             shared: shared.clone(),
+            committed: BTreeMap::new(),
             orphans: saved.canaries,
-            served_routes: BTreeMap::new(),
             next_version: 0,
             next_write_at: None,
         };
@@ -1292,5 +1355,75 @@ pub fn log_problems(set: &SpecSet) {
             Severity::Warning => tracing::warn!("{problem}"),
             Severity::Error => tracing::error!("{problem} (this document is not loaded)"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{CheckKind, CheckResult};
+
+    fn state(weight: u32, message: &str) -> CanaryState {
+        CanaryState {
+            phase: Phase::Progressing,
+            weight,
+            canary_revision: Some("v2".into()),
+            primary_revision: Some("v\"1\"\n".into()),
+            last_pass_at: Some(Timestamp::from_millis(1_700_000_000_123)),
+            last_checks: vec![CheckResult {
+                name: "request-success-rate".into(),
+                kind: CheckKind::Metric,
+                passed: true,
+                value: Some(99.5),
+                message: String::new(),
+            }],
+            message: message.into(),
+            ..CanaryState::default()
+        }
+    }
+
+    /// The state file assembled from per-canary pieces must be byte for byte what encoding
+    /// the whole document gives, so it reads back the same and looks the same to a person.
+    #[test]
+    fn assembled_state_file_is_the_pretty_json_of_the_whole_document() {
+        let file = StateFile {
+            version: STATE_FILE_VERSION,
+            table_generation: 42,
+            canaries: BTreeMap::from([
+                (
+                    "a/one".to_string(),
+                    state(10, "Advance a/one canary weight 10"),
+                ),
+                ("b/\"odd\" name".to_string(), CanaryState::default()),
+                ("c/three".to_string(), state(0, "line one\nline two")),
+            ]),
+        };
+        let pieces: Vec<(String, Arc<[u8]>)> = file
+            .canaries
+            .iter()
+            .map(|(k, s)| (k.clone(), state_json(s).unwrap()))
+            .collect();
+        let assembled = state_file_json(
+            file.table_generation,
+            pieces.iter().map(|(k, j)| (k.as_str(), &j[..])),
+        )
+        .unwrap();
+        let mut whole = serde_json::to_vec_pretty(&file).unwrap();
+        whole.push(b'\n');
+        assert_eq!(
+            String::from_utf8(assembled.clone()).unwrap(),
+            String::from_utf8(whole).unwrap()
+        );
+        let read_back: StateFile = serde_json::from_slice(&assembled).unwrap();
+        assert_eq!(read_back, file);
+
+        let empty = StateFile {
+            version: STATE_FILE_VERSION,
+            table_generation: 7,
+            canaries: BTreeMap::new(),
+        };
+        let mut whole = serde_json::to_vec_pretty(&empty).unwrap();
+        whole.push(b'\n');
+        assert_eq!(state_file_json(7, []).unwrap(), whole);
     }
 }

@@ -69,14 +69,20 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
         })
 }
 
-/// Replaces the state at `path` with `value`, atomically and durably. On error the old file
-/// is untouched and no temp file is left behind.
+/// Replaces the state at `path` with `value` (pretty-printed JSON and a newline),
+/// atomically and durably. On error the old file is untouched and no temp file is left
+/// behind.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let mut json = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Encode {
         path: path.to_path_buf(),
         source,
     })?;
     json.push(b'\n');
+    save_json(path, &json)
+}
+
+/// As [`save`], for a document the caller has encoded already (written as given).
+pub fn save_json(path: &Path, json: &[u8]) -> Result<(), StoreError> {
     let write_error = |step: &'static str| {
         move |source: io::Error| StoreError::Write {
             path: path.to_path_buf(),
@@ -100,7 +106,7 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
         .open(&temp)
         .map_err(write_error("creating the temp file"))?;
     let written = file
-        .write_all(&json)
+        .write_all(json)
         .map_err(write_error("writing the temp file"))
         .and_then(|()| {
             file.sync_all()
