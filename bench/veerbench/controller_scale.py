@@ -9,12 +9,12 @@ started the way local mode starts them (a first revision becomes primary, a seco
 run) and step the weight by 1 up to 50, so they stay in Progressing for the whole window.
 The simulated gateways behave like the filter's poller (filter/wasm/src/poll.rs and root.rs) with
 its default endpoint (`timeoutMs` 30000, `pollMs` 1000): `GET /v1/table?after=<applied>&waitMs=30000`
-with the `x-veer-gateway` and `x-veer-generation` headers, polls started on the filter's 50 ms
-tick, and the poller's pacing: after a 200 the next poll starts at once (the next tick), since
-the long-poll itself bounds the rate (the controller answers only when a new generation is
-served, a few per second under load); after a 304 (the hold ran out) the next poll starts no
-sooner than `pollMs` after the previous one started; after a failure it waits
-`pollMs * 2^(failures-1)`, at most 10 s."""
+with the `x-veer-gateway` and `x-veer-generation` headers, and the poller's pacing: after a 200
+with a newer table the next poll starts at once, from the response callback (the long-poll
+itself bounds the rate: the controller answers only when it serves a new generation, a few
+per second under load); after a 304 (the hold ran out) or a 200 with nothing newer, no sooner
+than `pollMs` after the previous poll started, on the filter's 50 ms tick; after a failure,
+`pollMs * 2^(failures-1)` later (at most 10 s), on the tick."""
 
 from __future__ import annotations
 
@@ -153,9 +153,10 @@ class SimulatedGateway(threading.Thread):
 
     def run(self) -> None:
         conn = self._connect()
-        next_at = time.monotonic()
+        next_at = 0.0
         while not self.stop.is_set():
-            self._next_tick(next_at)
+            if next_at:
+                self._next_tick(max(next_at, time.monotonic()))
             if self.stop.is_set():
                 break
             started = time.monotonic()
@@ -177,7 +178,7 @@ class SimulatedGateway(threading.Thread):
                     self.failures = 0
                     if int(m.group(1)) > self.generation:
                         self.generation = int(m.group(1))
-                        next_at = time.monotonic()  # a new table: ask for the next one at once
+                        next_at = 0.0  # a new table: ask for the next one at once, not on the tick
                     else:
                         next_at = started + POLL_MS / 1000
                     continue
