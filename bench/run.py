@@ -30,8 +30,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {SECTIONS}")
     ap.add_argument("--quick", action="store_true", help="short runs: checks the harness, numbers are rough")
-    ap.add_argument("--rounds", type=int, default=None, help="CPU rounds (default 7, quick 2)")
-    ap.add_argument("--duration", type=float, default=None, help="seconds per CPU measurement (default 6)")
+    ap.add_argument("--rounds", type=int, default=None, help="CPU rounds (default 15, quick 2)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per CPU measurement (default 3)")
     ap.add_argument("--output", default=str(procs.OUT / "results.json"))
     args = ap.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -74,8 +74,8 @@ def _run_section(section: str, args) -> dict:
         from veerbench import cpu
 
         return cpu.run(
-            rounds=args.rounds or (2 if args.quick else 7),
-            duration_s=args.duration or (3 if args.quick else 6),
+            rounds=args.rounds or (2 if args.quick else 15),
+            duration_s=args.duration or 3,
             warmup_s=2 if args.quick else 5,
         )
     if section == "split":
