@@ -174,6 +174,10 @@ pub struct RenderArgs {
     /// The controller's Service as NAME.NAMESPACE:PORT, where the filter pulls the table.
     #[arg(long, value_name = "SVC.NS:PORT")]
     pub controller: Option<String>,
+    /// The controller's --metrics-set: `veer` turns on the filter's `responseMetrics`, which
+    /// that set reads; with `istio` (the default) and `envoy` they stay off.
+    #[arg(long, value_name = "SET", default_value = "istio", value_parser = parse_metrics_set)]
+    pub metrics_set: MetricsSet,
 }
 
 #[derive(Debug, Args)]
@@ -459,7 +463,10 @@ fn render_file(args: &RenderArgs) -> Result<ExitCode, CliError> {
     for warning in set.warnings() {
         eprintln!("warning: {warning}");
     }
-    let mut opts = RenderOptions::default();
+    let mut opts = RenderOptions {
+        response_metrics: args.metrics_set == MetricsSet::Veer,
+        ..RenderOptions::default()
+    };
     if let Some(image) = &args.filter_image {
         opts.filter_image.clone_from(image);
     }

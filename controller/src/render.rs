@@ -51,6 +51,9 @@ pub struct RenderOptions {
     /// values, taken from the checked plugin configuration.
     pub route_header: String,
     pub mirror_header: String,
+    /// The filter's `responseMetrics`: only the controller's `--metrics-set veer` reads them,
+    /// and with Istio's own metrics they would cost host calls per response for nothing.
+    pub response_metrics: bool,
 }
 
 impl Default for RenderOptions {
@@ -68,6 +71,7 @@ impl Default for RenderOptions {
             selector_label: "app".to_string(),
             route_header: DEFAULT_ROUTE_HEADER.to_string(),
             mirror_header: DEFAULT_MIRROR_HEADER.to_string(),
+            response_metrics: false,
         }
     }
 }
@@ -231,6 +235,7 @@ pub fn plugin_config(
     let config = PluginConfig {
         route_header: opts.route_header.clone(),
         mirror_header: opts.mirror_header.clone(),
+        response_metrics: opts.response_metrics,
         cookie_signing: opts.cookie_keys_env.as_ref().map(|env| CookieSigning {
             keys: Vec::new(),
             keys_env: Some(env.clone()),

@@ -130,6 +130,15 @@ fn render_the_seed_prints_the_istio_resources() {
         stdout.contains("outbound|9000||ctl.ops.svc.cluster.local"),
         "{stdout}"
     );
+    // The filter's own response metrics are off unless the controller reads them.
+    assert!(expected.contains("responseMetrics: false"), "{expected}");
+    let output = run_veer(
+        &["render", seed.to_str().unwrap(), "--metrics-set=veer"],
+        DEADLINE,
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(stdout.contains("responseMetrics: true"), "{stdout}");
 }
 
 #[test]
