@@ -18,8 +18,9 @@
 //! arrive while it waits for the spacing between writes into one write, so a thousand
 //! canaries do not mean a thousand writes of the state file per interval. A write encodes
 //! and derives (state JSON, route) only what changed since the last one. Every commit
-//! carries the version of the state it was computed from; a commit computed from an outdated state (a command arrived during the pass, or
-//! the spec changed) is refused and the pass runs again from the new state.
+//! carries the version of the state it was computed from; a commit computed from an
+//! outdated state (a command arrived during the pass, or the spec changed) is refused and
+//! the pass runs again from the new state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
