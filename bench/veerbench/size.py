@@ -195,9 +195,17 @@ def run(build_first: bool = True) -> dict:
     empty = RELEASE_DIR / "veer_bench_empty_filter.wasm"
     build("veer-bench-empty-filter", named=False)
     if not veer.exists():
-        raise procs.BenchError(f"{veer} missing: cargo build -p veer-filter --target {TARGET} --release")
+        raise procs.BenchError(f"{veer} missing: scripts/build-filter.sh")
     build("veer-filter", named=True)
-    named = NAMED_DIR / "veer_filter.wasm"
+    # The shipped module went through wasm-opt (scripts/build-filter.sh); so does the named
+    # build, by the same script, keeping its names (-g), so the split is of what ships.
+    named = NAMED_DIR / "veer_filter.opt.wasm"
+    opt = subprocess.run(
+        [str(procs.REPO / "scripts" / "wasm-opt.sh"), str(NAMED_DIR / "veer_filter.wasm"), str(named), "-g"],
+        cwd=procs.REPO, capture_output=True, text=True,
+    )
+    if opt.returncode != 0:
+        raise procs.BenchError(f"scripts/wasm-opt.sh failed:\n{opt.stderr[-3000:]}")
     rows, per_section = by_crate(named)
     data = veer.read_bytes()
     # The named build must be of the same source as the shipped file; another build may have
