@@ -29,7 +29,7 @@ demo-faulty:
 bench:
 	scripts/setup.sh
 	scripts/build-filter.sh
-	cargo build -p veer-bench-empty-filter --target wasm32-unknown-unknown --release
+	cargo build -p veer-bench-empty-filter -p veer-bench-probe-filter --target wasm32-unknown-unknown --release
 	cargo build --release -p veer-controller --bins
 	python3 bench/run.py
 

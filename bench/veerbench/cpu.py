@@ -26,6 +26,7 @@ LUA_SOURCE = BENCH_DIR / "lua" / "sticky_split.lua"
 WASM_DIR = procs.REPO / "target" / "wasm32-unknown-unknown" / "release"
 VEER_WASM = WASM_DIR / "veer_filter.wasm"
 EMPTY_WASM = WASM_DIR / "veer_bench_empty_filter.wasm"
+PROBE_WASM = WASM_DIR / "veer_bench_probe_filter.wasm"
 
 COOKIE_NAME = "flagger-cookie"
 # A fixed 32-byte signing key: the benchmark needs valid MACs, not a secret.
@@ -66,9 +67,12 @@ def veer_plugin_config(signed: bool = True, response_metrics: bool = False, **ro
 
 
 def ablations() -> list["Variant"]:
-    """veer with one part of the decision taken away at a time, same traffic: the difference
-    to the full variant is what that part costs (the evidence behind a missed target)."""
+    """What the missed ratios are made of, in the same run. 3a is veer with the decision taken
+    away (the host calls and the route lookup remain). The probes (bench/probe-filter) are
+    the empty filter plus nothing but host calls: one clock read, four clock reads, and
+    veer's own request-side calls (all headers in one call, then the route header)."""
     wasm = lambda cfg: [envoy.wasm_filter("veer", VEER_WASM, cfg)]  # noqa: E731
+    probe = lambda plan: [envoy.wasm_filter("probe", PROBE_WASM, plan)]  # noqa: E731
     return [
         Variant(
             "veer-noroute",
@@ -76,13 +80,18 @@ def ablations() -> list["Variant"]:
             envoy.header_routes(),
             wasm(veer_plugin_config(hosts=["other.example.com"])),
         ),
+        Variant("probe-clock", "2a. probe: one host call (clock read)", envoy.header_routes(), probe("request=clock")),
         Variant(
-            "veer-unsigned",
-            "3b. veer, unsigned cookies (no HMAC)",
+            "probe-clock4",
+            "2b. probe: four host calls (clock reads)",
             envoy.header_routes(),
-            wasm(veer_plugin_config(signed=False)),
-            sets_cookies=True,
-            splits=True,
+            probe("request=clock,clock,clock,clock"),
+        ),
+        Variant(
+            "probe-headers",
+            "2c. probe: veer's request calls (all headers, set route header)",
+            envoy.header_routes(),
+            probe("request=headers,route"),
         ),
     ]
 
@@ -245,10 +254,12 @@ def measure(gw: envoy.Envoy, duration_s: float, env: dict[str, str]) -> Sample:
 def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = True, log=print) -> dict:
     work = procs.OUT / "cpu"
     include_veer = VEER_WASM.exists()
-    if not EMPTY_WASM.exists():
-        raise procs.BenchError(
-            f"{EMPTY_WASM} missing: cargo build -p veer-bench-empty-filter --target wasm32-unknown-unknown --release"
-        )
+    for wasm in (EMPTY_WASM, PROBE_WASM):
+        if not wasm.exists():
+            raise procs.BenchError(
+                f"{wasm} missing: cargo build -p veer-bench-empty-filter -p veer-bench-probe-filter "
+                "--target wasm32-unknown-unknown --release"
+            )
     measured_wasm = wasm_identity(VEER_WASM) if include_veer else None
     backend = envoy.start_backend(work, CLIENT_CPU)
     results: list[VariantResult] = []

@@ -157,7 +157,8 @@ def weighted_routes(canary_percent: int) -> list[dict]:
     ]
 
 
-def wasm_filter(plugin_name: str, wasm_path: Path, configuration: dict | None) -> dict:
+def wasm_filter(plugin_name: str, wasm_path: Path, configuration: dict | str | None) -> dict:
+    """A wasm HTTP filter; a dict configuration is sent as JSON, a str as it is."""
     config: dict = {
         "name": plugin_name,
         "root_id": plugin_name,
@@ -170,7 +171,7 @@ def wasm_filter(plugin_name: str, wasm_path: Path, configuration: dict | None) -
     if configuration is not None:
         config["configuration"] = {
             "@type": "type.googleapis.com/google.protobuf.StringValue",
-            "value": json.dumps(configuration),
+            "value": configuration if isinstance(configuration, str) else json.dumps(configuration),
         }
     return {
         "name": "envoy.filters.http.wasm",

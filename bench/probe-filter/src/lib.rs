@@ -1,0 +1,151 @@
+//! A probe for the benchmark's CPU section: an HTTP filter that does nothing but the host
+//! calls its plugin configuration lists, so the cost of host calls themselves can be measured
+//! against the empty filter (bench/empty-filter) in the same run.
+//!
+//! Configuration: `request=CALL,CALL,...;response=CALL,...` with CALL one of `clock`
+//! (proxy_get_current_time_nanoseconds), `headers` (every header, one
+//! proxy_get_header_map_pairs), `route` (replace `x-veer-route: primary`), `status` (read
+//! the response's `:status`). A word it does not know fails `on_configure`, so a typo cannot
+//! pass as a cheaper probe.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(ProbeRoot { plan: Rc::new(Plan::default()) })
+    });
+}}
+
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Clock,
+    Headers,
+    Route,
+    Status,
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    request: Vec<Call>,
+    response: Vec<Call>,
+}
+
+fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
+    list.split(',')
+        .filter(|w| !w.is_empty())
+        .map(|w| match w.trim() {
+            "clock" => Ok(Call::Clock),
+            "headers" => Ok(Call::Headers),
+            "route" => Ok(Call::Route),
+            "status" => Ok(Call::Status),
+            other => Err(format!("unknown call {other:?}")),
+        })
+        .collect()
+}
+
+fn parse_plan(text: &str) -> Result<Plan, String> {
+    let mut plan = Plan::default();
+    for part in text.split(';').filter(|p| !p.trim().is_empty()) {
+        match part.trim().split_once('=') {
+            Some(("request", calls)) => plan.request = parse_calls(calls)?,
+            Some(("response", calls)) => plan.response = parse_calls(calls)?,
+            _ => {
+                return Err(format!(
+                    "expected request=... or response=..., got {part:?}"
+                ))
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn run(calls: &[Call], headers: MapType) {
+    for call in calls {
+        // Results are dropped: the probe measures the calls, not what they return.
+        match call {
+            Call::Clock => drop(hostcalls::get_current_time()),
+            Call::Headers => drop(hostcalls::get_map(headers)),
+            Call::Route => drop(hostcalls::set_map_value(
+                MapType::HttpRequestHeaders,
+                "x-veer-route",
+                Some("primary"),
+            )),
+            Call::Status => drop(hostcalls::get_map_value(
+                MapType::HttpResponseHeaders,
+                ":status",
+            )),
+        }
+    }
+}
+
+struct ProbeRoot {
+    plan: Rc<Plan>,
+}
+
+impl Context for ProbeRoot {}
+
+impl RootContext for ProbeRoot {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match parse_plan(&String::from_utf8_lossy(&bytes)) {
+            Ok(plan) => {
+                self.plan = Rc::new(plan);
+                true
+            }
+            Err(e) => {
+                log::error!("probe configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Probe {
+            plan: Rc::clone(&self.plan),
+        }))
+    }
+}
+
+struct Probe {
+    plan: Rc<Plan>,
+}
+
+impl Context for Probe {}
+
+impl HttpContext for Probe {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        run(&self.plan.request, MapType::HttpRequestHeaders);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        run(&self.plan.response, MapType::HttpResponseHeaders);
+        Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_parse_and_typos_are_refused() {
+        let plan = parse_plan("request=headers,route;response=status").unwrap();
+        assert_eq!(plan.request.len(), 2);
+        assert_eq!(plan.response.len(), 1);
+        assert!(parse_plan("").unwrap().request.is_empty());
+        assert!(parse_plan("request=clok").is_err());
+        assert!(parse_plan("reqest=clock").is_err());
+    }
+}
