@@ -691,6 +691,10 @@ fn controller_down_gateway_keeps_routing_with_the_last_table() {
         })
         .unwrap();
     stack.wait_gateway_applied(Duration::from_secs(5)).unwrap();
+    // The gateway confirms a generation as soon as its polling thread applied it; the other
+    // workers take it from shared data within a tick. Every user must be on it before the kill.
+    load.wait_all_past(stack.table_log.generation(), Duration::from_secs(30))
+        .unwrap();
     stack.controller.kill();
     let last_generation = stack.table_log.generation();
     let down_since = Instant::now();
