@@ -1,6 +1,6 @@
 //! One HTTP exchange: on request headers, strip client-sent veer headers, decide with
 //! veer-core and set the route header; on response headers, add the affinity cookie and the
-//! decision header and count the response. Any host error leaves the request as it is
+//! decision header and, with `responseMetrics`, count and time the response. Any host error leaves the request as it is
 //! (the gateway's default route: primary) and counts `veer_errors_total`; nothing here panics.
 
 use crate::headers::HeaderBlock;

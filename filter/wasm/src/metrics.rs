@@ -1,5 +1,6 @@
-//! The filter's Envoy stats: their names, and the metric ids defined once per route and
-//! cached, so the request path only passes an id to the host (no string formatting).
+//! The filter's Envoy stats: their names, the metric ids defined once per route and cached,
+//! and the counts each worker keeps until its tick hands them to Envoy, so the request path
+//! makes no host call and formats no string to count.
 //!
 //! Stat names carry their labels as `.<label>.<value>` segments, e.g.
 //! `veer_requests_total.veer_route.test/podinfo.veer_variant.canary.veer_reason.weight`.
