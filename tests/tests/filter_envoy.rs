@@ -70,6 +70,32 @@ fn assert_no_crash(envoy: &Envoy) {
     );
 }
 
+/// A counter in `/stats/prometheus`: name, labels, the value it must reach.
+type Counter<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+/// Polls until every counter shows exactly its value and returns that `/stats/prometheus`
+/// text. Each worker keeps its counts and hands them to Envoy on its tick (1 s with a static
+/// table), so a counter read at once may still be short; the last mismatch is the failure
+/// message.
+fn wait_for_counters(envoy: &Envoy, counters: &[Counter]) -> String {
+    poll_until(
+        "the counters to be handed to Envoy",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let prom = envoy.prometheus()?;
+            for (name, labels, want) in counters {
+                let got = prometheus_value(&prom, name, labels);
+                if got != Some(*want) {
+                    return Err(format!("{name}{labels:?} = {got:?}, want {want}"));
+                }
+            }
+            Ok(prom)
+        },
+    )
+    .unwrap()
+}
+
 fn static_config() -> serde_json::Value {
     serde_json::json!({
         "decisionHeader": true,
@@ -170,71 +196,54 @@ fn static_table_routes_splits_and_counts_in_envoy() {
     }
 
     // --- metrics (before other hosts' traffic) in /stats/prometheus, with the exact names and labels ---
-    // Each worker keeps its counts and hands them to Envoy on its tick (1 s with a static
-    // table), so poll until every counter shows exactly what was sent; the last mismatch is
-    // the failure message.
     let route = ("veer_route", "test/podinfo");
-    type Expected<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
-    let expected_counters: Vec<Expected> = vec![
-        (
-            "veer_requests_total",
-            vec![route, ("veer_variant", "canary"), ("veer_reason", "weight")],
-            canary_hits as f64,
-        ),
-        (
-            "veer_requests_total",
-            vec![
-                route,
-                ("veer_variant", "primary"),
-                ("veer_reason", "weight"),
-            ],
-            (n - canary_hits) as f64,
-        ),
-        (
-            "veer_requests_total",
-            vec![
-                route,
-                ("veer_variant", "canary"),
-                ("veer_reason", "override"),
-            ],
-            50.0,
-        ),
-        (
-            "veer_requests_total",
-            vec![
-                ("veer_route", "test/ab"),
-                ("veer_variant", "primary"),
-                ("veer_reason", "unmatched"),
-            ],
-            400.0,
-        ),
-        (
-            "veer_responses_total",
-            vec![route, ("veer_variant", "canary"), ("veer_class", "2xx")],
-            (canary_hits + 50) as f64,
-        ),
-        (
-            "veer_responses_total",
-            vec![route, ("veer_variant", "canary"), ("veer_class", "5xx")],
-            0.0,
-        ),
-    ];
-    let prom = poll_until(
-        "the request and response counters to be handed to Envoy",
-        Duration::from_secs(5),
-        Duration::from_millis(100),
-        || {
-            let prom = envoy.prometheus()?;
-            for (name, labels, want) in &expected_counters {
-                let got = prometheus_value(&prom, name, labels);
-                if got != Some(*want) {
-                    return Err(format!("{name}{labels:?} = {got:?}, want {want}"));
-                }
-            }
-            Ok(prom)
-        },
-    )
-    .unwrap();
+    let prom = wait_for_counters(
+        &envoy,
+        &[
+            (
+                "veer_requests_total",
+                vec![route, ("veer_variant", "canary"), ("veer_reason", "weight")],
+                canary_hits as f64,
+            ),
+            (
+                "veer_requests_total",
+                vec![
+                    route,
+                    ("veer_variant", "primary"),
+                    ("veer_reason", "weight"),
+                ],
+                (n - canary_hits) as f64,
+            ),
+            (
+                "veer_requests_total",
+                vec![
+                    route,
+                    ("veer_variant", "canary"),
+                    ("veer_reason", "override"),
+                ],
+                50.0,
+            ),
+            (
+                "veer_requests_total",
+                vec![
+                    ("veer_route", "test/ab"),
+                    ("veer_variant", "primary"),
+                    ("veer_reason", "unmatched"),
+                ],
+                400.0,
+            ),
+            (
+                "veer_responses_total",
+                vec![route, ("veer_variant", "canary"), ("veer_class", "2xx")],
+                (canary_hits + 50) as f64,
+            ),
+            (
+                "veer_responses_total",
+                vec![route, ("veer_variant", "canary"), ("veer_class", "5xx")],
+                0.0,
+            ),
+        ],
+    );
     assert!(
         prom.contains("# TYPE veer_request_duration_ms histogram"),
         "{prom}"
@@ -678,28 +687,20 @@ fn response_metrics_off_counts_requests_only() {
         }
     }
     let route = ("veer_route", "test/podinfo");
-    let prom = poll_until(
-        "the request counters to be handed to Envoy",
-        Duration::from_secs(5),
-        Duration::from_millis(100),
-        || {
-            let prom = envoy.prometheus()?;
-            let counted =
-                [("canary", canary_hits), ("primary", n - canary_hits)].map(|(v, want)| {
-                    prometheus_value(
-                        &prom,
-                        "veer_requests_total",
-                        &[route, ("veer_variant", v), ("veer_reason", "weight")],
-                    ) == Some(want as f64)
-                });
-            if counted.iter().all(|c| *c) {
-                Ok(prom)
-            } else {
-                Err(format!("want {canary_hits} canary of {n}:\n{prom}"))
-            }
-        },
-    )
-    .unwrap();
+    let weight_count = |variant, want: usize| -> Counter {
+        (
+            "veer_requests_total",
+            vec![route, ("veer_variant", variant), ("veer_reason", "weight")],
+            want as f64,
+        )
+    };
+    let prom = wait_for_counters(
+        &envoy,
+        &[
+            weight_count("canary", canary_hits),
+            weight_count("primary", n - canary_hits),
+        ],
+    );
     assert!(!prom.contains("veer_responses_total"), "{prom}");
     assert!(!prom.contains("veer_request_duration_ms"), "{prom}");
     assert_eq!(prometheus_value(&prom, "veer_errors_total", &[]), Some(0.0));
