@@ -70,29 +70,24 @@ fn assert_no_crash(envoy: &Envoy) {
     );
 }
 
-/// A counter in `/stats/prometheus`: name, labels, the value it must reach.
-type Counter<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+/// A stat in `/stats/prometheus`: name, labels, the value it must reach.
+type Stat<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
 
-/// Polls until every counter shows exactly its value and returns that `/stats/prometheus`
-/// text. Each worker keeps its counts and hands them to Envoy on its tick (1 s with a static
-/// table), so a counter read at once may still be short; the last mismatch is the failure
-/// message.
-fn wait_for_counters(envoy: &Envoy, counters: &[Counter]) -> String {
-    poll_until(
-        "the counters to be handed to Envoy",
-        Duration::from_secs(5),
-        Duration::from_millis(100),
-        || {
-            let prom = envoy.prometheus()?;
-            for (name, labels, want) in counters {
-                let got = prometheus_value(&prom, name, labels);
-                if got != Some(*want) {
-                    return Err(format!("{name}{labels:?} = {got:?}, want {want}"));
-                }
+/// Polls until every stat shows exactly its value and returns that `/stats/prometheus` text;
+/// the last mismatch is the failure message. Stats arrive late by design: each worker hands
+/// its counts to Envoy on its tick (1 s with a static table), the gauges are written on the
+/// tick, and histograms reach the admin output at Envoy's stats flush (5 s).
+fn wait_for_stats(envoy: &Envoy, what: &str, timeout: Duration, stats: &[Stat]) -> String {
+    poll_until(what, timeout, Duration::from_millis(100), || {
+        let prom = envoy.prometheus()?;
+        for (name, labels, want) in stats {
+            let got = prometheus_value(&prom, name, labels);
+            if got != Some(*want) {
+                return Err(format!("{name}{labels:?} = {got:?}, want {want}"));
             }
-            Ok(prom)
-        },
-    )
+        }
+        Ok(prom)
+    })
     .unwrap()
 }
 
@@ -197,8 +192,10 @@ fn static_table_routes_splits_and_counts_in_envoy() {
 
     // --- metrics (before other hosts' traffic) in /stats/prometheus, with the exact names and labels ---
     let route = ("veer_route", "test/podinfo");
-    let prom = wait_for_counters(
+    let prom = wait_for_stats(
         &envoy,
+        "the request and response counters to be handed to Envoy",
+        Duration::from_secs(5),
         &[
             (
                 "veer_requests_total",
@@ -248,47 +245,30 @@ fn static_table_routes_splits_and_counts_in_envoy() {
         prom.contains("# TYPE veer_request_duration_ms histogram"),
         "{prom}"
     );
-    // Histograms reach the admin output at Envoy's stats flush (5 s): poll for it.
     let expected = (canary_hits + 50) as f64;
-    poll_until(
+    wait_for_stats(
+        &envoy,
         "the duration histogram to be flushed",
         Duration::from_secs(15),
-        Duration::from_millis(250),
-        || {
-            let prom = envoy.prometheus()?;
-            let count = prometheus_value(
-                &prom,
+        &[
+            (
                 "veer_request_duration_ms_count",
-                &[route, ("veer_variant", "canary")],
-            );
-            let inf = prometheus_value(
-                &prom,
+                vec![route, ("veer_variant", "canary")],
+                expected,
+            ),
+            (
                 "veer_request_duration_ms_bucket",
-                &[route, ("veer_variant", "canary"), ("le", "+Inf")],
-            );
-            if count == Some(expected) && inf == Some(expected) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "count {count:?}, +Inf bucket {inf:?}, want {expected}"
-                ))
-            }
-        },
-    )
-    .unwrap();
-    poll_until(
+                vec![route, ("veer_variant", "canary"), ("le", "+Inf")],
+                expected,
+            ),
+        ],
+    );
+    wait_for_stats(
+        &envoy,
         "veer_table_generation to read 7",
         Duration::from_secs(5),
-        Duration::from_millis(100),
-        || {
-            let prom = envoy.prometheus()?;
-            match prometheus_value(&prom, "veer_table_generation", &[]) {
-                Some(7.0) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .unwrap();
+        &[("veer_table_generation", vec![], 7.0)],
+    );
     let prom = envoy.prometheus().unwrap();
     assert!(
         prometheus_value(&prom, "veer_table_age_seconds", &[]).is_some(),
@@ -687,15 +667,17 @@ fn response_metrics_off_counts_requests_only() {
         }
     }
     let route = ("veer_route", "test/podinfo");
-    let weight_count = |variant, want: usize| -> Counter {
+    let weight_count = |variant, want: usize| -> Stat {
         (
             "veer_requests_total",
             vec![route, ("veer_variant", variant), ("veer_reason", "weight")],
             want as f64,
         )
     };
-    let prom = wait_for_counters(
+    let prom = wait_for_stats(
         &envoy,
+        "the request counters to be handed to Envoy",
+        Duration::from_secs(5),
         &[
             weight_count("canary", canary_hits),
             weight_count("primary", n - canary_hits),
