@@ -6,13 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use veer_controller::analysis::{
+use veer_controller::checks::webhooks::HookType;
+use veer_controller::engine::{
     advance, on_command, on_revision, plan, route_for_state, Action, CanaryState, CheckKind,
     CheckResult, Command, IdleReason, PassKind, PassObservations, PassPlan, PassStep, Phase,
     RollbackReason, StepResult, Timestamp, Transition,
 };
 use veer_controller::spec::{load_file, load_texts, CanarySpec};
-use veer_controller::webhooks::HookType;
 
 fn seed() -> CanarySpec {
     let set = load_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seed-canary.yaml"));

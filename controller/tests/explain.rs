@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use veer_controller::explain::{explain, format_duration, simulate, ExplainOptions, Script};
+use veer_controller::cli::explain::{explain, format_duration, simulate, ExplainOptions, Script};
 use veer_controller::spec::{load_texts, SpecSet};
 
 fn data(name: &str) -> PathBuf {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::http::{HangingServer, TestServer};
 use support::poll_until;
 use support::prometheus::{Exporter, Prometheus};
-use veer_controller::prometheus::{
+use veer_controller::checks::prometheus::{
     builtin_query, BuiltinMetric, MetricError, MetricsSet, PrometheusClient, QueryVars,
     ThresholdRange,
 };

@@ -22,9 +22,9 @@ use support::http::{Recorder, TestServer};
 use support::poll_until;
 use support::prometheus::one_sample_answer;
 use tokio::sync::Semaphore;
-use veer_controller::prometheus::{MetricsSet, PrometheusClient};
+use veer_controller::checks::prometheus::{MetricsSet, PrometheusClient};
 use veer_controller::runner::{Runner, RunnerConfig};
-use veer_controller::server::{CanaryControl, Command, CommandError};
+use veer_controller::serve::api::{CanaryControl, Command, CommandError};
 use veer_controller::spec::{load_texts, SpecSet};
 
 const DEADLINE: Duration = Duration::from_secs(30);

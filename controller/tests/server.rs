@@ -14,8 +14,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::poll_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use veer_controller::server::{self, CanaryControl, Command, CommandError, ServerState};
-use veer_controller::table_hub::TableHub;
+use veer_controller::serve::api::{self, CanaryControl, Command, CommandError, ServerState};
+use veer_controller::serve::table_hub::TableHub;
 use veer_core::Route;
 
 const TOKEN: &str = "s3cret-token-for-tests";
@@ -115,7 +115,7 @@ async fn start(token: Option<&str>) -> Running {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let close_hub = hub.clone();
-    let served = tokio::spawn(server::serve(listener, server::router(state), async move {
+    let served = tokio::spawn(api::serve(listener, api::router(state), async move {
         let _ = stopped.await;
         close_hub.close();
     }));
@@ -582,7 +582,7 @@ async fn slow_clients_are_cut_off() {
     slow_body.write_all(head.as_bytes()).await.unwrap();
 
     let started = Instant::now();
-    let limit = server::HEADER_READ_TIMEOUT.max(server::BODY_READ_TIMEOUT) + Duration::from_secs(5);
+    let limit = api::HEADER_READ_TIMEOUT.max(api::BODY_READ_TIMEOUT) + Duration::from_secs(5);
     let (headers_answer, body_answer) = tokio::join!(
         async {
             let mut buf = Vec::new();
@@ -608,6 +608,6 @@ async fn slow_clients_are_cut_off() {
     let body_answer =
         String::from_utf8_lossy(&body_answer.expect("slow body answered")).into_owned();
     assert!(body_answer.starts_with("HTTP/1.1 408"), "{body_answer}");
-    assert!(started.elapsed() >= server::BODY_READ_TIMEOUT.min(server::HEADER_READ_TIMEOUT));
+    assert!(started.elapsed() >= api::BODY_READ_TIMEOUT.min(api::HEADER_READ_TIMEOUT));
     assert!(s.runner.commands.lock().unwrap().is_empty());
 }

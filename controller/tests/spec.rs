@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use veer_controller::prometheus::{BuiltinMetric, MetricsSet};
+use veer_controller::checks::prometheus::{BuiltinMetric, MetricsSet};
+use veer_controller::checks::webhooks::HookType;
 use veer_controller::spec::{
     load_dir, load_file, load_texts, parse_go_duration, route_for, MetricSource, Severity, SpecSet,
     Strategy, WeightSteps,
 };
-use veer_controller::webhooks::HookType;
 use veer_core::{RoutingTable, StringMatch, Variant};
 
 fn seed_path() -> PathBuf {

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use support::immutable_dir::ImmutableDir;
-use veer_controller::store::{self, StoreError};
+use veer_controller::platform::local::store::{self, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {

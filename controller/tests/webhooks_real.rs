@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use support::http::{HangingServer, Recorder, TestServer};
-use veer_controller::webhooks::{
+use veer_controller::checks::webhooks::{
     CanaryIdentity, Hook, HookError, HookType, WebhookCaller, WebhookPayload, DEFAULT_HOOK_TIMEOUT,
 };
 

@@ -18,7 +18,7 @@ use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use veer_controller::prometheus::BuiltinMetric;
+use veer_controller::checks::prometheus::BuiltinMetric;
 use veer_controller::spec::{CanarySpec, MetricSource, Strategy, WeightSteps};
 
 /// What to run.

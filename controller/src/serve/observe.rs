@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::analysis::{CheckKind, PassObservations, Phase};
+use crate::engine::{CheckKind, PassObservations, Phase};
 
 /// Every phase, in the order the one-hot gauge lists them.
 pub const PHASES: [Phase; 9] = [
@@ -225,8 +225,8 @@ impl Collector for GaugeCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{CheckResult, PassStep, StepResult};
-    use crate::webhooks::HookType;
+    use crate::checks::webhooks::HookType;
+    use crate::engine::{CheckResult, PassStep, StepResult};
 
     struct Fixed(Vec<CanaryGauges>);
 

@@ -39,8 +39,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use veer_core::Route;
 
+use crate::checks::webhooks::HookType;
 use crate::spec::{route_for, CanarySpec, Strategy};
-use crate::webhooks::HookType;
 
 // ---------------------------------------------------------------------------------------
 // Time

@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use veer_core::{GATEWAY_GENERATION_HEADER, GATEWAY_ID_HEADER};
 
-use crate::table_hub::TableHub;
+use crate::serve::table_hub::TableHub;
 
 /// The largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

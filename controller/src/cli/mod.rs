@@ -10,6 +10,8 @@
 //! SIGTERM or SIGINT stops it gracefully: passes in flight are abandoned (nothing of them
 //! was saved), the state writer finishes its batch, long-polls end, then the process exits.
 
+pub mod explain;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,11 +21,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::explain::{explain, ExplainOptions};
-use crate::prometheus::{MetricsSet, PrometheusClient};
+use crate::checks::prometheus::{MetricsSet, PrometheusClient};
+use crate::cli::explain::{explain, ExplainOptions};
 use crate::render::{render, render_all, RenderOptions};
 use crate::runner::{self, log_problems, Runner, RunnerConfig, SpecDir};
-use crate::server::{self, ServerState};
+use crate::serve::api::{self, ServerState};
 use crate::spec::{self, MetricSource, SpecSet};
 
 /// The controller's default API address, for the client commands.
@@ -344,8 +346,8 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
     if token.is_none() {
         tracing::warn!("no --token-file or --token-env: writes to the API are not authenticated");
     }
-    let control: Arc<dyn server::CanaryControl> = runner.clone();
-    let app = server::router(ServerState::new(runner.hub(), control, registry, token));
+    let control: Arc<dyn api::CanaryControl> = runner.clone();
+    let app = api::router(ServerState::new(runner.hub(), control, registry, token));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let hub = runner.hub();
     let server_stop = {
@@ -355,7 +357,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
             hub.close();
         }
     };
-    let server = tokio::spawn(server::serve(listener, app, server_stop));
+    let server = tokio::spawn(api::serve(listener, app, server_stop));
     tracing::info!(
         listen = %local.map_or(args.listen.clone(), |a| a.to_string()),
         canaries = loaded,
@@ -809,7 +811,7 @@ mod tests {
         };
         assert_eq!(
             args.scrape_interval,
-            crate::explain::DEFAULT_SCRAPE_INTERVAL
+            crate::cli::explain::DEFAULT_SCRAPE_INTERVAL
         );
         assert_eq!(args.metrics_set, MetricsSet::default());
     }

@@ -1,5 +1,5 @@
 //! The controller's runner: the effects around the pure analysis state machine
-//! ([`crate::analysis`]). It owns one task per canary (plan, execute hooks and metric
+//! ([`crate::engine`]). It owns one task per canary (plan, execute hooks and metric
 //! queries, advance), the one writer of the state file (the committer), the table the
 //! gateways pull, and the answers of the canary API ([`CanaryControl`]).
 //!
@@ -34,17 +34,17 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinSet;
 use veer_core::Route;
 
-use crate::analysis::{
+use crate::checks::prometheus::{builtin_query, render_query, MetricsSet, PrometheusClient};
+use crate::checks::webhooks::{CanaryIdentity, HookType, WebhookCaller};
+use crate::engine::{
     self, Action, CanaryState, CheckKind, CheckResult, EventSeverity, IdleReason, PassObservations,
     PassPlan, PassStep, Phase, StepResult, Timestamp,
 };
-use crate::observe::{CanaryGauges, GaugeSource, PassOutcome, RunnerMetrics};
-use crate::prometheus::{builtin_query, render_query, MetricsSet, PrometheusClient};
-use crate::server::{CanaryControl, Command, CommandError};
+use crate::platform::local::store::{self, StoreError};
+use crate::serve::api::{CanaryControl, Command, CommandError};
+use crate::serve::observe::{CanaryGauges, GaugeSource, PassOutcome, RunnerMetrics};
+use crate::serve::table_hub::TableHub;
 use crate::spec::{CanarySpec, MetricSource, Severity, SpecSet};
-use crate::store::{self, StoreError};
-use crate::table_hub::TableHub;
-use crate::webhooks::{CanaryIdentity, HookType, WebhookCaller};
 
 /// The state file format this veer writes and reads.
 pub const STATE_FILE_VERSION: u32 = 1;
@@ -210,7 +210,7 @@ struct Staged {
 
 impl Staged {
     fn new(spec: Arc<CanarySpec>, state: CanaryState, version: u64) -> Staged {
-        let route = Arc::new(analysis::route_for_state(&spec, &state));
+        let route = Arc::new(engine::route_for_state(&spec, &state));
         Staged {
             spec,
             state: Arc::new(state),
@@ -471,7 +471,7 @@ impl Committer {
             match staged.get_mut(&key) {
                 Some(s) => {
                     if *s.spec != *spec {
-                        s.route = Arc::new(analysis::route_for_state(&spec, &s.state));
+                        s.route = Arc::new(engine::route_for_state(&spec, &s.state));
                         s.spec = spec;
                         s.version = self.version();
                     }
@@ -721,7 +721,7 @@ impl Runner {
         // pass is due one interval after the last), hitting Prometheus in one burst per
         // interval. A fixed per-canary offset within one interval spreads them for good.
         if let Some((spec, state, _, wake)) = self.snapshot(&key) {
-            let due = matches!(analysis::plan(&spec, &state, now()), PassPlan::Run { .. });
+            let due = matches!(engine::plan(&spec, &state, now()), PassPlan::Run { .. });
             if due && !state.pass_requested {
                 tokio::select! {
                     () = tokio::time::sleep(spread(&key, spec.interval())) => {}
@@ -739,7 +739,7 @@ impl Runner {
                 return;
             };
             let now = now();
-            let plan = analysis::plan(&spec, &state, now);
+            let plan = engine::plan(&spec, &state, now);
             let PassPlan::Run { steps, .. } = &plan else {
                 let sleep = match &plan {
                     PassPlan::Idle(IdleReason::NotDue { next_at }) => Some(next_at.since(now)),
@@ -767,7 +767,7 @@ impl Runner {
                 }
             };
             let took = started.elapsed();
-            let transition = analysis::advance(&spec, &state, &plan, &observations, self::now());
+            let transition = engine::advance(&spec, &state, &plan, &observations, self::now());
             let new_state = transition.state.clone();
             match self
                 .submit(Change::State {
@@ -837,7 +837,7 @@ impl Runner {
             let payload = identity.payload(hook.metadata.clone());
             let timeout = hook
                 .timeout
-                .unwrap_or(crate::webhooks::DEFAULT_HOOK_TIMEOUT);
+                .unwrap_or(crate::checks::webhooks::DEFAULT_HOOK_TIMEOUT);
             let answer = self
                 .caller
                 .call(&hook.name, &hook.url, timeout, &payload)
@@ -1071,15 +1071,15 @@ impl Runner {
         &self,
         key: &str,
         entry: &Entry,
-        gateways: &[(String, crate::table_hub::GatewaySeen)],
+        gateways: &[(String, crate::serve::table_hub::GatewaySeen)],
         detail: bool,
     ) -> Value {
         let spec = &entry.spec;
         let s = &entry.state;
         let applied =
-            |seen: &crate::table_hub::GatewaySeen| seen.generation >= entry.route_generation;
+            |seen: &crate::serve::table_hub::GatewaySeen| seen.generation >= entry.route_generation;
         let applied_count = gateways.iter().filter(|(_, seen)| applied(seen)).count();
-        let gateway_json = |(id, seen): &(String, crate::table_hub::GatewaySeen)| {
+        let gateway_json = |(id, seen): &(String, crate::serve::table_hub::GatewaySeen)| {
             json!({
                 "id": id,
                 "generation": seen.generation,
@@ -1093,7 +1093,7 @@ impl Runner {
             .map(gateway_json)
             .collect();
         let gateways_key = if detail { "gateways" } else { "gatewaysBehind" };
-        let next_pass = match analysis::plan(spec, s, now()) {
+        let next_pass = match engine::plan(spec, s, now()) {
             PassPlan::Idle(IdleReason::NotDue { next_at }) => Some(next_at.to_string()),
             PassPlan::Run { .. } => Some(now().to_string()),
             PassPlan::Idle(_) => None,
@@ -1128,7 +1128,7 @@ impl Runner {
     }
 
     /// Gateways heard from within the TTL.
-    fn live_gateways(&self) -> Vec<(String, crate::table_hub::GatewaySeen)> {
+    fn live_gateways(&self) -> Vec<(String, crate::serve::table_hub::GatewaySeen)> {
         let now = SystemTime::now();
         self.shared
             .hub
@@ -1153,11 +1153,11 @@ impl Runner {
             let (spec, state, version, wake) = self.snapshot(key).ok_or_else(not_found)?;
             let at = now();
             let transition = match cmd {
-                Command::Revision(revision) => analysis::on_revision(&spec, &state, revision, at),
-                Command::Promote => command(&spec, &state, analysis::Command::Promote, at)?,
-                Command::Rollback => command(&spec, &state, analysis::Command::Rollback, at)?,
-                Command::Pause => command(&spec, &state, analysis::Command::Pause, at)?,
-                Command::Resume => command(&spec, &state, analysis::Command::Resume, at)?,
+                Command::Revision(revision) => engine::on_revision(&spec, &state, revision, at),
+                Command::Promote => command(&spec, &state, engine::Command::Promote, at)?,
+                Command::Rollback => command(&spec, &state, engine::Command::Rollback, at)?,
+                Command::Pause => command(&spec, &state, engine::Command::Pause, at)?,
+                Command::Resume => command(&spec, &state, engine::Command::Resume, at)?,
             };
             if transition.state == state {
                 return self.get_by_key(key).ok_or_else(not_found);
@@ -1204,10 +1204,10 @@ impl Runner {
 fn command(
     spec: &CanarySpec,
     state: &CanaryState,
-    cmd: analysis::Command,
+    cmd: engine::Command,
     at: Timestamp,
-) -> Result<analysis::Transition, CommandError> {
-    analysis::on_command(spec, state, cmd, at).map_err(|e| CommandError::Conflict(e.to_string()))
+) -> Result<engine::Transition, CommandError> {
+    engine::on_command(spec, state, cmd, at).map_err(|e| CommandError::Conflict(e.to_string()))
 }
 
 impl CanaryControl for Runner {
@@ -1362,7 +1362,7 @@ pub fn log_problems(set: &SpecSet) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{CheckKind, CheckResult};
+    use crate::engine::{CheckKind, CheckResult};
 
     fn state(weight: u32, message: &str) -> CanaryState {
         CanaryState {

@@ -1,6 +1,6 @@
 //! `veer explain FILE`: what a Canary will do, in plain words. The pass-by-pass timeline,
 //! the earliest promotion and the worst-case rollback come from *simulating* the analysis
-//! state machine ([`crate::analysis`]) with scripted check results, so the explanation
+//! state machine ([`crate::engine`]) with scripted check results, so the explanation
 //! cannot drift from what the controller does. It also prints each metric's rendered PromQL
 //! with its threshold, what each webhook is for, and warnings about the traps the seed
 //! document is about (overshoot, short query windows, gateways without `mesh`, ...).
@@ -8,13 +8,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::analysis::{
+use crate::checks::prometheus::{builtin_query, render_query, MetricsSet};
+use crate::checks::webhooks::{HookType, DEFAULT_HOOK_TIMEOUT};
+use crate::engine::{
     advance, on_revision, plan, route_for_state, CanaryState, CheckKind, CheckResult, IdleReason,
     PassKind, PassObservations, PassPlan, PassStep, Phase, StepResult, Timestamp,
 };
-use crate::prometheus::{builtin_query, render_query, MetricsSet};
 use crate::spec::{CanarySpec, MetricSource, SpecProblem, SpecSet, Strategy, WeightSteps};
-use crate::webhooks::{HookType, DEFAULT_HOOK_TIMEOUT};
 
 /// Prometheus' scrape interval assumed when none is given (Istio's and most charts').
 pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
@@ -662,7 +662,7 @@ pub fn explain_canary(
             ));
         }
         if let MetricSource::Builtin(b) = &m.source {
-            use crate::prometheus::BuiltinMetric;
+            use crate::checks::prometheus::BuiltinMetric;
             match b {
                 BuiltinMetric::RequestSuccessRate => {
                     if m.threshold_range.min.is_some_and(|v| v <= 1.0) {

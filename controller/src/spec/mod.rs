@@ -17,8 +17,8 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use veer_core::{MatchRule, Override, Route, SameSite, SessionAffinity, StickyKey, StringMatch};
 
-use crate::prometheus::{BuiltinMetric, MetricsSet, QueryVars, ThresholdRange};
-use crate::webhooks::{Hook, HookType};
+use crate::checks::prometheus::{BuiltinMetric, MetricsSet, QueryVars, ThresholdRange};
+use crate::checks::webhooks::{Hook, HookType};
 
 /// `apiVersion` of Flagger's resources.
 pub const FLAGGER_API_VERSION: &str = "flagger.app/v1beta1";
@@ -1300,7 +1300,7 @@ fn check_canary(
                 interval: interval.text.clone(),
                 variables: m.template_variables.clone(),
             };
-            if let Err(e) = crate::prometheus::render_query(q, &vars) {
+            if let Err(e) = crate::checks::prometheus::render_query(q, &vars) {
                 error(&format!("{path}.query"), e.to_string());
                 continue;
             }

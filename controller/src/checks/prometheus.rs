@@ -486,7 +486,7 @@ impl PrometheusClient {
         let (status, body) = tokio::time::timeout(self.timeout, async {
             let response = request.await.map_err(|e| self.request_error(&e))?;
             let status = response.status();
-            let body = crate::webhooks::read_body_capped(response, MAX_RESPONSE_BYTES)
+            let body = crate::checks::webhooks::read_body_capped(response, MAX_RESPONSE_BYTES)
                 .await
                 .map_err(|e| self.request_error(&e))?;
             Ok::<_, MetricError>((status, body))
@@ -506,7 +506,7 @@ impl PrometheusClient {
         } else {
             MetricError::Transport {
                 url: self.query_url.to_string(),
-                reason: crate::webhooks::error_chain(e),
+                reason: crate::checks::webhooks::error_chain(e),
             }
         }
     }
