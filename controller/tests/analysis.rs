@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use veer_controller::checks::webhooks::HookType;
 use veer_controller::engine::{
-    advance, on_command, on_revision, plan, route_for_state, Action, CanaryState, CheckKind,
-    CheckResult, Command, IdleReason, PassKind, PassObservations, PassPlan, PassStep, Phase,
-    RollbackReason, StepResult, Timestamp, Transition,
+    advance, on_command, on_not_ready, on_revision, plan, route_for_state, Action, CanaryState,
+    CheckKind, CheckResult, Command, IdleReason, PassKind, PassObservations, PassPlan, PassStep,
+    Phase, RollbackReason, StepResult, Timestamp, Transition,
 };
 use veer_controller::spec::{load_file, load_texts, CanarySpec};
 
@@ -936,37 +936,57 @@ fn rule_suspend_skips_passes() {
 }
 
 #[test]
-fn rule_progress_deadline_rolls_back_a_run_without_progress() {
+fn rule_a_refusing_traffic_gate_pauses_the_run_and_never_rolls_back() {
     let spec = canary(&format!(
         "    stepWeight: 10\n    interval: 1m\n{METRICS}    webhooks:\n{}",
         hook("more", "confirm-traffic-increase")
     ));
     let mut sim = Sim::started(spec, "v2");
     sim.pass();
-    sim.next(); // progress at 10
-    let mut passes = 0;
-    while sim.state.phase == Progressing {
+    sim.next(); // at 10
+                // An hour of refusals (far past the 600 s default deadline): the run holds at 10.
+    for _ in 0..60 {
         sim.tick();
         sim.fail_hooks(HookType::ConfirmTrafficIncrease);
-        passes += 1;
     }
-    // Default 600s: the pass 11 minutes after the last step is the first past the deadline.
-    assert_eq!(passes, 11);
-    assert_eq!(sim.snap(), (Failed, 0, 0, 0));
-    let events: Vec<String> = sim
-        .take_actions()
-        .into_iter()
+    assert_eq!(sim.snap(), (Progressing, 10, 0, 0));
+    sim.next();
+    assert_eq!(sim.snap(), (Progressing, 20, 0, 0));
+}
+
+#[test]
+fn rule_a_canary_unready_past_the_deadline_rolls_back() {
+    let mut sim = Sim::started(seed(), "v2");
+    sim.pass();
+    sim.next();
+    assert_eq!(sim.snap(), (Progressing, 10, 0, 0));
+    let t = on_not_ready(
+        &sim.spec,
+        &sim.state,
+        "deployment podinfo not ready: 0 of 1 updated replicas are available",
+        sim.now,
+    );
+    assert_eq!(t.state.phase, Failed);
+    assert_eq!((t.state.weight, t.state.failed_checks), (0, 0));
+    assert_eq!(t.state.failed_revision.as_deref(), Some("v2"));
+    let messages: Vec<&str> = t
+        .actions
+        .iter()
         .filter_map(|a| match a {
-            Action::Event { message, .. } => Some(message),
+            Action::Event { message, .. } => Some(message.as_str()),
             _ => None,
         })
         .collect();
-    assert!(
-        events
-            .iter()
-            .any(|m| m.contains("progress deadline exceeded: no weight step or iteration for 10m")),
-        "{events:#?}"
+    assert_eq!(
+        messages[0],
+        "Rolling back test/podinfo revision v2: progress deadline exceeded (10m): deployment podinfo not ready: 0 of 1 updated replicas are available"
     );
+    // Outside a run there is nothing to roll back.
+    let idle = CanaryState {
+        phase: Succeeded,
+        ..CanaryState::default()
+    };
+    assert_eq!(on_not_ready(&sim.spec, &idle, "x", sim.now).state, idle);
 }
 
 #[test]

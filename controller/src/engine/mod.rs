@@ -24,10 +24,11 @@
 //!   weight 100, one more analysis runs at 100, then Promoting.
 //! - confirm-traffic-increase also gates the mirroring step and the step from mirroring to
 //!   real traffic (Flagger skips it for the latter; veer gates every increase).
-//! - The progress deadline is checked in Progressing only: WaitingPromotion waits for a
-//!   human or a gate, and its analysis keeps counting failures. A deadline shorter than two
-//!   intervals is stretched to two, or a run progressing at every pass would roll back.
-//! - Pause stops passes; on resume the deadline clock restarts, so a pause never rolls back.
+//! - `progressDeadlineSeconds` bounds readiness, as in Flagger: how long the canary (and the
+//!   primary, on promotion) may take to become ready. Readiness is the platform's to
+//!   observe, so the deadline reaches the engine as an input ([`on_not_ready`]). A run that
+//!   makes no weight step (a refusing confirm-traffic-increase gate, say) is paused, not
+//!   failed: the engine has no "no progress" rollback.
 //! - A revision equal to the primary's during a run abandons the run (weight 0, phase
 //!   Initialized: the primary serves everything and nothing is pending), not a failure.
 //! - A revision arriving during Promoting/Finalising waits: that run completes, then the
@@ -292,8 +293,6 @@ pub enum PassStep {
 pub enum RollbackReason {
     /// `failedChecks >= threshold`, checked before this pass's analysis.
     Threshold { failed_checks: u32, threshold: u32 },
-    /// No weight step or iteration for this long.
-    ProgressDeadline { deadline: Duration },
 }
 
 /// What a pass is for; [`advance`] interprets the observations by it.
@@ -525,10 +524,6 @@ impl<'a> Builder<'a> {
 // ---------------------------------------------------------------------------------------
 // Planning
 
-fn progress_deadline(spec: &CanarySpec) -> Duration {
-    spec.progress_deadline().max(spec.interval() * 2)
-}
-
 /// What this pass must execute. Pure: the same spec, state and time give the same plan.
 pub fn plan(spec: &CanarySpec, state: &CanaryState, now: Timestamp) -> PassPlan {
     if spec.suspend {
@@ -628,13 +623,6 @@ fn pass_gap(spec: &CanarySpec, state: &CanaryState, now: Timestamp) -> Duration 
     })
 }
 
-/// How long the run has gone without progress, not counting gaps between passes.
-fn stalled_for(spec: &CanarySpec, state: &CanaryState, now: Timestamp) -> Duration {
-    state.last_progress_at.map_or(Duration::ZERO, |t| {
-        now.since(t).saturating_sub(pass_gap(spec, state, now))
-    })
-}
-
 fn plan_analysis(spec: &CanarySpec, state: &CanaryState, now: Timestamp) -> PassPlan {
     let run = |kind, steps| PassPlan::Run { kind, steps };
     if spec.skip_analysis {
@@ -649,15 +637,6 @@ fn plan_analysis(spec: &CanarySpec, state: &CanaryState, now: Timestamp) -> Pass
             }),
             Vec::new(),
         );
-    }
-    if state.phase == Phase::Progressing {
-        let deadline = progress_deadline(spec);
-        if stalled_for(spec, state, now) > deadline {
-            return run(
-                PassKind::RollBack(RollbackReason::ProgressDeadline { deadline }),
-                Vec::new(),
-            );
-        }
     }
     let mut steps = Vec::new();
     push_hooks(spec, &mut steps, HookType::Rollback);
@@ -786,10 +765,6 @@ pub fn advance(
             threshold,
         }) => b.roll_back(&format!(
             "failed checks threshold reached ({failed_checks} of {threshold})"
-        )),
-        PassKind::RollBack(RollbackReason::ProgressDeadline { deadline }) => b.roll_back(&format!(
-            "progress deadline exceeded: no weight step or iteration for {}",
-            humantime::format_duration(*deadline)
         )),
         PassKind::SkipAnalysis => {
             b.info(format!("skipAnalysis is set: promoting {key} at once"));
@@ -920,6 +895,29 @@ fn advance_traffic(b: &mut Builder<'_>, pre: bool) {
 
 // ---------------------------------------------------------------------------------------
 // External inputs
+
+/// The platform saw the canary workload stay unready past `progressDeadlineSeconds`
+/// (Kubernetes mode). As in Flagger, this rolls the run back; `why` says what its rollout
+/// reported. Outside a run there is nothing to roll back. A primary that is slow to take a
+/// promoted revision is waited for, not failed: the promotion pass is held while the
+/// canary keeps serving its share (Flagger instead fails the promotion and sends all
+/// traffic to the canary).
+pub fn on_not_ready(
+    spec: &CanarySpec,
+    state: &CanaryState,
+    why: &str,
+    now: Timestamp,
+) -> Transition {
+    if !state.phase.is_running() {
+        return Transition::unchanged(state);
+    }
+    let mut b = Builder::new(spec, state, now);
+    b.state.last_pass_at = Some(now);
+    b.state.pass_requested = false;
+    let deadline = humantime::format_duration(spec.progress_deadline());
+    b.roll_back(&format!("progress deadline exceeded ({deadline}): {why}"));
+    b.finish()
+}
 
 /// A revision was posted (local mode) or detected (Kubernetes mode).
 pub fn on_revision(
