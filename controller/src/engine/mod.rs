@@ -550,7 +550,7 @@ pub fn plan(spec: &CanarySpec, state: &CanaryState, now: Timestamp) -> PassPlan 
     match state.phase {
         Phase::Promoting => run(PassKind::Promote, Vec::new()),
         Phase::Finalising => run(PassKind::Finalise, Vec::new()),
-        Phase::Progressing | Phase::WaitingPromotion => plan_analysis(spec, state, now),
+        Phase::Progressing | Phase::WaitingPromotion => plan_analysis(spec, state),
         _ => {
             let mut steps = Vec::new();
             push_hooks(spec, &mut steps, HookType::ConfirmRollout);
@@ -623,7 +623,7 @@ fn pass_gap(spec: &CanarySpec, state: &CanaryState, now: Timestamp) -> Duration 
     })
 }
 
-fn plan_analysis(spec: &CanarySpec, state: &CanaryState, now: Timestamp) -> PassPlan {
+fn plan_analysis(spec: &CanarySpec, state: &CanaryState) -> PassPlan {
     let run = |kind, steps| PassPlan::Run { kind, steps };
     if spec.skip_analysis {
         return run(PassKind::SkipAnalysis, Vec::new());
