@@ -23,6 +23,7 @@ use support::poll_until;
 use support::prometheus::one_sample_answer;
 use tokio::sync::Semaphore;
 use veer_controller::checks::prometheus::{MetricsSet, PrometheusClient};
+use veer_controller::platform::local::{load_state_file, LocalPlatform};
 use veer_controller::runner::{Runner, RunnerConfig};
 use veer_controller::serve::api::{CanaryControl, Command, CommandError};
 use veer_controller::spec::{load_texts, SpecSet};
@@ -88,15 +89,22 @@ async fn start(
 ) -> (Arc<Runner>, Registry) {
     let mut registry = Registry::default();
     let config = RunnerConfig {
-        state_file: state_file.to_path_buf(),
         metrics_set: MetricsSet::Veer,
         prometheus: prometheus.map(|p| PrometheusClient::new(p).unwrap()),
         gateway_ttl: Duration::from_secs(60),
     };
-    let saved = veer_controller::runner::load_state_file(state_file).unwrap();
-    let runner = Runner::start(config, saved, set.canaries.clone(), &mut registry)
-        .await
-        .unwrap();
+    let saved = load_state_file(state_file).unwrap();
+    let platform = Arc::new(LocalPlatform::new(state_file.to_path_buf()));
+    let restored = saved.map(|s| s.restored()).unwrap_or_default();
+    let runner = Runner::start(
+        config,
+        platform,
+        restored,
+        set.canaries.clone(),
+        &mut registry,
+    )
+    .await
+    .unwrap();
     (runner, registry)
 }
 

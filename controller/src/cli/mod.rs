@@ -23,8 +23,9 @@ use serde_json::Value;
 
 use crate::checks::prometheus::{MetricsSet, PrometheusClient};
 use crate::cli::explain::{explain, ExplainOptions};
+use crate::platform::local::{load_state_file, log_problems, LocalPlatform, SpecDir};
 use crate::render::{render, render_all, RenderOptions};
-use crate::runner::{self, log_problems, Runner, RunnerConfig, SpecDir};
+use crate::runner::{Runner, RunnerConfig};
 use crate::serve::api::{self, ServerState};
 use crate::spec::{self, MetricSource, SpecSet};
 
@@ -299,7 +300,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
         return Err(fail("--canaries DIR and --state FILE are required"));
     };
     let token = read_token(&args)?;
-    let saved = runner::load_state_file(&state_file).map_err(|e| fail(e.to_string()))?;
+    let saved = load_state_file(&state_file).map_err(|e| fail(e.to_string()))?;
     match &saved {
         Some(s) => tracing::info!(
             state = %state_file.display(), canaries = s.canaries.len(), generation = s.table_generation,
@@ -334,13 +335,14 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let mut registry = prometheus_client::registry::Registry::default();
     let config = RunnerConfig {
-        state_file: state_file.clone(),
         metrics_set: args.metrics_set,
         prometheus,
         gateway_ttl: args.gateway_id_ttl,
     };
     let loaded = set.canaries.len();
-    let runner = Runner::start(config, saved, set.canaries, &mut registry)
+    let platform = Arc::new(LocalPlatform::new(state_file.clone()));
+    let restored = saved.map(|s| s.restored()).unwrap_or_default();
+    let runner = Runner::start(config, platform, restored, set.canaries, &mut registry)
         .await
         .map_err(|e| fail(e.to_string()))?;
     if token.is_none() {

@@ -23,12 +23,10 @@
 //! the pass runs again from the new state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinSet;
@@ -40,14 +38,11 @@ use crate::engine::{
     self, Action, CanaryState, CheckKind, CheckResult, EventSeverity, IdleReason, PassObservations,
     PassPlan, PassStep, Phase, StepResult, Timestamp,
 };
-use crate::platform::local::store::{self, StoreError};
+use crate::platform::{Commit, CommittedCanary, Gate, Platform};
 use crate::serve::api::{CanaryControl, Command, CommandError};
 use crate::serve::observe::{CanaryGauges, GaugeSource, PassOutcome, RunnerMetrics};
 use crate::serve::table_hub::TableHub;
 use crate::spec::{CanarySpec, MetricSource, Severity, SpecSet};
-
-/// The state file format this veer writes and reads.
-pub const STATE_FILE_VERSION: u32 = 1;
 
 /// How long shutdown waits for canary tasks to leave their pass before aborting them.
 /// Aborting is safe (nothing is committed mid-pass), only effects in flight are lost.
@@ -61,48 +56,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// also keeps the table's generation rate, and so the cost of serving it, at two per
 /// second however many canaries and gateways there are.
 const WRITE_SPACING: Duration = Duration::from_millis(500);
-
-// ---------------------------------------------------------------------------------------
-// The state file
-
-/// The local-mode state file: everything a restart needs.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StateFile {
-    pub version: u32,
-    /// The generation of the last table served (or about to be): the next run serves a
-    /// higher one, so gateways holding it take the new table.
-    pub table_generation: u64,
-    /// By `namespace/name`. Canaries whose spec is gone are kept, so a spec that comes back
-    /// (or was only broken for a while) resumes where it was.
-    #[serde(default)]
-    pub canaries: BTreeMap<String, CanaryState>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateFileError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(
-        "state file {} has format version {found}, this veer reads version {STATE_FILE_VERSION}",
-        path.display()
-    )]
-    Version { path: PathBuf, found: u32 },
-}
-
-/// Reads the state file; `Ok(None)` only when it does not exist.
-pub fn load_state_file(path: &Path) -> Result<Option<StateFile>, StateFileError> {
-    let Some(file) = store::load::<StateFile>(path)? else {
-        return Ok(None);
-    };
-    if file.version != STATE_FILE_VERSION {
-        return Err(StateFileError::Version {
-            path: path.to_path_buf(),
-            found: file.version,
-        });
-    }
-    Ok(Some(file))
-}
 
 // ---------------------------------------------------------------------------------------
 // Committed state
@@ -125,7 +78,7 @@ struct Entry {
 struct Shared {
     hub: Arc<TableHub>,
     book: Mutex<BTreeMap<String, Entry>>,
-    state_file: PathBuf,
+    platform: Arc<dyn Platform>,
 }
 
 impl GaugeSource for Shared {
@@ -199,64 +152,23 @@ struct Committer {
 /// replaces those that change.
 #[derive(Clone)]
 struct Staged {
-    spec: Arc<CanarySpec>,
-    state: Arc<CanaryState>,
-    version: u64,
-    /// The route of `spec` and `state`, derived when either changes, not on every write.
+    canary: CommittedCanary,
+    /// The route of its spec and state, derived when either changes, not on every write.
     route: Arc<Route>,
-    /// `state` as it appears in the state file ([`state_json`]); encoded once per change.
-    json: Option<Arc<[u8]>>,
 }
 
 impl Staged {
     fn new(spec: Arc<CanarySpec>, state: CanaryState, version: u64) -> Staged {
         let route = Arc::new(engine::route_for_state(&spec, &state));
         Staged {
-            spec,
-            state: Arc::new(state),
-            version,
+            canary: CommittedCanary {
+                spec,
+                state: Arc::new(state),
+                version,
+            },
             route,
-            json: None,
         }
     }
-}
-
-/// A canary's state as the state file's pretty-printed JSON has it: at depth 2, inside
-/// `"canaries"`. Encoded on its own, a state starts at depth 0, so every line after the
-/// first gets two more levels of indentation (JSON strings never contain a raw newline).
-fn state_json(state: &CanaryState) -> Result<Arc<[u8]>, serde_json::Error> {
-    let flat = serde_json::to_vec_pretty(state)?;
-    let mut out = Vec::with_capacity(flat.len() + flat.len() / 8);
-    for &b in &flat {
-        out.push(b);
-        if b == b'\n' {
-            out.extend_from_slice(b"    ");
-        }
-    }
-    Ok(out.into())
-}
-
-/// The state file's bytes from every canary's [`state_json`] in key order: the same bytes
-/// `serde_json::to_vec_pretty` gives for the whole [`StateFile`] (plus a final newline),
-/// without encoding again the states that did not change.
-fn state_file_json<'a>(
-    table_generation: u64,
-    canaries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = format!(
-        "{{\n  \"version\": {STATE_FILE_VERSION},\n  \"tableGeneration\": {table_generation},\n  \"canaries\": {{"
-    )
-    .into_bytes();
-    let mut any = false;
-    for (key, json) in canaries {
-        out.extend_from_slice(if any { b",\n    " } else { b"\n    " });
-        serde_json::to_writer(&mut out, key)?;
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(json);
-        any = true;
-    }
-    out.extend_from_slice(if any { b"\n  }\n}\n" } else { b"}\n}\n" });
-    Ok(out)
 }
 
 impl Committer {
@@ -296,9 +208,9 @@ impl Committer {
                     state,
                 } => match staged.get(&key) {
                     None => Err(CommitError::Gone),
-                    Some(s) if s.version != version => Err(CommitError::Stale),
+                    Some(s) if s.canary.version != version => Err(CommitError::Stale),
                     Some(s) => {
-                        let spec = s.spec.clone();
+                        let spec = s.canary.spec.clone();
                         let version = self.version();
                         staged.insert(key, Staged::new(spec, *state, version));
                         Ok(Receipt::default())
@@ -315,50 +227,31 @@ impl Committer {
             return;
         }
 
-        let path = self.shared.state_file.clone();
-        let result = Self::encode_states(&mut staged, &orphans)
-            .map_err(|source| {
-                StoreError::Encode {
-                    path: path.clone(),
-                    source,
-                }
-                .to_string()
+        // The platform saves the commit (state file, or Canary status) before its table is
+        // served; a table that did not change still needs the states saved.
+        let canaries: BTreeMap<String, CommittedCanary> = staged
+            .iter()
+            .map(|(key, s)| (key.clone(), s.canary.clone()))
+            .collect();
+        let platform = &self.shared.platform;
+        let save = |generation: u64| {
+            platform.save(&Commit {
+                generation,
+                canaries: &canaries,
+                orphans: &orphans,
             })
-            .and_then(|orphans_json| {
-                // A canary is either loaded or an orphan, never both.
-                let mut canaries: BTreeMap<&str, &[u8]> = orphans_json
-                    .iter()
-                    .map(|(key, json)| (*key, &json[..]))
-                    .collect();
-                canaries.extend(
-                    staged
-                        .iter()
-                        .filter_map(|(key, s)| Some((key.as_str(), s.json.as_deref()?))),
-                );
-                let document = |generation: u64| {
-                    state_file_json(generation, canaries.iter().map(|(k, j)| (*k, *j))).map_err(
-                        |source| StoreError::Encode {
-                            path: path.clone(),
-                            source,
-                        },
-                    )
-                };
-                let routes: Vec<Route> = staged.values().map(|s| (*s.route).clone()).collect();
-                let mut saved = false;
-                let published = self.shared.hub.publish_checked(routes, |generation| {
-                    store::save_json(&path, &document(generation)?)?;
-                    saved = true;
-                    Ok::<(), StoreError>(())
-                });
-                match published {
-                    // The table did not change: the states still must reach the file.
-                    Ok(generation) if !saved => document(generation)
-                        .and_then(|json| store::save_json(&path, &json))
-                        .map(|()| generation)
-                        .map_err(|e| e.to_string()),
-                    other => other.map_err(|e| e.to_string()),
-                }
-            });
+        };
+        let routes: Vec<Route> = staged.values().map(|s| (*s.route).clone()).collect();
+        let mut saved = false;
+        let published = self.shared.hub.publish_checked(routes, |generation| {
+            save(generation)?;
+            saved = true;
+            Ok::<(), String>(())
+        });
+        let result = match published {
+            Ok(generation) if !saved => save(generation).map(|()| generation),
+            other => other.map_err(|e| e.to_string()),
+        };
         let generation = match result {
             Ok(generation) => generation,
             Err(message) => {
@@ -392,11 +285,11 @@ impl Committer {
                 let route_changed = route_changed(key, s);
                 match book.get_mut(key) {
                     Some(entry) => {
-                        if entry.version != s.version {
-                            let spec_changed = !Arc::ptr_eq(&entry.spec, &s.spec);
-                            entry.spec = s.spec.clone();
-                            entry.state = (*s.state).clone();
-                            entry.version = s.version;
+                        if entry.version != s.canary.version {
+                            let spec_changed = !Arc::ptr_eq(&entry.spec, &s.canary.spec);
+                            entry.spec = s.canary.spec.clone();
+                            entry.state = (*s.canary.state).clone();
+                            entry.version = s.canary.version;
                             if spec_changed {
                                 entry.wake.notify_one();
                             }
@@ -409,9 +302,9 @@ impl Committer {
                         book.insert(
                             key.clone(),
                             Entry {
-                                spec: s.spec.clone(),
-                                state: (*s.state).clone(),
-                                version: s.version,
+                                spec: s.canary.spec.clone(),
+                                state: (*s.canary.state).clone(),
+                                version: s.canary.version,
                                 route_generation: generation,
                                 wake: Arc::new(Notify::new()),
                             },
@@ -428,21 +321,6 @@ impl Committer {
                 receipt
             }));
         }
-    }
-
-    /// Encodes the states that changed since they were last written (in place), and every
-    /// orphan's (there are none unless canary files were removed).
-    fn encode_states<'a>(
-        staged: &mut BTreeMap<String, Staged>,
-        orphans: &'a BTreeMap<String, CanaryState>,
-    ) -> Result<BTreeMap<&'a str, Arc<[u8]>>, serde_json::Error> {
-        for s in staged.values_mut().filter(|s| s.json.is_none()) {
-            s.json = Some(state_json(&s.state)?);
-        }
-        orphans
-            .iter()
-            .map(|(key, state)| Ok((key.as_str(), state_json(state)?)))
-            .collect()
     }
 
     /// Makes `specs` the loaded set: new canaries take their saved state (or start fresh),
@@ -462,7 +340,7 @@ impl Committer {
             .collect();
         for key in gone {
             if let Some(s) = staged.remove(&key) {
-                orphans.insert(key.clone(), Arc::unwrap_or_clone(s.state));
+                orphans.insert(key.clone(), Arc::unwrap_or_clone(s.canary.state));
                 receipt.removed.push(key);
             }
         }
@@ -470,14 +348,17 @@ impl Committer {
             let key = spec.key();
             match staged.get_mut(&key) {
                 Some(s) => {
-                    if *s.spec != *spec {
-                        s.route = Arc::new(engine::route_for_state(&spec, &s.state));
-                        s.spec = spec;
-                        s.version = self.version();
+                    if *s.canary.spec != *spec {
+                        s.route = Arc::new(engine::route_for_state(&spec, &s.canary.state));
+                        s.canary.spec = spec;
+                        s.canary.version = self.version();
                     }
                 }
                 None => {
-                    let state = orphans.remove(&key).unwrap_or_default();
+                    let state = orphans
+                        .remove(&key)
+                        .or_else(|| self.shared.platform.saved_state(&key))
+                        .unwrap_or_default();
                     let version = self.version();
                     staged.insert(key.clone(), Staged::new(spec, state, version));
                     receipt.added.push(key);
@@ -491,10 +372,19 @@ impl Committer {
 // ---------------------------------------------------------------------------------------
 // The runner
 
+/// What a restarted runner resumes from.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// The generation of the last table served (or reserved): the first table served now
+    /// is above it, so gateways holding an older one take it.
+    pub table_generation: u64,
+    /// Saved states by `namespace/name`, for canaries whose specs load now or later.
+    pub canaries: BTreeMap<String, CanaryState>,
+}
+
 /// How the runner is set up.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    pub state_file: PathBuf,
     /// The builtin metrics' query set unless a spec picks another.
     pub metrics_set: MetricsSet,
     /// `--prometheus`; `None` makes every builtin or inline metric check fail with a
@@ -511,7 +401,7 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("cannot build the webhook HTTP client: {0}")]
     Http(String),
-    #[error("cannot write the state file at start, so nothing can be served safely: {0}")]
+    #[error("cannot save the state at start, so nothing can be served safely: {0}")]
     FirstSave(String),
 }
 
@@ -532,21 +422,23 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Restores `saved` (from [`load_state_file`]), loads `specs`, writes the state file and
-    /// serves the first table (its generation above any the previous run served), then
-    /// starts one task per canary. Registers the runner's metrics in `registry`.
+    /// Restores `restored` (what the platform saved), loads `specs`, saves through the
+    /// platform and serves the first table (its generation above any the previous run
+    /// served), then starts one task per canary. Registers the runner's metrics in
+    /// `registry`.
     pub async fn start(
         config: RunnerConfig,
-        saved: Option<StateFile>,
+        platform: Arc<dyn Platform>,
+        restored: Restored,
         specs: Vec<CanarySpec>,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Arc<Runner>, StartError> {
-        let saved = saved.unwrap_or_default();
+        let saved = restored;
         let hub = Arc::new(TableHub::new(saved.table_generation));
         let shared = Arc::new(Shared {
             hub,
             book: Mutex::new(BTreeMap::new()),
-            state_file: config.state_file.clone(),
+            platform,
         });
         let metrics = RunnerMetrics::register(registry, shared.clone());
         let caller = WebhookCaller::new().map_err(|e| StartError::Http(e.to_string()))?;
@@ -740,7 +632,7 @@ impl Runner {
             };
             let now = now();
             let plan = engine::plan(&spec, &state, now);
-            let PassPlan::Run { steps, .. } = &plan else {
+            let PassPlan::Run { kind, steps } = &plan else {
                 let sleep = match &plan {
                     PassPlan::Idle(IdleReason::NotDue { next_at }) => Some(next_at.since(now)),
                     _ => None,
@@ -758,16 +650,42 @@ impl Runner {
                 }
                 continue;
             };
+            // The workloads must be ready for this pass (Kubernetes mode); a canary unready
+            // past its deadline is rolled back through the engine like any transition.
+            let gated = tokio::select! {
+                gate = self.shared.platform.gate(&spec, &state, *kind) => gate,
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            };
+            let gated_transition = match gated {
+                Gate::Proceed => None,
+                Gate::Wait(why) => {
+                    tracing::info!(canary = %key, phase = %state.phase, "waiting before the pass: {why}");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.shared.platform.gate_retry()) => {}
+                        () = wake.notified() => {}
+                        _ = stop.wait_for(|stopped| *stopped) => return,
+                    }
+                    continue;
+                }
+                Gate::Fail(why) => Some(engine::on_not_ready(&spec, &state, &why, now)),
+            };
             let started = Instant::now();
-            let observations = tokio::select! {
-                observations = self.execute(&spec, &state, steps) => observations,
-                _ = stop.wait_for(|stopped| *stopped) => {
-                    tracing::info!(canary = %key, "shutting down: the pass in flight is abandoned and runs again after restart");
-                    return;
+            let (observations, transition) = match gated_transition {
+                Some(transition) => (PassObservations::default(), transition),
+                None => {
+                    let observations = tokio::select! {
+                        observations = self.execute(&spec, &state, steps) => observations,
+                        _ = stop.wait_for(|stopped| *stopped) => {
+                            tracing::info!(canary = %key, "shutting down: the pass in flight is abandoned and runs again after restart");
+                            return;
+                        }
+                    };
+                    let transition =
+                        engine::advance(&spec, &state, &plan, &observations, self::now());
+                    (observations, transition)
                 }
             };
             let took = started.elapsed();
-            let transition = engine::advance(&spec, &state, &plan, &observations, self::now());
             let new_state = transition.state.clone();
             match self
                 .submit(Change::State {
@@ -1011,6 +929,7 @@ impl Runner {
     ) {
         let key = spec.key();
         for action in actions {
+            self.shared.platform.apply(spec, state, &action).await;
             match action {
                 Action::PublishRoute(route) => tracing::info!(
                     canary = %key, weight_bp = route.weight, mirror_bp = route.mirror_weight, generation,
@@ -1283,148 +1202,4 @@ fn now() -> Timestamp {
 /// cannot leave the data half-changed and a poisoned lock is still usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-// ---------------------------------------------------------------------------------------
-// The canary directory
-
-/// A canary directory re-read only when its YAML files change (names, sizes or mtimes), so
-/// a frequent check costs a directory listing, not a parse of every spec.
-#[derive(Debug)]
-pub struct SpecDir {
-    dir: PathBuf,
-    seen: Option<Vec<(PathBuf, u64, Option<SystemTime>)>>,
-}
-
-impl SpecDir {
-    pub fn new(dir: PathBuf) -> SpecDir {
-        SpecDir { dir, seen: None }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Makes the next [`load_if_changed`](SpecDir::load_if_changed) read the directory.
-    pub fn invalidate(&mut self) {
-        self.seen = None;
-    }
-
-    /// Loads the directory if it changed since the last load (or was never loaded).
-    /// `Ok(None)`: unchanged.
-    pub fn load_if_changed(&mut self) -> Result<Option<SpecSet>, crate::spec::SpecDirError> {
-        let signature = self
-            .signature()
-            .map_err(|source| crate::spec::SpecDirError {
-                dir: self.dir.clone(),
-                source,
-            })?;
-        if self.seen.as_ref() == Some(&signature) {
-            return Ok(None);
-        }
-        let set = crate::spec::load_dir(&self.dir)?;
-        self.seen = Some(signature);
-        Ok(Some(set))
-    }
-
-    fn signature(&self) -> std::io::Result<Vec<(PathBuf, u64, Option<SystemTime>)>> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let yaml = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e == "yaml" || e == "yml");
-            if !yaml {
-                continue;
-            }
-            // Follows symlinks, as a ConfigMap volume's files are symlinks.
-            match std::fs::metadata(&path) {
-                Ok(meta) => files.push((path, meta.len(), meta.modified().ok())),
-                Err(_) => files.push((path, 0, None)),
-            }
-        }
-        files.sort();
-        Ok(files)
-    }
-}
-
-/// Logs every problem of a loaded set, each naming its file, document and field.
-pub fn log_problems(set: &SpecSet) {
-    for problem in &set.problems {
-        match problem.severity {
-            Severity::Warning => tracing::warn!("{problem}"),
-            Severity::Error => tracing::error!("{problem} (this document is not loaded)"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::{CheckKind, CheckResult};
-
-    fn state(weight: u32, message: &str) -> CanaryState {
-        CanaryState {
-            phase: Phase::Progressing,
-            weight,
-            canary_revision: Some("v2".into()),
-            primary_revision: Some("v\"1\"\n".into()),
-            last_pass_at: Some(Timestamp::from_millis(1_700_000_000_123)),
-            last_checks: vec![CheckResult {
-                name: "request-success-rate".into(),
-                kind: CheckKind::Metric,
-                passed: true,
-                value: Some(99.5),
-                message: String::new(),
-            }],
-            message: message.into(),
-            ..CanaryState::default()
-        }
-    }
-
-    /// The state file assembled from per-canary pieces must be byte for byte what encoding
-    /// the whole document gives, so it reads back the same and looks the same to a person.
-    #[test]
-    fn assembled_state_file_is_the_pretty_json_of_the_whole_document() {
-        let file = StateFile {
-            version: STATE_FILE_VERSION,
-            table_generation: 42,
-            canaries: BTreeMap::from([
-                (
-                    "a/one".to_string(),
-                    state(10, "Advance a/one canary weight 10"),
-                ),
-                ("b/\"odd\" name".to_string(), CanaryState::default()),
-                ("c/three".to_string(), state(0, "line one\nline two")),
-            ]),
-        };
-        let pieces: Vec<(String, Arc<[u8]>)> = file
-            .canaries
-            .iter()
-            .map(|(k, s)| (k.clone(), state_json(s).unwrap()))
-            .collect();
-        let assembled = state_file_json(
-            file.table_generation,
-            pieces.iter().map(|(k, j)| (k.as_str(), &j[..])),
-        )
-        .unwrap();
-        let mut whole = serde_json::to_vec_pretty(&file).unwrap();
-        whole.push(b'\n');
-        assert_eq!(
-            String::from_utf8(assembled.clone()).unwrap(),
-            String::from_utf8(whole).unwrap()
-        );
-        let read_back: StateFile = serde_json::from_slice(&assembled).unwrap();
-        assert_eq!(read_back, file);
-
-        let empty = StateFile {
-            version: STATE_FILE_VERSION,
-            table_generation: 7,
-            canaries: BTreeMap::new(),
-        };
-        let mut whole = serde_json::to_vec_pretty(&empty).unwrap();
-        whole.push(b'\n');
-        assert_eq!(state_file_json(7, []).unwrap(), whole);
-    }
 }
