@@ -72,6 +72,9 @@ pub enum CliCommand {
     /// Check every Canary and MetricTemplate in a directory (or one file); exits non-zero
     /// on errors. For CI pipelines.
     Validate(ValidateArgs),
+    /// Print the CustomResourceDefinitions of Canary and MetricTemplate (flagger.app/v1beta1)
+    /// for Kubernetes mode: `veer crds | kubectl apply --server-side -f -`.
+    Crds,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +221,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         CliCommand::Explain(args) => explain_file(&args),
         CliCommand::Render(args) => render_file(&args),
         CliCommand::Validate(args) => validate(&args.path),
+        CliCommand::Crds => {
+            let yaml = crate::platform::kubernetes::crd::crds_yaml()
+                .map_err(|e| fail(format!("cannot encode the CRDs: {e}")))?;
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
         client => {
             init_logging("warn");
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -676,7 +685,8 @@ async fn run_client(command: CliCommand) -> Result<ExitCode, CliError> {
         CliCommand::Controller(_)
         | CliCommand::Explain(_)
         | CliCommand::Render(_)
-        | CliCommand::Validate(_) => {
+        | CliCommand::Validate(_)
+        | CliCommand::Crds => {
             return Err(fail("internal: not a client command"));
         }
     };

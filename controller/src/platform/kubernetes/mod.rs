@@ -1,1 +1,3 @@
 //! Kubernetes mode.
+
+pub mod crd;
