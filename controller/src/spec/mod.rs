@@ -171,6 +171,8 @@ pub struct CanarySpec {
     pub progress_deadline_seconds: Option<u64>,
     pub skip_analysis: bool,
     pub suspend: bool,
+    /// Kubernetes mode: on deletion, give the target its traffic back (Flagger's finalizer).
+    pub revert_on_deletion: bool,
     /// `veer.dev/v1alpha1` extensions; empty for Flagger's apiVersion.
     pub veer: VeerSpec,
 }
@@ -836,7 +838,6 @@ const NOT_USED: &[(&str, &str)] = &[
     ("spec.ingressRef", "an ingress-controller provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.routeRef", "an APISIX provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.upstreamRef", "a Gloo provider field; veer routes in the Istio/Envoy gateway"),
-    ("spec.revertOnDeletion", "veer does not mutate the target workload, so there is nothing to revert"),
     ("spec.canaryAnalysis", "the pre-v1beta1 name of spec.analysis; rename it to spec.analysis"),
     ("spec.service.portDiscovery", "veer render writes the one port in service.port"),
     ("spec.service.headless", "veer routes through ClusterIP Services"),
@@ -926,6 +927,8 @@ struct RawCanaryBody {
     skip_analysis: bool,
     #[serde(default)]
     suspend: bool,
+    #[serde(default)]
+    revert_on_deletion: bool,
     #[serde(default)]
     analysis: Option<RawAnalysis>,
     #[serde(default)]
@@ -1409,6 +1412,7 @@ fn check_canary(
         },
         progress_deadline_seconds,
         skip_analysis: body.skip_analysis,
+        revert_on_deletion: body.revert_on_deletion,
         suspend: body.suspend,
         veer,
     };
