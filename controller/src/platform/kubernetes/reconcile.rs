@@ -332,10 +332,10 @@ impl Reconciler {
     }
 
     fn revision(&self, namespace: &str, name: &str, rev: &str) {
-        let runner = self.runner.clone();
-        let answer = tokio::task::block_in_place(|| {
-            runner.command(namespace, name, Command::Revision(rev.to_string()))
-        });
+        // The same call as local mode's `POST .../revision` (it waits for the commit).
+        let answer = self
+            .runner
+            .command(namespace, name, Command::Revision(rev.to_string()));
         if let Err(e) = answer {
             tracing::warn!(canary = %format!("{namespace}/{name}"), error = %e, "the new revision is not taken yet; retrying");
         }
