@@ -453,7 +453,7 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
             && weights.contains(&6000),
         "weights served: {weights:?}"
     );
-    let events = events(&cluster, "podinfo");
+    let seen = events(&cluster, "podinfo");
     for text in [
         "Initialization done!",
         "New revision detected! Scaling up podinfo.test",
@@ -462,7 +462,7 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
         "Copying podinfo.test template spec to podinfo-primary.test",
         "Promotion completed!",
     ] {
-        assert_event(&events, text);
+        assert_event(&seen, text);
     }
     let describe = kubectl(&cluster, &["describe", "canary", "podinfo", "-n", NS]);
     assert!(describe.contains("Synced"), "{describe}");
@@ -560,8 +560,8 @@ fn failing_metrics_and_an_unready_canary_roll_back() {
     assert_eq!(end["canaryWeight"], 0.0);
     assert_eq!(end["conditions"][0]["status"], "False");
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.0.0");
-    let events = events(&cluster, "podinfo");
-    assert_event(&events, "failed checks threshold reached");
+    let seen = events(&cluster, "podinfo");
+    assert_event(&seen, "failed checks threshold reached");
     poll_until(
         "the target to be back at 0",
         Duration::from_secs(20),
@@ -610,9 +610,9 @@ fn failing_metrics_and_an_unready_canary_roll_back() {
         "failed after {took:?}, before the 20s deadline"
     );
     assert_eq!(end["canaryWeight"], 0.0, "no traffic ever went to it");
-    let events = events(&cluster, "podinfo");
-    assert_event(&events, "progress deadline exceeded");
-    assert_event(&events, "updated replicas are available");
+    let seen = events(&cluster, "podinfo");
+    assert_event(&seen, "progress deadline exceeded");
+    assert_event(&seen, "updated replicas are available");
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.0.0");
 }
 
@@ -744,4 +744,84 @@ fn a_verb_missing_from_the_cluster_role_fails_with_a_clear_error() {
         Duration::from_secs(60),
         phase_is("Initialized"),
     );
+}
+
+/// A hundred Canaries in one namespace all initialize (primaries, Services,
+/// VirtualServices, targets scaled to 0); the controller's resident memory with them is
+/// printed for the record (not asserted: memory targets belong in benchmarks).
+#[test]
+fn a_hundred_canaries_initialize() {
+    let _serial = one_at_a_time();
+    let cluster = KubeCluster::up().unwrap();
+    let count = 100;
+    let mut yaml = app_yaml("app-0", "app:1");
+    yaml.push_str("---\n");
+    yaml.push_str(&canary_yaml("app-0", ""));
+    for i in 1..count {
+        let name = format!("app-{i}");
+        yaml.push_str("---\n");
+        yaml.push_str(
+            &app_yaml(&name, "app:1")
+                .split_once("---\n")
+                .unwrap()
+                .1
+                .replace("replicas: 2", "replicas: 1"),
+        );
+        yaml.push_str("---\n");
+        yaml.push_str(&canary_yaml(&name, "").replace(
+            "      - app.example.com",
+            &format!("      - {name}.example.com"),
+        ));
+    }
+    cluster.apply(&yaml).unwrap();
+    let dir = veer_e2e::process::work_dir("k8s-hundred").unwrap();
+    let listen = ([127, 0, 0, 1], veer_e2e::ports::free_port().unwrap()).into();
+    let controller = veer_e2e::controller::Controller::start(
+        &dir,
+        veer_e2e::controller::ControllerSpec {
+            canaries_dir: dir.clone(),
+            state_file: dir.join("unused"),
+            kubeconfig: Some(cluster.veer_kubeconfig()),
+            prometheus_url: "http://127.0.0.1:9".into(),
+            listen,
+            metrics_set: "veer".into(),
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    poll_until(
+        "every Canary to be Initialized",
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+        || {
+            let list = json(&cluster, &["get", "canaries", "-n", NS]);
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            let done = items
+                .iter()
+                .filter(|c| c["status"]["phase"] == "Initialized")
+                .count();
+            if done == count {
+                Ok(())
+            } else {
+                Err(format!("{done} of {count} Initialized"))
+            }
+        },
+    )
+    .unwrap();
+    let took = started.elapsed();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", controller.pid().unwrap())).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?")
+        .to_string();
+    println!(
+        "{count} Canaries initialized in {:.1}s; controller {rss}",
+        took.as_secs_f64()
+    );
+    let served = controller
+        .canary(&format!("{NS}/app-{}", count - 1))
+        .unwrap();
+    assert_eq!(served["phase"], "Initialized");
 }
