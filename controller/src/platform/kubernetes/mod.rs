@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod crd;
+pub mod events;
 pub mod objects;
 pub mod readiness;
 pub mod reconcile;
@@ -24,12 +25,12 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use self::cluster::{canary_resource, Cluster, Scope};
 use self::crd::CanaryStatus;
+use self::events::{EventRecorder, EventType};
 use self::objects::primary_revision;
 use self::readiness::{readiness, Readiness};
 use self::reconcile::Reconciler;
@@ -62,7 +63,7 @@ pub struct KubeOptions {
 pub struct KubePlatform {
     cluster: Cluster,
     handle: tokio::runtime::Handle,
-    recorder: Recorder,
+    recorder: EventRecorder,
     generation: GenerationLease,
     /// `status.trackedConfigs` per canary, from the reconciler.
     tracked: Mutex<HashMap<String, BTreeMap<String, String>>>,
@@ -93,14 +94,7 @@ impl KubePlatform {
     /// A Kubernetes Event on the Canary, in Flagger's form (reason `Synced`).
     pub async fn event(&self, canary: &DynamicObject, type_: EventType, message: String) {
         let reference = canary.object_ref(&canary_resource());
-        let event = Event {
-            type_,
-            reason: "Synced".into(),
-            note: Some(message),
-            action: "Analysis".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
+        if let Err(e) = self.recorder.record(&reference, type_, &message).await {
             tracing::warn!(canary = %canary.name_any(), error = %e, "cannot record a Kubernetes event");
         }
     }
@@ -390,13 +384,7 @@ impl KubeMode {
         let cluster = Cluster::watch(client.clone(), &options.scope).await?;
         let (generation, base) =
             GenerationLease::open(client.clone(), &options.lease_namespace).await?;
-        let recorder = Recorder::new(
-            client,
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(options.instance.clone()),
-            },
-        );
+        let recorder = EventRecorder::new(client, options.instance.clone());
         let platform = Arc::new(KubePlatform {
             cluster: cluster.clone(),
             handle: tokio::runtime::Handle::current(),
