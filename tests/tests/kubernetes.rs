@@ -825,3 +825,108 @@ fn a_hundred_canaries_initialize() {
         .unwrap();
     assert_eq!(served["phase"], "Initialized");
 }
+
+/// The cluster a Flagger user migrates from: Flagger's own Canary CRD instead of veer's
+/// (it prunes `status.veerState`). A release still runs, and a controller restarted
+/// mid-run resumes from Flagger's status fields alone. Flagger's CRD is reference material
+/// beside developers' and CI's checkouts (`../shared/crds/`), not part of the repository.
+#[test]
+fn a_release_runs_under_flaggers_own_crd() {
+    let flagger_crds = veer_e2e::workspace_root().join("../shared/crds/flagger-crds.yaml");
+    if !flagger_crds.is_file() {
+        eprintln!(
+            "{} is not here; this cluster shape is not tried",
+            flagger_crds.display()
+        );
+        return;
+    }
+    let _serial = one_at_a_time();
+    let crds = flagger_crds.to_string_lossy().to_string();
+    let cluster = KubeCluster::up_with(&[("VEER_FLAGGER_CRDS", &crds)]).unwrap();
+    let crd = json(&cluster, &["get", "crd", "canaries.flagger.app"]);
+    assert!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep",
+        "not Flagger's CRD: {}",
+        crd["metadata"]
+    );
+    cluster
+        .apply(&app_yaml("podinfo", "podinfo:6.0.0"))
+        .unwrap();
+    // No metrics: the run's steps are gated by readiness and the engine alone.
+    let canary = canary_yaml("podinfo", "")
+        .split("    metrics:")
+        .next()
+        .unwrap()
+        .replace("interval: 3s", "interval: 2s")
+        .to_string();
+    cluster.apply(&canary).unwrap();
+    let dir = veer_e2e::process::work_dir("k8s-flagger-crd").unwrap();
+    let listen = ([127, 0, 0, 1], veer_e2e::ports::free_port().unwrap()).into();
+    let mut controller = veer_e2e::controller::Controller::start(
+        &dir,
+        veer_e2e::controller::ControllerSpec {
+            canaries_dir: dir.clone(),
+            state_file: dir.join("unused"),
+            kubeconfig: Some(cluster.veer_kubeconfig()),
+            prometheus_url: "http://127.0.0.1:9".into(),
+            listen,
+            metrics_set: "veer".into(),
+        },
+    )
+    .unwrap();
+    let initialized = wait_canary(
+        &cluster,
+        "podinfo",
+        "the Canary to be Initialized",
+        Duration::from_secs(60),
+        phase_is("Initialized"),
+    );
+    assert!(
+        initialized["veerState"].is_null(),
+        "Flagger's CRD keeps no veerState"
+    );
+    kubectl(
+        &cluster,
+        &[
+            "set",
+            "image",
+            "deployment/podinfo",
+            "podinfo=podinfo:6.1.0",
+            "-n",
+            NS,
+        ],
+    );
+    let at_kill = wait_canary(
+        &cluster,
+        "podinfo",
+        "the weight to reach 20",
+        Duration::from_secs(60),
+        |s| s["canaryWeight"].as_f64().unwrap_or(0.0) >= 20.0 && s["phase"] == "Progressing",
+    );
+    controller.kill();
+    controller.restart().unwrap();
+    let resumed = poll_until(
+        "the restarted controller to serve the run",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            let s = controller.canary(&format!("{NS}/podinfo"))?;
+            if s["phase"] == "Progressing" {
+                Ok(s)
+            } else {
+                Err(format!("{s}"))
+            }
+        },
+    )
+    .unwrap();
+    assert!(resumed["weight"].as_f64().unwrap() >= at_kill["canaryWeight"].as_f64().unwrap());
+    let end = wait_canary(
+        &cluster,
+        "podinfo",
+        "the run to end",
+        Duration::from_secs(120),
+        |s| s["phase"] == "Succeeded" || s["phase"] == "Failed",
+    );
+    assert_eq!(end["phase"], "Succeeded", "{end}");
+    assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.1.0");
+}
