@@ -106,7 +106,8 @@ fn render_the_seed_prints_the_istio_resources() {
         assert!(stdout.contains(kind), "missing {kind}:\n{stdout}");
     }
     // The same bytes as the library's render with the defaults.
-    let set = veer_controller::spec::load_file(&seed);
+    let set =
+        veer_controller::spec::load_file(&seed, &veer_controller::spec::LoadOptions::default());
     let expected = veer_controller::render::render(
         &set.canaries[0],
         &veer_controller::render::RenderOptions::default(),
@@ -180,7 +181,11 @@ fn validate_reports_the_bad_file_with_its_field_path_and_fails() {
 
     let output = run_veer(&["validate", "/nonexistent"], DEADLINE);
     assert!(!output.status.success());
-    assert!(text(&output.stderr).contains("/nonexistent"));
+    assert!(
+        text(&output.stdout).contains("error: /nonexistent: no such file or directory"),
+        "{}",
+        text(&output.stdout)
+    );
 }
 
 #[test]

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::check::check_canary;
+use super::check::{check_canary, CheckContext};
 use super::raw::{classify_ignored, deserialize_tracked, RawCanary, RawMetricTemplate};
-use super::{CanarySpec, MetricTemplate, SpecSource, FLAGGER_API_VERSION, VEER_API_VERSION};
+use super::{
+    CanarySpec, LoadOptions, MetricTemplate, SpecSource, FLAGGER_API_VERSION, VEER_API_VERSION,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -43,13 +45,15 @@ impl fmt::Display for SpecProblem {
     }
 }
 
-/// Everything loaded from a directory or file: the good canaries and templates, and every
-/// problem found (errors of dropped documents and warnings of kept ones).
+/// Everything loaded from files and directories: the good canaries and templates, and
+/// every problem found (errors of dropped documents and warnings of kept ones).
 #[derive(Debug, Clone, Default)]
 pub struct SpecSet {
     pub canaries: Vec<CanarySpec>,
     pub templates: Vec<MetricTemplate>,
     pub problems: Vec<SpecProblem>,
+    /// Every file read, in order: where templates were looked for.
+    pub files: Vec<PathBuf>,
 }
 
 impl SpecSet {
@@ -72,6 +76,24 @@ impl SpecSet {
             .iter()
             .filter(move |p| p.file == source.file && p.doc == Some(source.doc))
     }
+
+    /// The files read, for messages: `a.yaml, b.yaml` (the first few, then how many more).
+    pub fn files_read(&self) -> String {
+        const SHOWN: usize = 8;
+        if self.files.is_empty() {
+            return "no YAML file".to_string();
+        }
+        let mut names: Vec<String> = self
+            .files
+            .iter()
+            .take(SHOWN)
+            .map(|f| f.display().to_string())
+            .collect();
+        if self.files.len() > SHOWN {
+            names.push(format!("and {} more", self.files.len() - SHOWN));
+        }
+        names.join(", ")
+    }
 }
 
 /// The directory itself could not be listed.
@@ -82,15 +104,12 @@ pub struct SpecDirError {
     pub source: std::io::Error,
 }
 
-/// Loads every `*.yaml`/`*.yml` file in `dir` (not recursive), in name order.
-pub fn load_dir(dir: &Path) -> Result<SpecSet, SpecDirError> {
-    let err = |source| SpecDirError {
-        dir: dir.to_path_buf(),
-        source,
-    };
+/// The `*.yaml`/`*.yml` files in `dir` (not recursive, as kubectl without `-R`), in name
+/// order.
+fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(err)? {
-        let path = entry.map_err(err)?.path();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
         let is_yaml = path
             .extension()
             .and_then(|e| e.to_str())
@@ -100,48 +119,80 @@ pub fn load_dir(dir: &Path) -> Result<SpecSet, SpecDirError> {
         }
     }
     files.sort();
+    Ok(files)
+}
+
+/// Reads `files` and loads them together; an unreadable file is an error problem.
+fn load_files(files: Vec<PathBuf>, mut problems: Vec<SpecProblem>, opts: &LoadOptions) -> SpecSet {
     let mut inputs = Vec::new();
-    let mut set = SpecSet::default();
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => inputs.push((file, text)),
-            Err(e) => set.problems.push(SpecProblem {
-                severity: Severity::Error,
-                file,
-                doc: None,
-                path: None,
-                message: format!("cannot read: {e}"),
-            }),
+            Err(e) => problems.push(file_problem(&file, format!("cannot read: {e}"))),
         }
     }
-    let mut loaded = load_texts(&inputs);
-    set.problems.append(&mut loaded.problems);
-    loaded.problems = set.problems;
-    Ok(loaded)
+    let mut loaded = load_texts(&inputs, opts);
+    problems.append(&mut loaded.problems);
+    loaded.problems = problems;
+    loaded
 }
 
-/// Loads one file (`veer explain FILE`, `veer render FILE`). An unreadable file is one
-/// error problem in the set.
-pub fn load_file(file: &Path) -> SpecSet {
-    match std::fs::read_to_string(file) {
-        Ok(text) => load_texts(&[(file.to_path_buf(), text)]),
-        Err(e) => SpecSet {
-            problems: vec![SpecProblem {
-                severity: Severity::Error,
-                file: file.to_path_buf(),
-                doc: None,
-                path: None,
-                message: format!("cannot read: {e}"),
-            }],
-            ..SpecSet::default()
-        },
+fn file_problem(file: &Path, message: String) -> SpecProblem {
+    SpecProblem {
+        severity: Severity::Error,
+        file: file.to_path_buf(),
+        doc: None,
+        path: None,
+        message,
     }
+}
+
+/// Loads every YAML file in `dir` (the controller's `--canaries`). A directory that cannot
+/// be listed is an error of its own: the controller keeps the canaries it has.
+pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<SpecSet, SpecDirError> {
+    let files = yaml_files(dir).map_err(|source| SpecDirError {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(load_files(files, Vec::new(), opts))
+}
+
+/// Loads one file (`veer render FILE`). An unreadable file is one error problem in the set.
+pub fn load_file(file: &Path, opts: &LoadOptions) -> SpecSet {
+    load_paths(&[file.to_path_buf()], opts)
+}
+
+/// Loads files and directories together, as kubectl's `-f` takes them (`veer explain`,
+/// `veer validate`): a directory stands for its YAML files, not recursively. Templates are
+/// resolved across all of them. A path that does not exist or cannot be read is an error
+/// problem naming it.
+pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> SpecSet {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match yaml_files(path) {
+                Ok(mut found) => files.append(&mut found),
+                Err(e) => problems.push(file_problem(path, format!("cannot list: {e}"))),
+            }
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            problems.push(file_problem(path, "no such file or directory".into()));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    files.retain(|f| seen.insert(f.clone()));
+    load_files(files, problems, opts)
 }
 
 /// Loads YAML texts, each named by the file it came from. Templates are resolved across all
 /// of them, so a canary may refer to a template in another file.
-pub fn load_texts(inputs: &[(PathBuf, String)]) -> SpecSet {
-    let mut set = SpecSet::default();
+pub fn load_texts(inputs: &[(PathBuf, String)], opts: &LoadOptions) -> SpecSet {
+    let mut set = SpecSet {
+        files: inputs.iter().map(|(file, _)| file.clone()).collect(),
+        ..SpecSet::default()
+    };
     let mut raw_canaries = Vec::new();
     for (file, text) in inputs {
         for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
@@ -161,9 +212,19 @@ pub fn load_texts(inputs: &[(PathBuf, String)]) -> SpecSet {
             read_document(value, source, &mut set, &mut raw_canaries);
         }
     }
+    let context = CheckContext {
+        templates: &set.templates,
+        files_read: set.files_read(),
+        opts,
+    };
+    let mut checked = Vec::new();
     for (source, raw) in raw_canaries {
         let mut problems = Vec::new();
-        if let Some(canary) = check_canary(raw, &source, &set.templates, &mut problems) {
+        let canary = check_canary(raw, &source, &context, &mut problems);
+        checked.push((source, canary, problems));
+    }
+    for (source, canary, mut problems) in checked {
+        if let Some(canary) = canary {
             let duplicate = set
                 .canaries
                 .iter()
@@ -277,6 +338,14 @@ fn read_document(
                 }
             }
         }
+        (_, "Canary" | "MetricTemplate") => {
+            set.problems.push(problem(
+                Severity::Error,
+                &source,
+                Some("apiVersion".into()),
+                unsupported_api_version(&api_version, &kind),
+            ));
+        }
         _ => {
             tracing::debug!(
                 file = %source.file.display(),
@@ -287,6 +356,29 @@ fn read_document(
             );
         }
     }
+}
+
+/// Why a Canary or MetricTemplate of another apiVersion is not read, and what to write.
+fn unsupported_api_version(api_version: &str, kind: &str) -> String {
+    let supported = if kind == "Canary" {
+        format!("{FLAGGER_API_VERSION} (or veer's {VEER_API_VERSION})")
+    } else {
+        FLAGGER_API_VERSION.to_string()
+    };
+    let found = if api_version.is_empty() {
+        "missing".to_string()
+    } else {
+        format!("{api_version:?} is not supported")
+    };
+    let advice = if api_version.starts_with("flagger.app/v1alpha") {
+        format!(
+            "; as Flagger's upgrade guide says, replace it with {FLAGGER_API_VERSION} (and a \
+             Canary's spec.canaryAnalysis with spec.analysis)"
+        )
+    } else {
+        String::new()
+    };
+    format!("{found} for a {kind}: veer reads {supported}{advice}")
 }
 
 fn template_warnings(raw: &RawMetricTemplate) -> Option<(&'static str, String)> {

@@ -26,24 +26,46 @@ use crate::checks::prometheus::{BuiltinMetric, MetricsSet, QueryVars, ThresholdR
 use crate::checks::webhooks::{Hook, HookType};
 
 pub use duration::{parse_go_duration, GoDuration};
-pub use load::{load_dir, load_file, load_texts, Severity, SpecDirError, SpecProblem, SpecSet};
+pub use load::{
+    load_dir, load_file, load_paths, load_texts, Severity, SpecDirError, SpecProblem, SpecSet,
+};
 
 /// `apiVersion` of Flagger's resources.
 pub const FLAGGER_API_VERSION: &str = "flagger.app/v1beta1";
 /// `apiVersion` of veer's own Canary (Flagger's schema plus `spec.veer`).
 pub const VEER_API_VERSION: &str = "veer.dev/v1alpha1";
+/// `spec.provider` of Flagger's Blue/Green without traffic routing.
+pub const KUBERNETES_PROVIDER: &str = "kubernetes";
 
 /// Default `analysis.interval` (Flagger's).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
-/// Shortest `analysis.interval` veer runs. Flagger's floor is 10s because each pass pushes
-/// xDS; veer's weight change is a table poll, so tests and fast pipelines may go lower.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest `analysis.interval` by default: Flagger raises anything shorter to 10s, and so
+/// does veer (with a warning). `--min-interval` lowers it for demos and tests.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// `iterations` of a `provider: kubernetes` canary that sets none (Flagger's).
+pub const KUBERNETES_PROVIDER_ITERATIONS: u32 = 10;
 /// Default `progressDeadlineSeconds`.
 pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 /// Default metric `interval` (also for template metrics, unlike Flagger).
 pub const DEFAULT_METRIC_INTERVAL: &str = "1m";
 /// Default `sessionAffinity.maxAge` (Flagger's).
 pub const DEFAULT_COOKIE_MAX_AGE: i64 = 86_400;
+
+/// The controller's settings that change what a spec means; the same for `veer controller`,
+/// `veer explain` and `veer validate`, so they read a spec alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The floor of `analysis.interval` ([`DEFAULT_MIN_INTERVAL`] unless lowered).
+    pub min_interval: Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            min_interval: DEFAULT_MIN_INTERVAL,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // The spec as read
@@ -73,11 +95,15 @@ pub struct CanarySpec {
     pub target_ref: TargetRef,
     pub service: ServiceSpec,
     pub analysis: AnalysisSpec,
+    /// `spec.provider`; only `kubernetes` changes what veer does ([`CanarySpec::routes_traffic`]).
+    pub provider: Option<String>,
     pub progress_deadline_seconds: Option<u64>,
     pub skip_analysis: bool,
     pub suspend: bool,
     /// `veer.dev/v1alpha1` extensions; empty for Flagger's apiVersion.
     pub veer: VeerSpec,
+    /// The floor of `analysis.interval` it was loaded with ([`LoadOptions::min_interval`]).
+    pub min_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -243,8 +269,14 @@ pub enum Strategy {
     Canary(WeightSteps),
     /// `match` + `iterations`: matching requests all go to the canary.
     ABTesting { iterations: u32 },
-    /// `iterations` without `match`: test, optionally mirror, then switch.
-    BlueGreen { iterations: u32 },
+    /// `iterations` without `match`: test, optionally mirror, then switch all traffic to
+    /// the canary. With `provider: kubernetes` (`switches_traffic: false`) no traffic
+    /// reaches the canary before promotion: its own Service is tested by the hooks, then
+    /// the primary takes the new revision.
+    BlueGreen {
+        iterations: u32,
+        switches_traffic: bool,
+    },
 }
 
 /// The weight ladder of a Canary strategy, in percent.
@@ -284,12 +316,22 @@ impl CanarySpec {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Time between passes: `analysis.interval`, default 60s, never below 1s.
+    /// Time between passes: `analysis.interval`, default 60s, never below the floor it was
+    /// loaded with (10s, as Flagger, unless `--min-interval` lowers it). The one place the
+    /// floor applies: the runner, the engine and `veer explain` all read this.
     pub fn interval(&self) -> Duration {
         self.analysis
             .interval
             .as_ref()
-            .map_or(DEFAULT_INTERVAL, |i| i.duration.max(MIN_INTERVAL))
+            .map_or(DEFAULT_INTERVAL, |i| i.duration)
+            .max(self.min_interval)
+    }
+
+    /// Whether veer moves traffic for this canary. `provider: kubernetes` is Flagger's
+    /// Blue/Green without traffic routing: the canary is tested through its own Service and
+    /// gets no share of the apex traffic before promotion.
+    pub fn routes_traffic(&self) -> bool {
+        self.provider.as_deref() != Some(KUBERNETES_PROVIDER)
     }
 
     /// Failed checks that trigger a rollback: `analysis.threshold`, default 1 as Flagger.
@@ -316,6 +358,7 @@ impl CanarySpec {
             if a.r#match.is_empty() {
                 Strategy::BlueGreen {
                     iterations: a.iterations,
+                    switches_traffic: self.routes_traffic(),
                 }
             } else {
                 Strategy::ABTesting {

@@ -52,13 +52,11 @@ pub(super) fn format_ignored(path: &serde_ignored::Path) -> String {
 /// for any list index.
 pub(super) const NOT_USED: &[(&str, &str)] = &[
     ("spec.autoscalerRef", "veer does not create the -primary workload, so there is no HPA to copy for it; scale both Deployments yourself"),
-    ("spec.provider", "the traffic split is done by veer's filter in the gateway; only `istio` makes sense here"),
     ("spec.metricsServer", "the controller's --prometheus flag sets the Prometheus address; a MetricTemplate's provider.address sets one per metric"),
     ("spec.ingressRef", "an ingress-controller provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.routeRef", "an APISIX provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.upstreamRef", "a Gloo provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.revertOnDeletion", "veer does not mutate the target workload, so there is nothing to revert"),
-    ("spec.canaryAnalysis", "the pre-v1beta1 name of spec.analysis; rename it to spec.analysis"),
     ("spec.service.portDiscovery", "veer render writes the one port in service.port"),
     ("spec.service.headless", "veer routes through ClusterIP Services"),
     ("spec.service.meshName", "an App Mesh field"),
@@ -74,8 +72,8 @@ pub(super) const NOT_USED: &[(&str, &str)] = &[
     ("spec.analysis.alerts", "veer has no alert providers; an `event` webhook receives every event"),
     ("spec.analysis.match[].sourceLabels", "applies to in-mesh sidecar traffic; veer decides in the ingress gateway"),
     ("spec.analysis.webhooks[].muteAlert", "veer has no alert providers"),
-    ("spec.analysis.webhooks[].retries", "veer calls each hook once per pass; a failed hook is retried at the next interval"),
-    ("spec.analysis.webhooks[].disableTLS", "veer always verifies TLS"),
+    ("spec.provider.insecureSkipVerify", "a MetricTemplate's Prometheus is queried with certificate verification; put a trusted certificate on it"),
+    ("spec.provider.region", "a CloudWatch field; veer queries Prometheus only"),
     ("spec.analysis.sessionAffinity.primaryCookieName", "not needed: the sticky bucket already keeps primary users on primary within a run"),
 ];
 
@@ -85,7 +83,8 @@ pub(super) fn classify_ignored(path: &str) -> Option<String> {
     if path == "apiVersion" || path == "kind" || path == "status" || path.starts_with("metadata.") {
         return None;
     }
-    let generic = generic_path(path);
+    // Flagger still reads the pre-v1beta1 `canaryAnalysis` as `analysis`, and so does veer.
+    let generic = generic_path(path).replacen("spec.canaryAnalysis.", "spec.analysis.", 1);
     if let Some((_, why)) = NOT_USED.iter().find(|(p, _)| *p == generic) {
         return Some(format!("accepted but not used by veer ({why})"));
     }
@@ -149,6 +148,10 @@ pub(super) struct RawCanaryBody {
     pub(super) suspend: bool,
     #[serde(default)]
     pub(super) analysis: Option<RawAnalysis>,
+    /// The pre-v1beta1 name of `analysis`, which Flagger still reads when `analysis` is
+    /// not set.
+    #[serde(default)]
+    pub(super) canary_analysis: Option<RawAnalysis>,
     #[serde(default)]
     pub(super) veer: Option<VeerSpec>,
 }
@@ -206,7 +209,7 @@ pub(super) struct RawMetric {
     pub(super) interval: Option<GoDuration>,
     #[serde(default)]
     pub(super) threshold_range: Option<RawThresholdRange>,
-    /// Flagger's deprecated single bound; rejected with advice.
+    /// Flagger's deprecated single bound, read as Flagger's scheduler applies it.
     #[serde(default)]
     pub(super) threshold: Option<f64>,
     #[serde(default)]
@@ -244,6 +247,10 @@ pub(super) struct RawWebhook {
     pub(super) timeout: Option<GoDuration>,
     #[serde(default)]
     pub(super) metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) retries: Option<i64>,
+    #[serde(default, rename = "disableTLS")]
+    pub(super) disable_tls: bool,
 }
 
 #[derive(Deserialize)]
