@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod http;
 pub mod immutable_dir;
 pub mod process;
+pub mod tls;
 pub mod prometheus;
 pub mod veer;
 
