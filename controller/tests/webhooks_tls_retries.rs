@@ -131,12 +131,18 @@ async fn a_failing_call_is_retried_within_the_same_call_with_backoff() {
     assert_eq!(calls.of("/flaky/3").len(), 2);
     match &err {
         HookError::GaveUp { attempts: 2, last } => {
-            assert!(matches!(**last, HookError::Status { status: 503, .. }), "{last:?}")
+            assert!(
+                matches!(**last, HookError::Status { status: 503, .. }),
+                "{last:?}"
+            )
         }
         other => panic!("expected GaveUp after 2 attempts, got {other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("HTTP 503") && msg.contains("warming up"), "{msg}");
+    assert!(
+        msg.contains("HTTP 503") && msg.contains("warming up"),
+        "{msg}"
+    );
     assert!(msg.ends_with("(gave up after 2 attempts)"), "{msg}");
 
     // Without retries (the default), one attempt only.
@@ -157,9 +163,15 @@ async fn only_failures_another_attempt_may_fix_are_retried() {
         .call(&hook(server.url("/bad"), 3, true), &payload())
         .await
         .unwrap_err();
-    assert!(matches!(err, HookError::Status { status: 400, .. }), "{err:?}");
+    assert!(
+        matches!(err, HookError::Status { status: 400, .. }),
+        "{err:?}"
+    );
     assert_eq!(calls.of("/bad").len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(1), "no backoff wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no backoff wait"
+    );
 
     // 429 with Retry-After: the server's wait is used instead of the 1s backoff.
     caller
@@ -168,7 +180,11 @@ async fn only_failures_another_attempt_may_fix_are_retried() {
         .unwrap();
     let times = calls.of("/throttle");
     assert_eq!(times.len(), 2);
-    assert!(gaps(&times)[0] >= Duration::from_secs(2), "{:?}", gaps(&times));
+    assert!(
+        gaps(&times)[0] >= Duration::from_secs(2),
+        "{:?}",
+        gaps(&times)
+    );
 }
 
 #[tokio::test]
@@ -256,5 +272,8 @@ async fn the_controller_calls_hooks_with_their_retries_and_disable_tls() {
     assert_eq!(status["failedChecks"], 0, "{status}");
     assert_eq!(calls.of("/flaky/1").len(), 2, "one call, two attempts");
     let log = c.log_text();
-    assert!(!log.contains("disableTLS"), "no warning about the field: {log}");
+    assert!(
+        !log.contains("disableTLS"),
+        "no warning about the field: {log}"
+    );
 }

@@ -316,6 +316,10 @@ fn describe_pass(spec: &CanarySpec, p: &SimulatedPass) -> String {
             "the primary takes the new revision; Succeeded; post-rollout hooks{}",
             hooks_suffix(spec, HookType::PostRollout)
         )),
+        (Phase::Promoting, Phase::Finalising) if b.weight == 0 => result.push(
+            "no canary traffic to move back: the primary serves the new revision; Finalising"
+                .into(),
+        ),
         (Phase::Promoting, Phase::Finalising) => result.push(format!(
             "weight {} → 0: all traffic on the primary; Finalising",
             b.weight
@@ -554,7 +558,13 @@ pub fn explain_canary(
     } else {
         let _ = writeln!(out, "  Gateways: {}.", spec.service.gateways.join(", "));
     }
-    if !route.r#match.is_empty() {
+    if !spec.routes_traffic() {
+        let _ = writeln!(
+            out,
+            "  provider kubernetes: the route keeps weight 0 for the whole run; the canary is reached only through its own Service ({}-canary), e.g. by the load tester.",
+            spec.service_name()
+        );
+    } else if !route.r#match.is_empty() {
         let _ = writeln!(
             out,
             "  Only requests matching one of {} analysis.match {} take part; all others stay on the primary.",
@@ -563,6 +573,7 @@ pub fn explain_canary(
         );
     }
     match &route.session_affinity {
+        _ if !spec.routes_traffic() => {}
         Some(sa) => {
             let _ = writeln!(
                 out,

@@ -8,8 +8,8 @@ pub mod envoy;
 pub mod http;
 pub mod immutable_dir;
 pub mod process;
-pub mod tls;
 pub mod prometheus;
+pub mod tls;
 pub mod veer;
 
 use std::net::TcpListener as StdTcpListener;

@@ -169,9 +169,11 @@ impl Controller {
 pub const TEST_MIN_INTERVAL: &str = "1s";
 
 fn controller_args(cmd: &mut Command, args: &[String], port: u16) {
-    cmd.arg("controller")
-        .arg(format!("--min-interval={TEST_MIN_INTERVAL}"))
-        .args(args)
+    cmd.arg("controller");
+    if !args.iter().any(|a| a.starts_with("--min-interval")) {
+        cmd.arg(format!("--min-interval={TEST_MIN_INTERVAL}"));
+    }
+    cmd.args(args)
         .arg(format!("--listen=127.0.0.1:{port}"))
         .env("RUST_LOG", "veer_controller=debug,info");
 }
