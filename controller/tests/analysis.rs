@@ -12,10 +12,13 @@ use veer_controller::engine::{
     CheckKind, CheckResult, Command, IdleReason, PassKind, PassObservations, PassPlan, PassStep,
     Phase, RollbackReason, StepResult, Timestamp, Transition,
 };
-use veer_controller::spec::{load_file, load_texts, CanarySpec};
+use veer_controller::spec::{load_file, load_texts, CanarySpec, LoadOptions};
 
 fn seed() -> CanarySpec {
-    let set = load_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seed-canary.yaml"));
+    let set = load_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seed-canary.yaml"),
+        &LoadOptions::default(),
+    );
     set.canaries.into_iter().next().unwrap()
 }
 
@@ -33,7 +36,10 @@ spec:
   analysis:
 {analysis}"
     );
-    let set = load_texts(&[(PathBuf::from("app.yaml"), text)]);
+    let set = load_texts(
+        &[(PathBuf::from("app.yaml"), text)],
+        &LoadOptions::default(),
+    );
     let errors: Vec<_> = set.errors().map(ToString::to_string).collect();
     assert!(errors.is_empty(), "{errors:#?}");
     set.canaries.into_iter().next().unwrap()
@@ -757,6 +763,96 @@ fn rule_blue_green_without_mirror_stays_at_weight_zero_during_iterations() {
     );
 }
 
+/// A canary with `spec.provider` set, and the given analysis body.
+fn canary_with_provider(provider: &str, analysis: &str) -> CanarySpec {
+    let text = format!(
+        "apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: app
+  namespace: shop
+spec:
+  provider: {provider}
+  targetRef:
+    name: app
+  analysis:
+{analysis}"
+    );
+    let set = load_texts(
+        &[(PathBuf::from("app.yaml"), text)],
+        &LoadOptions::default(),
+    );
+    let errors: Vec<_> = set.errors().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    set.canaries.into_iter().next().unwrap()
+}
+
+/// Flagger's `provider: kubernetes`: Blue/Green without traffic routing. stepWeight without
+/// iterations means 10 iterations; the weight never leaves 0 (no route is published during
+/// the run), no mirroring, no A/B; after the iterations one more analysis, gated by
+/// confirm-promotion, then promotion; confirm-traffic-increase is never asked.
+#[test]
+fn rule_kubernetes_provider_is_blue_green_without_traffic() {
+    let spec = canary_with_provider(
+        "kubernetes",
+        &format!(
+            "    stepWeight: 10\n    maxWeight: 50\n    mirror: true\n    match:\n      - headers:\n          x-canary:\n            exact: \"1\"\n{METRICS}    webhooks:\n{}{}",
+            hook("more", "confirm-traffic-increase"),
+            hook("promote", "confirm-promotion"),
+        ),
+    );
+    assert!(spec.analysis.r#match.is_empty() && !spec.analysis.mirror);
+    assert_eq!(spec.analysis.iterations, 10);
+    let mut sim = Sim::started(spec, "v2");
+    sim.pass();
+    sim.take_actions();
+    let mut trace = Vec::new();
+    while sim.state.phase == Progressing {
+        let p = sim.next();
+        let r = route_for_state(&sim.spec, &sim.state);
+        assert_eq!((r.weight, r.mirror_weight), (0, 0), "{trace:?}");
+        assert!(
+            !steps(&p).contains(&PassStep::Hooks(HookType::ConfirmTrafficIncrease)),
+            "no traffic increase to confirm"
+        );
+        trace.push((
+            kind(&p),
+            sim.snap(),
+            steps(&p).contains(&PassStep::Hooks(HookType::ConfirmPromotion)),
+        ));
+        assert!(trace.len() < 20);
+    }
+    let iterations: Vec<u32> = trace.iter().map(|(_, s, _)| s.3).collect();
+    assert_eq!(iterations, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11]);
+    assert_eq!(trace[0].0, PassKind::PreRollout);
+    assert_eq!(
+        trace[10],
+        (PassKind::Analysis, (Progressing, 0, 0, 11), true)
+    );
+    assert_eq!(
+        trace[11],
+        (PassKind::Analysis, (Promoting, 0, 0, 11), false)
+    );
+    assert_eq!(published_weights(&sim.take_actions()), Vec::<u32>::new());
+    sim.next();
+    assert_eq!(sim.state.phase, Finalising);
+    sim.next();
+    assert_eq!(sim.snap(), (Succeeded, 0, 0, 11));
+}
+
+/// Other providers do not change the run: veer routes in its gateway whatever the provider.
+#[test]
+fn rule_other_providers_run_as_written() {
+    for provider in ["linkerd", "nginx", "gatewayapi:v1", "istio"] {
+        let spec = canary_with_provider(provider, &format!("    stepWeight: 25\n{METRICS}"));
+        let mut sim = Sim::started(spec, "v2");
+        sim.pass();
+        sim.next();
+        sim.next();
+        assert_eq!(sim.snap(), (Progressing, 50, 0, 0), "{provider}");
+    }
+}
+
 #[test]
 fn rule_canary_mirroring_first_step_mirrors_at_weight_zero_next_shifts_traffic() {
     let spec = canary(&format!(
@@ -891,14 +987,35 @@ fn rule_failed_revision_does_not_start_again_until_the_revision_changes() {
 // ---------------------------------------------------------------------------------------
 // Other fields
 
+/// As Flagger: the pass that starts the run only starts it (the platform then waits for a
+/// ready canary); the next one promotes with no metrics and no rollout or rollback hooks,
+/// however many the spec has. confirm-rollout still gates the start.
 #[test]
-fn rule_skip_analysis_promotes_in_one_pass() {
-    let text = "    stepWeight: 10\n";
-    let mut spec = canary(text);
+fn rule_skip_analysis_promotes_at_the_pass_after_the_run_starts() {
+    let text = format!(
+        "    stepWeight: 10\n{METRICS}    webhooks:\n{}{}{}{}{}",
+        hook("gate", "confirm-rollout"),
+        hook("smoke", "pre-rollout"),
+        hook("load", "rollout"),
+        hook("stop", "rollback"),
+        hook("notify", "post-rollout"),
+    );
+    let mut spec = canary(&text);
     spec.skip_analysis = true;
     let mut sim = Sim::started(spec, "v2");
     let p = sim.pass();
     assert_eq!(kind(&p), PassKind::ConfirmRollout);
+    assert_eq!(steps(&p), vec![PassStep::Hooks(HookType::ConfirmRollout)]);
+    assert_eq!(sim.snap(), (Progressing, 0, 0, 0));
+    assert_eq!(sim.state.primary_revision.as_deref(), Some("v1"));
+    let actions = sim.take_actions();
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::PromotePrimary { .. })));
+
+    let p = sim.next();
+    assert_eq!(kind(&p), PassKind::SkipAnalysis);
+    assert_eq!(steps(&p), Vec::<PassStep>::new(), "no metric or hook runs");
     assert_eq!(sim.snap(), (Succeeded, 0, 0, 0));
     assert_eq!(sim.state.primary_revision.as_deref(), Some("v2"));
     let actions = sim.take_actions();
@@ -906,6 +1023,29 @@ fn rule_skip_analysis_promotes_in_one_pass() {
         revision: "v2".into()
     }));
     assert_eq!(post_rollout(&actions), vec![Succeeded]);
+    assert_eq!(
+        published_weights(&actions),
+        Vec::<u32>::new(),
+        "the canary never got traffic"
+    );
+}
+
+/// A refusing confirm-rollout keeps a skipAnalysis revision waiting, as any other.
+#[test]
+fn rule_skip_analysis_still_waits_for_confirm_rollout() {
+    let mut spec = canary(&format!(
+        "    stepWeight: 10\n    webhooks:\n{}",
+        hook("gate", "confirm-rollout")
+    ));
+    spec.skip_analysis = true;
+    let mut sim = Sim::started(spec, "v2");
+    sim.fail_hooks(HookType::ConfirmRollout);
+    assert_eq!(sim.snap(), (Waiting, 0, 0, 0));
+    sim.tick();
+    sim.pass();
+    assert_eq!(sim.snap(), (Progressing, 0, 0, 0));
+    assert_eq!(kind(&sim.next()), PassKind::SkipAnalysis);
+    assert_eq!(sim.snap(), (Succeeded, 0, 0, 0));
 }
 
 #[test]

@@ -106,7 +106,8 @@ fn render_the_seed_prints_the_istio_resources() {
         assert!(stdout.contains(kind), "missing {kind}:\n{stdout}");
     }
     // The same bytes as the library's render with the defaults.
-    let set = veer_controller::spec::load_file(&seed);
+    let set =
+        veer_controller::spec::load_file(&seed, &veer_controller::spec::LoadOptions::default());
     let expected = veer_controller::render::render(
         &set.canaries[0],
         &veer_controller::render::RenderOptions::default(),
@@ -180,17 +181,40 @@ fn validate_reports_the_bad_file_with_its_field_path_and_fails() {
 
     let output = run_veer(&["validate", "/nonexistent"], DEADLINE);
     assert!(!output.status.success());
-    assert!(text(&output.stderr).contains("/nonexistent"));
+    assert!(
+        text(&output.stdout).contains("error: /nonexistent: no such file or directory"),
+        "{}",
+        text(&output.stdout)
+    );
 }
 
 #[test]
-fn kubernetes_mode_says_it_is_not_implemented() {
-    let output = run_veer(&["controller", "--kubernetes"], DEADLINE);
+fn kubernetes_mode_without_a_cluster_says_how_it_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-kubeconfig");
+    let output = run_to_exit(
+        std::process::Command::new(VEER)
+            .args(["controller", "--kubernetes", "--listen", "127.0.0.1:0"])
+            .env("KUBECONFIG", &missing)
+            .env_remove("KUBERNETES_SERVICE_HOST"),
+        DEADLINE,
+    );
     assert!(!output.status.success());
+    let stderr = text(&output.stderr);
     assert!(
-        text(&output.stderr).contains("Kubernetes mode is not implemented yet"),
+        stderr.contains("cannot connect to Kubernetes (KUBECONFIG, or in-cluster config)"),
+        "{stderr}"
+    );
+    // Local mode's flags are refused beside --kubernetes rather than silently ignored.
+    let both = run_veer(
+        &["controller", "--kubernetes", "--state", "x.json"],
+        DEADLINE,
+    );
+    assert!(!both.status.success());
+    assert!(
+        text(&both.stderr).contains("cannot be used with"),
         "{}",
-        text(&output.stderr)
+        text(&both.stderr)
     );
 }
 
@@ -448,4 +472,202 @@ async fn status_rollout_and_gates_against_a_running_controller() {
         "{}",
         text(&output.stderr)
     );
+}
+
+const TEMPLATE: &str = "apiVersion: flagger.app/v1beta1
+kind: MetricTemplate
+metadata:
+  name: error-rate
+  namespace: test
+spec:
+  provider:
+    type: prometheus
+  query: sum(rate(errors{app=\"{{ target }}\"}[{{ interval }}]))
+";
+
+/// A quick canary whose metric is the `error-rate` template.
+fn canary_with_template(name: &str) -> String {
+    quick_canary_yaml(
+        name,
+        "    metrics:\n      - name: errors\n        templateRef:\n          name: error-rate\n        thresholdRange:\n          max: 1\n",
+    )
+}
+
+/// `-f` as kubectl takes it: repeated, comma-separated, files and directories, mixed with
+/// plain arguments; templates resolve across all of them, and a missing one names the
+/// files searched.
+#[test]
+fn explain_and_validate_take_several_files_and_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let canary = dir.path().join("canary.yaml");
+    std::fs::write(&canary, canary_with_template("app")).unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(templates.join("error-rate.yaml"), TEMPLATE).unwrap();
+    let (c, t) = (canary.to_str().unwrap(), templates.to_str().unwrap());
+
+    for args in [
+        vec!["-f", c, "-f", t],
+        vec![c, t],
+        vec!["-f", &format!("{c},{t}")],
+        vec![c, "--filename", t],
+    ] {
+        for command in ["explain", "validate"] {
+            let mut all = vec![command, "--min-interval=1s"];
+            all.extend(&args);
+            let output = run_veer(&all, DEADLINE);
+            let stdout = text(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{all:?}: {}\n{stdout}",
+                text(&output.stderr)
+            );
+            if command == "explain" {
+                assert!(
+                    stdout.contains("errors: passes when value <= 1; window 1m (MetricTemplate test/error-rate)"),
+                    "{all:?}: {stdout}"
+                );
+            } else {
+                assert!(
+                    stdout.contains("1 canary valid, 1 metric template, 0 errors, 0 warnings"),
+                    "{all:?}: {stdout}"
+                );
+            }
+        }
+    }
+
+    // The canary alone: the error names the template and the file searched.
+    let output = run_veer(&["validate", "-f", c], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "spec.analysis.metrics[0].templateRef: no MetricTemplate test/error-rate was loaded (searched {c})"
+        )),
+        "{stdout}"
+    );
+    let output = run_veer(&["explain", "-f", c], DEADLINE);
+    assert!(!output.status.success());
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "error: 1 error (listed above): no valid Canary to explain"
+    );
+
+    // No path at all is a usage error.
+    let output = run_veer(&["validate"], DEADLINE);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+}
+
+/// An input holding no Canary, or only documents of an unsupported apiVersion, is an
+/// error, and explain never points at errors that are not there.
+#[test]
+fn inputs_without_a_canary_fail_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let only_template = dir.path().join("template.yaml");
+    std::fs::write(&only_template, TEMPLATE).unwrap();
+    let path = only_template.to_str().unwrap();
+
+    let output = run_veer(&["validate", path], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "error: no Canary found in {path}: no document of kind Canary"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 canaries valid, 1 metric template, 1 error"),
+        "{stdout}"
+    );
+
+    let output = run_veer(&["explain", path], DEADLINE);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(!output.status.success());
+    assert!(
+        !stdout.contains("errors above") && !stderr.contains("errors above"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(
+        stderr.trim(),
+        format!("error: no Canary found in {path}: no document of kind Canary")
+    );
+
+    // flagger.app/v1alpha3, as in Flagger's kustomize README: an error, not "0 errors".
+    let old = dir.path().join("old.yaml");
+    std::fs::write(
+        &old,
+        quick_canary("app").replace("flagger.app/v1beta1", "flagger.app/v1alpha3"),
+    )
+    .unwrap();
+    let output = run_veer(&["validate", old.to_str().unwrap()], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("apiVersion: \"flagger.app/v1alpha3\" is not supported for a Canary: veer reads flagger.app/v1beta1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 canaries valid, 0 metric templates, 1 error"),
+        "{stdout}"
+    );
+    let output = run_veer(&["explain", old.to_str().unwrap()], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("No valid Canary to explain: the errors above say why."),
+        "{stdout}"
+    );
+}
+
+/// `--min-interval`: Flagger's 10s floor by default, for the controller as for explain and
+/// validate; lowered for tests and demos.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interval_floor_is_flaggers_unless_lowered() {
+    let dir = tempfile::tempdir().unwrap();
+    let canaries = canaries_dir(dir.path());
+    write_spec(&canaries, "app.yaml", &quick_canary("app"));
+    let file = canaries.join("app.yaml");
+    let path = file.to_str().unwrap();
+
+    let output = run_veer(&["validate", path], DEADLINE);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "a warning only: {stdout}");
+    assert!(
+        stdout.contains("spec.analysis.interval: 1s is below the 10s floor: passes run every 10s"),
+        "{stdout}"
+    );
+    let output = run_veer(&["validate", "--min-interval=1s", path], DEADLINE);
+    assert!(
+        !text(&output.stdout).contains("floor"),
+        "{}",
+        text(&output.stdout)
+    );
+    let output = run_veer(&["explain", path], DEADLINE);
+    assert!(
+        text(&output.stdout).contains(
+            "One pass every 10s (analysis.interval 1s raised to the 10s floor, Flagger's)"
+        ),
+        "{}",
+        text(&output.stdout)
+    );
+    let output = run_veer(&["explain", "--min-interval=10ms", path], DEADLINE);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("10ms is below 100ms"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    // The controller: the API shows the interval it runs.
+    for (flag, interval) in [("--min-interval=10s", "10s"), ("--min-interval=1s", "1s")] {
+        let run = dir.path().join(interval);
+        std::fs::create_dir(&run).unwrap();
+        let args = vec![
+            format!("--canaries={}", canaries.display()),
+            format!("--state={}", run.join("state.json").display()),
+            flag.to_string(),
+        ];
+        let c = Controller::start(&args, run.join("controller.log")).await;
+        assert_eq!(c.canary("test/app").await["interval"], interval, "{flag}");
+    }
 }

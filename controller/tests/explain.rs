@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use veer_controller::cli::explain::{explain, format_duration, simulate, ExplainOptions, Script};
-use veer_controller::spec::{load_texts, SpecSet};
+use veer_controller::spec::{load_texts, LoadOptions, SpecSet};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,7 +18,10 @@ fn data(name: &str) -> PathBuf {
 /// The seed, named relative so the output does not depend on the checkout's path.
 fn seed_set() -> SpecSet {
     let text = std::fs::read_to_string(data("seed-canary.yaml")).unwrap();
-    load_texts(&[(PathBuf::from("seed-canary.yaml"), text)])
+    load_texts(
+        &[(PathBuf::from("seed-canary.yaml"), text)],
+        &LoadOptions::default(),
+    )
 }
 
 fn seed_explained() -> String {
@@ -86,7 +89,13 @@ fn seed_worst_case_rollback_is_stated() {
     ), "{out}");
     // Failing at the last analysis (weight 50): passes 7, 8, 9 fail, pass 10 at 9m.
     assert!(out.contains("checks fail in passes 7, 8, 9; pass 10 rolls back at 9m, with the canary at weight 50 until then"), "{out}");
-    assert!(out.contains("rolled back after 10m without a weight step or iteration"));
+    // No "no progress" rollback: the deadline bounds readiness, in Kubernetes mode only.
+    assert!(!out.contains("without a weight step"), "{out}");
+    assert!(out.contains("Progress deadline 10m (progressDeadlineSeconds): it bounds readiness, as in Flagger. In Kubernetes mode the canary must become ready within it during a run, or the run is rolled back"), "{out}");
+    assert!(
+        out.contains("Local mode has no readiness to wait for, so there it does not apply."),
+        "{out}"
+    );
 }
 
 #[test]
@@ -128,7 +137,7 @@ fn overshoot_step_20_max_50_is_warned_with_60() {
     let text = std::fs::read_to_string(data("seed-canary.yaml"))
         .unwrap()
         .replace("stepWeight: 10", "stepWeight: 20");
-    let set = load_texts(&[(PathBuf::from("c.yaml"), text)]);
+    let set = load_texts(&[(PathBuf::from("c.yaml"), text)], &LoadOptions::default());
     let out = explain(&set, &ExplainOptions::default());
     assert!(out.contains(
         "stepWeight 20 with maxWeight 50 goes 20 → 40 → 60: the last step overshoots maxWeight to 60%"
@@ -152,7 +161,7 @@ fn short_metric_window_and_other_traps_are_warned() {
             "    stepWeight: 10\n",
             "    stepWeight: 10\n    match:\n      - headers:\n          x-beta:\n            exact: \"1\"\n",
         );
-    let set = load_texts(&[(PathBuf::from("c.yaml"), text)]);
+    let set = load_texts(&[(PathBuf::from("c.yaml"), text)], &LoadOptions::default());
     let out = explain(&set, &ExplainOptions::default());
     for expected in [
         "metric request-duration has interval 10s but Prometheus scrapes every 15s: the window holds fewer than two samples",
@@ -179,7 +188,7 @@ fn ab_with_session_affinity_is_warned_and_iterations_are_explained() {
             "    iterations: 3\n    match:\n      - headers:\n          x-beta:\n            exact: \"1\"\n    sessionAffinity:\n      cookieName: flagger-cookie\n",
         )
         .replace("    stepWeight: 10\n", "");
-    let set = load_texts(&[(PathBuf::from("c.yaml"), text)]);
+    let set = load_texts(&[(PathBuf::from("c.yaml"), text)], &LoadOptions::default());
     let out = explain(&set, &ExplainOptions::default());
     assert!(out.contains("A/B testing: requests matching analysis.match all go to the canary for 3 passing iterations"), "{out}");
     assert!(out.contains("sessionAffinity with A/B testing"), "{out}");
@@ -195,12 +204,18 @@ fn load_errors_are_printed_first() {
     let text = std::fs::read_to_string(data("seed-canary.yaml"))
         .unwrap()
         .replace("stepWeight: 10", "stepWeight: ten");
-    let set = load_texts(&[(PathBuf::from("bad.yaml"), text)]);
+    let set = load_texts(
+        &[(PathBuf::from("bad.yaml"), text)],
+        &LoadOptions::default(),
+    );
     let out = explain(&set, &ExplainOptions::default());
     assert!(out.starts_with(
         "error: bad.yaml (doc 1): spec.analysis.stepWeight: invalid type: string \"ten\", expected u32\n"
     ), "{out}");
-    assert!(out.contains("No valid Canary found."));
+    assert!(
+        out.contains("No valid Canary to explain: the errors above say why."),
+        "{out}"
+    );
 }
 
 #[test]

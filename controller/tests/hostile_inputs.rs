@@ -116,7 +116,7 @@ async fn bad_canary_specs_are_named_and_the_others_keep_running() {
     for (file, _, message) in cases {
         let line = log
             .lines()
-            .find(|l| l.contains(file) && l.contains("ERROR"))
+            .find(|l| l.contains(&format!("{file} (doc")) && l.contains("ERROR"))
             .unwrap_or_else(|| panic!("{file}: no error line in:\n{log}"));
         assert!(line.contains(message), "{file}: {message:?} not in {line}");
         assert!(

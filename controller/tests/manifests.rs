@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use veer_controller::render::{render, RenderOptions, MIRROR_HEADER_VALUE};
-use veer_controller::spec::load_file;
+use veer_controller::spec::{load_file, LoadOptions};
 use veer_core::{parse_plugin_config, Variant, DEFAULT_MIRROR_HEADER, DEFAULT_ROUTE_HEADER};
 
 fn repo() -> PathBuf {
@@ -888,7 +888,7 @@ fn example_canary_is_the_seed() {
 const EXAMPLE_CANARY: &str = "manifests/examples/podinfo/canary.yaml";
 
 fn rendered_seed() -> Vec<Doc> {
-    let set = load_file(&repo().join(EXAMPLE_CANARY));
+    let set = load_file(&repo().join(EXAMPLE_CANARY), &LoadOptions::default());
     let errors: Vec<_> = set.errors().collect();
     assert!(errors.is_empty(), "{EXAMPLE_CANARY}: {errors:?}");
     assert_eq!(set.canaries.len(), 1);

@@ -10,14 +10,14 @@ use veer_controller::render::{
     render, render_all, render_all_documents, render_documents, RenderError, RenderOptions,
     MIRROR_HEADER_VALUE,
 };
-use veer_controller::spec::{load_file, CanarySpec};
+use veer_controller::spec::{load_file, CanarySpec, LoadOptions};
 use veer_core::{
     parse_plugin_config, MatchRule, StringMatch, DEFAULT_MIRROR_HEADER, DEFAULT_ROUTE_HEADER,
 };
 
 fn seed() -> CanarySpec {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seed-canary.yaml");
-    let set = load_file(&path);
+    let set = load_file(&path, &LoadOptions::default());
     let errors: Vec<_> = set.errors().collect();
     assert!(errors.is_empty(), "the seed must load: {errors:?}");
     assert_eq!(set.canaries.len(), 1);

@@ -26,7 +26,7 @@ use veer_controller::checks::prometheus::{MetricsSet, PrometheusClient};
 use veer_controller::platform::local::{load_state_file, LocalPlatform};
 use veer_controller::runner::{Runner, RunnerConfig};
 use veer_controller::serve::api::{CanaryControl, Command, CommandError};
-use veer_controller::spec::{load_texts, SpecSet};
+use veer_controller::spec::{load_texts, LoadOptions, SpecSet};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -74,12 +74,17 @@ async fn start_fakes(value: f64) -> (TestServer, Fakes) {
     (TestServer::start(app).await, fakes)
 }
 
+/// The specs here run 1s passes, as the controller does with `--min-interval 1s`.
+const QUICK_LOAD: LoadOptions = LoadOptions {
+    min_interval: Duration::from_secs(1),
+};
+
 fn specs(files: &[(&str, String)]) -> SpecSet {
     let inputs: Vec<_> = files
         .iter()
         .map(|(f, text)| (Path::new(f).to_path_buf(), text.clone()))
         .collect();
-    load_texts(&inputs)
+    load_texts(&inputs, &QUICK_LOAD)
 }
 
 async fn start(

@@ -9,8 +9,8 @@ use std::time::Duration;
 use veer_controller::checks::prometheus::{BuiltinMetric, MetricsSet};
 use veer_controller::checks::webhooks::HookType;
 use veer_controller::spec::{
-    load_dir, load_file, load_texts, parse_go_duration, route_for, MetricSource, Severity, SpecSet,
-    Strategy, WeightSteps,
+    load_dir, load_file, load_texts, parse_go_duration, route_for, LoadOptions, MetricSource,
+    Severity, SpecSet, Strategy, WeightSteps,
 };
 use veer_core::{RoutingTable, StringMatch, Variant};
 
@@ -23,7 +23,10 @@ fn seed_text() -> String {
 }
 
 fn load(text: &str) -> SpecSet {
-    load_texts(&[(PathBuf::from("canaries/podinfo.yaml"), text.to_string())])
+    load_texts(
+        &[(PathBuf::from("canaries/podinfo.yaml"), text.to_string())],
+        &LoadOptions::default(),
+    )
 }
 
 fn messages(set: &SpecSet, severity: Severity) -> Vec<String> {
@@ -56,7 +59,7 @@ spec:
 
 #[test]
 fn seed_loads_unchanged_with_only_honest_warnings() {
-    let set = load_file(&seed_path());
+    let set = load_file(&seed_path(), &LoadOptions::default());
     assert_eq!(messages(&set, Severity::Error), Vec::<String>::new());
     assert_eq!(set.canaries.len(), 1);
     let warnings = messages(&set, Severity::Warning);
@@ -112,7 +115,7 @@ fn seed_loads_unchanged_with_only_honest_warnings() {
 
 #[test]
 fn seed_route_is_valid_for_the_filter() {
-    let set = load_file(&seed_path());
+    let set = load_file(&seed_path(), &LoadOptions::default());
     let c = &set.canaries[0];
     for weight in [0, 1000, 5000, 10_000] {
         let route = route_for(c, weight, 0, "7f9c2ba");
@@ -219,12 +222,14 @@ fn unused_flagger_fields_are_named_warnings() {
     let warnings = messages(&set, Severity::Warning).join("\n");
     for path in [
         "spec.autoscalerRef: accepted but not used by veer",
-        "spec.revertOnDeletion: accepted but not used by veer",
         "spec.analysis.alerts: accepted but not used by veer (veer has no alert providers",
         "spec.analysis.primaryReadyThreshold: accepted but not used by veer",
     ] {
         assert!(warnings.contains(path), "missing {path:?} in\n{warnings}");
     }
+    // Kubernetes mode honours it (Flagger's finalizer).
+    assert!(!warnings.contains("revertOnDeletion"), "{warnings}");
+    assert!(set.canaries[0].revert_on_deletion);
 }
 
 #[test]
@@ -239,7 +244,7 @@ fn one_bad_file_does_not_stop_the_others() {
     .unwrap();
     std::fs::write(dir.path().join("c-broken.yaml"), "kind: [unclosed\n").unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not yaml").unwrap();
-    let set = load_dir(dir.path()).unwrap();
+    let set = load_dir(dir.path(), &LoadOptions::default()).unwrap();
     assert_eq!(set.canaries.len(), 1);
     assert_eq!(set.canaries[0].key(), "test/podinfo");
     let errors = messages(&set, Severity::Error);
@@ -254,7 +259,7 @@ fn one_bad_file_does_not_stop_the_others() {
 
 #[test]
 fn missing_directory_is_an_error_naming_it() {
-    let e = load_dir(Path::new("/nonexistent/canaries")).unwrap_err();
+    let e = load_dir(Path::new("/nonexistent/canaries"), &LoadOptions::default()).unwrap_err();
     assert!(e
         .to_string()
         .starts_with("cannot read canary directory /nonexistent/canaries:"));
@@ -341,7 +346,7 @@ fn template_ref_must_exist_and_be_prometheus() {
     let set = load(&with_ref);
     assert_eq!(
         messages(&set, Severity::Error),
-        vec!["canaries/podinfo.yaml (doc 1): spec.analysis.metrics[0].templateRef: no MetricTemplate shop/nope was loaded"]
+        vec!["canaries/podinfo.yaml (doc 1): spec.analysis.metrics[0].templateRef: no MetricTemplate shop/nope was loaded (searched canaries/podinfo.yaml): pass the file that defines it too (-f), or put it in the same directory"]
     );
     let datadog = format!(
         "apiVersion: flagger.app/v1beta1
@@ -370,7 +375,6 @@ fn semantic_errors_name_their_fields() {
         ("interval: 1m", "interval: 90", "spec.analysis.interval: invalid duration \"90\": missing unit"),
         ("maxWeight: 50", "maxWeight: 150", "spec.analysis.maxWeight: 150 is above 100 (weights are percent)"),
         ("stepWeight: 10", "stepWeight: 0", "spec.analysis: no stepWeight, stepWeights or iterations: the canary would never advance"),
-        ("        thresholdRange:\n          max: 500", "        threshold: 500", "spec.analysis.metrics[1].thresholdRange: missing: the deprecated `threshold` is not supported"),
         ("        thresholdRange:\n          min: 99", "        query: up", "spec.analysis.metrics[0].thresholdRange: missing: a metric needs thresholdRange.min and/or thresholdRange.max"),
         ("        url: http://flagger-loadtester.test/\n        timeout: 5s", "        timeout: 5s", "spec.analysis.webhooks[1].url: missing: webhook \"load-test\" needs a url"),
         ("type: rollout", "type: during-rollout", "spec.analysis.webhooks[1].type: unknown webhook type \"during-rollout\""),
@@ -550,8 +554,27 @@ fn duplicate_canaries_keep_the_first() {
 
 #[test]
 fn interval_floor_and_defaults() {
-    let set = load(&MINIMAL.replace("  analysis:\n", "  analysis:\n    interval: 200ms\n"));
+    // Flagger's floor: 10s, with a warning naming the flag that lowers it.
+    let short = MINIMAL.replace("  analysis:\n", "  analysis:\n    interval: 2s\n");
+    let set = load(&short);
+    assert_eq!(set.canaries[0].interval(), Duration::from_secs(10));
+    assert_eq!(
+        messages(&set, Severity::Warning),
+        vec!["canaries/podinfo.yaml (doc 1): spec.analysis.interval: 2s is below the 10s floor: passes run every 10s (as Flagger does; `--min-interval` lowers the floor for demos and tests)"]
+    );
+    // A lowered floor: 2s runs as written, silently; 200ms is raised to the new floor.
+    let lowered = LoadOptions {
+        min_interval: Duration::from_secs(1),
+    };
+    let set = load_texts(&[(PathBuf::from("c.yaml"), short)], &lowered);
+    assert_eq!(set.canaries[0].interval(), Duration::from_secs(2));
+    assert!(set.problems.is_empty(), "{:?}", set.problems);
+    let tiny = MINIMAL.replace("  analysis:\n", "  analysis:\n    interval: 200ms\n");
+    let set = load_texts(&[(PathBuf::from("c.yaml"), tiny)], &lowered);
     assert_eq!(set.canaries[0].interval(), Duration::from_secs(1));
+    assert!(messages(&set, Severity::Warning)[0].contains(
+        "200ms is below the 1s floor: passes run every 1s (the floor set by --min-interval 1s)"
+    ));
     let set = load(MINIMAL);
     let c = &set.canaries[0];
     assert_eq!(c.interval(), Duration::from_secs(60));

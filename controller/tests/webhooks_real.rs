@@ -73,11 +73,18 @@ fn canary() -> CanaryIdentity {
 }
 
 fn hook(server: &TestServer, name: &str, path: &str) -> Hook {
+    hook_at(name, &server.url(path), Duration::from_secs(5))
+}
+
+/// A hook with no retries and TLS verified, as a spec without those fields gives.
+fn hook_at(name: &str, url: &str, timeout: Duration) -> Hook {
     Hook {
         name: name.into(),
-        url: server.url(path),
-        timeout: Some(Duration::from_secs(5)),
+        url: url.into(),
+        timeout: Some(timeout),
         metadata: BTreeMap::new(),
+        retries: 0,
+        disable_tls: false,
     }
 }
 
@@ -95,9 +102,11 @@ async fn payload_is_flaggers_json_with_metadata() {
     let payload = canary().payload(metadata);
     caller
         .call(
-            "acceptance-test",
-            &server.url("/ok"),
-            Duration::from_secs(5),
+            &hook_at(
+                "acceptance-test",
+                &server.url("/ok"),
+                Duration::from_secs(5),
+            ),
             &payload,
         )
         .await
@@ -127,9 +136,7 @@ async fn empty_metadata_is_omitted_from_the_body() {
     let caller = WebhookCaller::new().unwrap();
     caller
         .call(
-            "gate",
-            &server.url("/ok"),
-            Duration::from_secs(5),
+            &hook_at("gate", &server.url("/ok"), Duration::from_secs(5)),
             &canary().payload(BTreeMap::new()),
         )
         .await
@@ -147,15 +154,16 @@ async fn only_200_201_202_pass() {
     let payload = canary().payload(BTreeMap::new());
     for path in ["/ok", "/created", "/accepted"] {
         caller
-            .call("gate", &server.url(path), Duration::from_secs(5), &payload)
+            .call(
+                &hook_at("gate", &server.url(path), Duration::from_secs(5)),
+                &payload,
+            )
             .await
             .unwrap_or_else(|e| panic!("{path} should pass: {e}"));
     }
     let err = caller
         .call(
-            "gate",
-            &server.url("/no-content"),
-            Duration::from_secs(5),
+            &hook_at("gate", &server.url("/no-content"), Duration::from_secs(5)),
             &payload,
         )
         .await
@@ -167,9 +175,7 @@ async fn only_200_201_202_pass() {
 
     let err = caller
         .call(
-            "load-test",
-            &server.url("/fail"),
-            Duration::from_secs(5),
+            &hook_at("load-test", &server.url("/fail"), Duration::from_secs(5)),
             &payload,
         )
         .await
@@ -190,9 +196,7 @@ async fn redirects_fail_and_are_not_followed() {
     let caller = WebhookCaller::new().unwrap();
     let err = caller
         .call(
-            "gate",
-            &server.url("/redirect"),
-            Duration::from_secs(5),
+            &hook_at("gate", &server.url("/redirect"), Duration::from_secs(5)),
             &canary().payload(BTreeMap::new()),
         )
         .await
@@ -226,9 +230,7 @@ async fn a_hanging_hook_times_out() {
     let started = Instant::now();
     let err = caller
         .call(
-            "slow",
-            &format!("http://{}/", hanging.addr),
-            timeout,
+            &hook_at("slow", &format!("http://{}/", hanging.addr), timeout),
             &canary().payload(BTreeMap::new()),
         )
         .await
@@ -252,9 +254,11 @@ async fn an_unreachable_hook_is_a_transport_error() {
     let caller = WebhookCaller::new().unwrap();
     let err = caller
         .call(
-            "gone",
-            &format!("http://127.0.0.1:{port}/"),
-            Duration::from_secs(5),
+            &hook_at(
+                "gone",
+                &format!("http://127.0.0.1:{port}/"),
+                Duration::from_secs(5),
+            ),
             &canary().payload(BTreeMap::new()),
         )
         .await
@@ -263,9 +267,7 @@ async fn an_unreachable_hook_is_a_transport_error() {
     assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
     let err = caller
         .call(
-            "typo",
-            "htp:/nowhere",
-            Duration::from_secs(5),
+            &hook_at("typo", "htp:/nowhere", Duration::from_secs(5)),
             &canary().payload(BTreeMap::new()),
         )
         .await
@@ -280,18 +282,14 @@ async fn huge_bodies_are_read_only_up_to_the_cap() {
     let payload = canary().payload(BTreeMap::new());
     caller
         .call(
-            "big",
-            &server.url("/huge"),
-            Duration::from_secs(5),
+            &hook_at("big", &server.url("/huge"), Duration::from_secs(5)),
             &payload,
         )
         .await
         .unwrap();
     let err = caller
         .call(
-            "big",
-            &server.url("/huge-fail"),
-            Duration::from_secs(5),
+            &hook_at("big", &server.url("/huge-fail"), Duration::from_secs(5)),
             &payload,
         )
         .await

@@ -16,6 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The controller's `--min-interval` in the e2e tests and the demo: their Canaries run
+/// passes of 1-5s, below Flagger's 10s floor, to finish in seconds.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long the controller may take to answer `/healthz` and load its canaries.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -121,6 +125,7 @@ impl Controller {
         cmd.args(["--prometheus", &self.spec.prometheus_url])
             .args(["--listen", &self.spec.listen.to_string()])
             .args(["--metrics-set", &self.spec.metrics_set])
+            .arg(format!("--min-interval={}ms", MIN_INTERVAL.as_millis()))
             .env("RUST_LOG", "info")
             // The log is read by people after a failure; no colour codes in it.
             .env("NO_COLOR", "1");

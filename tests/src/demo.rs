@@ -141,7 +141,11 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
         .map_err(|e| format!("read {}: {e}", canary_path().display()))?;
     // The webhook receiver's address is known only once it runs; any URL checks the rest.
     let checked = crate::envoy::render(&yaml, &[("WEBHOOK_URL", "http://127.0.0.1:1".into())])?;
-    let set = veer_controller::spec::load_texts(&[(canary_path(), checked)]);
+    // Read as the controller will: with the demo's --min-interval.
+    let opts = veer_controller::spec::LoadOptions {
+        min_interval: crate::controller::MIN_INTERVAL,
+    };
+    let set = veer_controller::spec::load_texts(&[(canary_path(), checked)], &opts);
     if let Some(e) = set.errors().next() {
         return Err(format!("the demo's Canary does not load: {e}"));
     }

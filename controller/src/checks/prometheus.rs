@@ -2,7 +2,8 @@
 //! `request-duration` queries in three query sets (istio, veer, envoy), Flagger-style query
 //! templates (`{{ namespace }}`, `{{ variables.x }}`, ...), the instant-query client and the
 //! inclusive threshold check. An empty result, NaN or several series is an error here, never
-//! a silent pass: the analysis must not promote a canary nobody measured.
+//! a silent pass: the analysis must not promote a canary nobody measured. (Flagger fails an
+//! empty result and NaN too, but takes the last of several series.)
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -395,8 +396,9 @@ pub enum MetricError {
     #[error("the query returned NaN: no requests in the interval, or 0/0 (query: {query})")]
     NaN { query: String },
     #[error(
-        "the query returned {count} series, expected exactly one: aggregate it (e.g. sum(...)) \
-         (query: {query})"
+        "the query returned {count} series, expected exactly one: aggregate it (e.g. sum(...)). \
+         Flagger would take the last series and ignore the others; veer fails the check rather \
+         than judge the canary on an arbitrary one (query: {query})"
     )]
     SeveralSeries { count: usize, query: String },
     #[error(

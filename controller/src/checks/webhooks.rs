@@ -3,6 +3,14 @@
 //! that POSTs it. Only 200, 201 and 202 pass; redirects are not followed and response
 //! bodies are read only up to a cap, so a misbehaving hook can neither bounce the request
 //! elsewhere nor exhaust memory.
+//!
+//! A hook's `retries` and `disableTLS` behave as in Flagger, whose HTTP client is
+//! go-retryablehttp: a call that fails with a transport error, a timeout, HTTP 429 or a
+//! 5xx other than 501 is tried again within the same call, up to `retries` more times,
+//! after 1s, 2s, 4s, ... (at most 30s, or the answer's `Retry-After` for 429 and 503).
+//! Other answers are final. A certificate that does not verify is final too, unless the
+//! hook sets `disableTLS`, which skips verification for that hook only. The timeout
+//! applies to each attempt.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +21,19 @@ use serde::{Deserialize, Serialize};
 
 /// Timeout of a hook whose spec sets none (Flagger's default).
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The wait before the first retry of a failed hook call; it doubles for each further one.
+pub const RETRY_WAIT_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts of a hook call.
+pub const RETRY_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The wait before retry number `retry` (0 for the first): 1s, 2s, 4s, ... up to 30s.
+pub fn retry_backoff(retry: u32) -> Duration {
+    RETRY_WAIT_MIN
+        .checked_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX))
+        .unwrap_or(RETRY_WAIT_MAX)
+        .min(RETRY_WAIT_MAX)
+}
 
 /// The most of a hook's response body that is read (and quoted in errors).
 pub const MAX_HOOK_RESPONSE_BYTES: usize = 64 * 1024;
@@ -154,9 +175,28 @@ impl CanaryIdentity {
 pub struct Hook {
     pub name: String,
     pub url: String,
-    /// `None` means [`DEFAULT_HOOK_TIMEOUT`].
+    /// `None` means [`DEFAULT_HOOK_TIMEOUT`]; it bounds each attempt.
     pub timeout: Option<Duration>,
     pub metadata: BTreeMap<String, String>,
+    /// How many more times a failed call is tried, with backoff (Flagger's `retries`).
+    pub retries: u32,
+    /// Skip certificate verification for this hook only (Flagger's `disableTLS`).
+    pub disable_tls: bool,
+}
+
+impl Hook {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT)
+    }
+
+    /// The longest one call may take: every attempt timing out, with the backoff between
+    /// them (a `Retry-After` answer may stretch a wait up to [`RETRY_WAIT_MAX`]).
+    pub fn worst_case(&self) -> Duration {
+        let waits: Duration = (0..self.retries).map(retry_backoff).sum();
+        self.timeout()
+            .saturating_mul(self.retries.saturating_add(1))
+            .saturating_add(waits)
+    }
 }
 
 /// Why a hook did not pass. Every message names the hook and its URL (password removed).
@@ -190,6 +230,14 @@ pub enum HookError {
         url: String,
         reason: String,
     },
+    #[error("webhook {hook:?} ({url}): the server's certificate does not verify: {reason} (set disableTLS: true on this webhook to skip verification, e.g. for a self-signed certificate)")]
+    Certificate {
+        hook: String,
+        url: String,
+        reason: String,
+    },
+    #[error("{last} (gave up after {attempts} attempts)")]
+    GaveUp { attempts: u32, last: Box<HookError> },
 }
 
 impl HookError {
@@ -199,7 +247,22 @@ impl HookError {
             HookError::InvalidUrl { hook, .. }
             | HookError::Status { hook, .. }
             | HookError::Timeout { hook, .. }
-            | HookError::Transport { hook, .. } => hook,
+            | HookError::Transport { hook, .. }
+            | HookError::Certificate { hook, .. } => hook,
+            HookError::GaveUp { last, .. } => last.hook(),
+        }
+    }
+
+    /// Whether another attempt may go differently (go-retryablehttp's default policy).
+    fn is_retryable(&self) -> bool {
+        match self {
+            HookError::Timeout { .. } | HookError::Transport { .. } => true,
+            HookError::Status { status, .. } => {
+                *status == 429 || (*status >= 500 && *status != 501)
+            }
+            HookError::InvalidUrl { .. }
+            | HookError::Certificate { .. }
+            | HookError::GaveUp { .. } => false,
         }
     }
 }
@@ -216,43 +279,86 @@ pub struct HookFailure {
     pub error: HookError,
 }
 
-/// Calls hooks over one shared HTTP client.
+/// Calls hooks over two shared HTTP clients: one that verifies certificates, and one for
+/// the hooks that set `disableTLS`.
 #[derive(Debug, Clone)]
 pub struct WebhookCaller {
-    http: reqwest::Client,
+    verifying: reqwest::Client,
+    not_verifying: reqwest::Client,
+}
+
+/// One attempt's answer: passed, or why not (and how long the server asked us to wait).
+struct AttemptFailure {
+    error: HookError,
+    retry_after: Option<Duration>,
 }
 
 impl WebhookCaller {
     pub fn new() -> Result<WebhookCaller, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("veer/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(WebhookCaller { http })
+        let client = |verify: bool| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("veer/", env!("CARGO_PKG_VERSION")))
+                .danger_accept_invalid_certs(!verify)
+                .build()
+        };
+        Ok(WebhookCaller {
+            verifying: client(true)?,
+            not_verifying: client(false)?,
+        })
     }
 
-    /// POSTs `payload` as JSON to `url`. Passes on 200, 201 or 202; anything else
-    /// (including 204 and redirects), a transport error or no complete answer within
-    /// `timeout` fails.
-    pub async fn call(
-        &self,
-        name: &str,
-        url: &str,
-        timeout: Duration,
-        payload: &WebhookPayload,
-    ) -> Result<(), HookError> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| HookError::InvalidUrl {
-            hook: name.to_string(),
-            url: url.to_string(),
-            reason: e.to_string(),
+    /// POSTs `payload` as JSON to the hook. Passes on 200, 201 or 202; anything else
+    /// (including 204 and redirects), a transport error or no complete answer within the
+    /// hook's timeout fails. A retryable failure is tried again up to `hook.retries` more
+    /// times, after the backoff (see the module's doc).
+    pub async fn call(&self, hook: &Hook, payload: &WebhookPayload) -> Result<(), HookError> {
+        let mut retry = 0;
+        loop {
+            let failure = match self.attempt(hook, payload).await {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            if retry >= hook.retries || !failure.error.is_retryable() {
+                return Err(if retry == 0 {
+                    failure.error
+                } else {
+                    HookError::GaveUp {
+                        attempts: retry + 1,
+                        last: Box::new(failure.error),
+                    }
+                });
+            }
+            let wait = failure
+                .retry_after
+                .map_or_else(|| retry_backoff(retry), |w| w.min(RETRY_WAIT_MAX));
+            tracing::debug!(hook = %hook.name, error = %failure.error, retry = retry + 1, of = hook.retries, ?wait, "webhook failed; retrying");
+            tokio::time::sleep(wait).await;
+            retry += 1;
+        }
+    }
+
+    async fn attempt(&self, hook: &Hook, payload: &WebhookPayload) -> Result<(), AttemptFailure> {
+        let name = hook.name.as_str();
+        let timeout = hook.timeout();
+        let final_error = |error| AttemptFailure {
+            error,
+            retry_after: None,
+        };
+        let parsed = reqwest::Url::parse(&hook.url).map_err(|e| {
+            final_error(HookError::InvalidUrl {
+                hook: name.to_string(),
+                url: hook.url.clone(),
+                reason: e.to_string(),
+            })
         })?;
         let shown = redacted(&parsed);
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(HookError::InvalidUrl {
+            return Err(final_error(HookError::InvalidUrl {
                 hook: name.to_string(),
                 url: shown,
                 reason: format!("scheme {:?} is not http or https", parsed.scheme()),
-            });
+            }));
         }
         let timed_out = || HookError::Timeout {
             hook: name.to_string(),
@@ -261,18 +367,30 @@ impl WebhookCaller {
         };
         let from_reqwest = |e: reqwest::Error| {
             if e.is_timeout() {
-                timed_out()
+                return timed_out();
+            }
+            let reason = error_chain(&e);
+            if !hook.disable_tls && is_certificate_error(&reason) {
+                HookError::Certificate {
+                    hook: name.to_string(),
+                    url: shown.clone(),
+                    reason,
+                }
             } else {
                 HookError::Transport {
                     hook: name.to_string(),
                     url: shown.clone(),
-                    reason: error_chain(&e),
+                    reason,
                 }
             }
         };
+        let http = if hook.disable_tls {
+            &self.not_verifying
+        } else {
+            &self.verifying
+        };
         let exchange = async {
-            let response = self
-                .http
+            let response = http
                 .post(parsed.clone())
                 .json(payload)
                 .timeout(timeout)
@@ -280,28 +398,39 @@ impl WebhookCaller {
                 .await
                 .map_err(from_reqwest)?;
             let status = response.status().as_u16();
-            let location = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+            };
+            let location = header(reqwest::header::LOCATION);
+            let retry_after = header(reqwest::header::RETRY_AFTER)
+                .filter(|_| matches!(status, 429 | 503))
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let body = read_body_capped(response, MAX_HOOK_RESPONSE_BYTES)
                 .await
                 .map_err(from_reqwest)?;
-            Ok::<_, HookError>((status, location, body))
+            Ok::<_, HookError>((status, location, retry_after, body))
         };
         // reqwest's timeout covers the body too; this outer one is the guarantee.
-        let (status, location, body) = tokio::time::timeout(timeout, exchange)
+        let (status, location, retry_after, body) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| timed_out())??;
+            .map_err(|_| final_error(timed_out()))?
+            .map_err(final_error)?;
         if matches!(status, 200..=202) {
             return Ok(());
         }
-        Err(HookError::Status {
-            hook: name.to_string(),
-            url: shown,
-            status,
-            location: location.filter(|_| (300..400).contains(&status)),
-            body: body.excerpt(512),
+        Err(AttemptFailure {
+            error: HookError::Status {
+                hook: name.to_string(),
+                url: shown,
+                status,
+                location: location.filter(|_| (300..400).contains(&status)),
+                body: body.excerpt(512),
+            },
+            retry_after,
         })
     }
 
@@ -315,9 +444,8 @@ impl WebhookCaller {
     ) -> Result<(), HookFailure> {
         for (index, hook) in hooks.iter().enumerate() {
             let payload = canary.payload(hook.metadata.clone());
-            let timeout = hook.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
             tracing::debug!(hook = %hook.name, %hook_type, "calling webhook");
-            if let Err(error) = self.call(&hook.name, &hook.url, timeout, &payload).await {
+            if let Err(error) = self.call(hook, &payload).await {
                 return Err(HookFailure {
                     hook_type,
                     index,
@@ -344,9 +472,14 @@ impl WebhookCaller {
             event_type,
             SystemTime::now(),
         );
-        let timeout = hook.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
-        self.call(&hook.name, &hook.url, timeout, &payload).await
+        self.call(hook, &payload).await
     }
+}
+
+/// Whether a transport error is a certificate that did not verify (rustls says "invalid
+/// peer certificate"): retrying cannot help, and the message should say what to set.
+fn is_certificate_error(reason: &str) -> bool {
+    reason.contains("invalid peer certificate") || reason.contains("certificate verify failed")
 }
 
 /// A URL for messages: the password of `user:password@` is replaced, since hook and

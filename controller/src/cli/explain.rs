@@ -9,12 +9,14 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::checks::prometheus::{builtin_query, render_query, MetricsSet};
-use crate::checks::webhooks::{HookType, DEFAULT_HOOK_TIMEOUT};
+use crate::checks::webhooks::HookType;
 use crate::engine::{
     advance, on_revision, plan, route_for_state, CanaryState, CheckKind, CheckResult, IdleReason,
     PassKind, PassObservations, PassPlan, PassStep, Phase, StepResult, Timestamp,
 };
-use crate::spec::{CanarySpec, MetricSource, SpecProblem, SpecSet, Strategy, WeightSteps};
+use crate::spec::{
+    CanarySpec, MetricSource, SpecProblem, SpecSet, Strategy, WeightSteps, DEFAULT_MIN_INTERVAL,
+};
 
 /// Prometheus' scrape interval assumed when none is given (Istio's and most charts').
 pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
@@ -43,11 +45,20 @@ pub fn explain(set: &SpecSet, opts: &ExplainOptions) -> String {
     for e in set.errors() {
         let _ = writeln!(out, "error: {e}");
     }
-    if set.errors().next().is_some() {
+    let has_errors = set.errors().next().is_some();
+    if has_errors {
         out.push('\n');
     }
     if set.canaries.is_empty() {
-        out.push_str("No valid Canary found.\n");
+        if has_errors {
+            out.push_str("No valid Canary to explain: the errors above say why.\n");
+        } else {
+            let _ = writeln!(
+                out,
+                "No Canary found in {}: no document of kind Canary.",
+                set.files_read()
+            );
+        }
     }
     for (i, spec) in set.canaries.iter().enumerate() {
         if i > 0 {
@@ -257,7 +268,10 @@ fn describe_pass(spec: &CanarySpec, p: &SimulatedPass) -> String {
         }
         PassKind::Promote => what.push("promotion".into()),
         PassKind::Finalise => what.push("in-flight requests drain".into()),
-        PassKind::SkipAnalysis => what.push("skipAnalysis".into()),
+        PassKind::SkipAnalysis => what.push(
+            "skipAnalysis (Kubernetes mode: once the canary is ready): no metrics, no rollout hooks"
+                .into(),
+        ),
         PassKind::RollBack(_) => what.push("failed checks threshold reached".into()),
         _ => {}
     }
@@ -271,7 +285,10 @@ fn describe_pass(spec: &CanarySpec, p: &SimulatedPass) -> String {
     }
     match (b.phase, a.phase) {
         (_, Phase::Progressing) if b.phase != Phase::Progressing => {
-            result.push("the run starts: Progressing at weight 0".into())
+            result.push("the run starts: Progressing at weight 0".into());
+            if spec.skip_analysis {
+                result.push("skipAnalysis: promoted at the next pass".into());
+            }
         }
         (_, Phase::Failed) => result.push(format!(
             "rolled back: weight {} → 0, Failed; post-rollout hooks{}",
@@ -285,20 +302,24 @@ fn describe_pass(spec: &CanarySpec, p: &SimulatedPass) -> String {
                     b.weight,
                     steps.max()
                 ),
-                Strategy::ABTesting { iterations } | Strategy::BlueGreen { iterations } => {
-                    format!("{iterations} iterations done; ")
+                Strategy::ABTesting { iterations } => format!("{iterations} iterations done; "),
+                Strategy::BlueGreen { iterations, .. } => {
+                    format!("one more analysis passed after {iterations} iterations; ")
                 }
             };
-            let skip = if p.kind == PassKind::SkipAnalysis {
-                ""
-            } else {
-                &at_max
-            };
             result.push(format!(
-                "{skip}{}Promoting: the primary takes the new revision",
-                gate_passed(spec, HookType::ConfirmPromotion)
+                "{at_max}{}Promoting: the primary takes the new revision",
+                gate_in(spec, p, HookType::ConfirmPromotion)
             ));
         }
+        (_, Phase::Succeeded) if p.kind == PassKind::SkipAnalysis => result.push(format!(
+            "the primary takes the new revision; Succeeded; post-rollout hooks{}",
+            hooks_suffix(spec, HookType::PostRollout)
+        )),
+        (Phase::Promoting, Phase::Finalising) if b.weight == 0 => result.push(
+            "no canary traffic to move back: the primary serves the new revision; Finalising"
+                .into(),
+        ),
         (Phase::Promoting, Phase::Finalising) => result.push(format!(
             "weight {} → 0: all traffic on the primary; Finalising",
             b.weight
@@ -332,7 +353,7 @@ fn describe_pass(spec: &CanarySpec, p: &SimulatedPass) -> String {
                 ""
             };
             let gate = if a.weight > b.weight {
-                gate_passed(spec, HookType::ConfirmTrafficIncrease)
+                gate_in(spec, p, HookType::ConfirmTrafficIncrease)
             } else {
                 String::new()
             };
@@ -350,6 +371,11 @@ fn describe_pass(spec: &CanarySpec, p: &SimulatedPass) -> String {
             let total = spec.analysis.iterations;
             if a.iterations <= total {
                 result.push(format!("iteration {}/{total}", a.iterations));
+            } else if a.weight == 0 && !spec.routes_traffic() {
+                result.push(format!(
+                    "{}{total} iterations done; still no traffic on the canary (provider kubernetes): one more analysis, then promotion",
+                    gate_in(spec, p, HookType::ConfirmPromotion)
+                ));
             }
         }
     }
@@ -368,8 +394,9 @@ fn hooks_suffix(spec: &CanarySpec, t: HookType) -> String {
     }
 }
 
-fn gate_passed(spec: &CanarySpec, t: HookType) -> String {
-    if spec.hooks(t).is_empty() {
+/// "confirm-promotion approves; " when this pass asked that gate (and it has hooks).
+fn gate_in(spec: &CanarySpec, p: &SimulatedPass, t: HookType) -> String {
+    if spec.hooks(t).is_empty() || !p.steps.contains(&PassStep::Hooks(t)) {
         String::new()
     } else {
         format!("{t} approves; ")
@@ -378,6 +405,73 @@ fn gate_passed(spec: &CanarySpec, t: HookType) -> String {
 
 fn interval_words(spec: &CanarySpec) -> String {
     format_duration(spec.interval())
+}
+
+/// Where the effective interval comes from: the spec, the default, or the floor.
+fn interval_source(spec: &CanarySpec) -> String {
+    let floor = spec.min_interval;
+    let floor_words = if floor == DEFAULT_MIN_INTERVAL {
+        format!("the {} floor, Flagger's", format_duration(floor))
+    } else {
+        format!("the {} floor set by --min-interval", format_duration(floor))
+    };
+    let mut words = match &spec.analysis.interval {
+        Some(i) if i.duration < floor => {
+            format!("analysis.interval {i} raised to {floor_words}")
+        }
+        Some(_) => "analysis.interval".to_string(),
+        None => "the default; analysis.interval is not set".to_string(),
+    };
+    if spec.interval() < DEFAULT_MIN_INTERVAL {
+        let _ = write!(
+            words,
+            "; below Flagger's {} floor, allowed by --min-interval {}",
+            format_duration(DEFAULT_MIN_INTERVAL),
+            format_duration(floor)
+        );
+    }
+    words
+}
+
+/// What `skipAnalysis` does, naming the hooks that still run and the ones that do not.
+fn skip_analysis_words(spec: &CanarySpec) -> String {
+    let mut text = "skipAnalysis: as in Flagger, a new revision starts a run, and the next pass promotes it with no metrics and no rollout hooks (in Kubernetes mode, once the canary is ready).".to_string();
+    let running: Vec<String> = [
+        HookType::ConfirmRollout,
+        HookType::PostRollout,
+        HookType::Event,
+    ]
+    .into_iter()
+    .filter(|t| !spec.hooks(*t).is_empty())
+    .map(|t| format!("{t} ({})", hook_names(spec, t)))
+    .collect();
+    let skipped: Vec<String> = [
+        HookType::PreRollout,
+        HookType::Rollout,
+        HookType::ConfirmTrafficIncrease,
+        HookType::ConfirmPromotion,
+        HookType::Rollback,
+    ]
+    .into_iter()
+    .filter(|t| !spec.hooks(*t).is_empty())
+    .map(|t| format!("{t} ({})", hook_names(spec, t)))
+    .collect();
+    if !running.is_empty() {
+        let _ = write!(text, " Hooks that still run: {}.", running.join(", "));
+    }
+    if !skipped.is_empty() {
+        let _ = write!(text, " Hooks not called: {}.", skipped.join(", "));
+    }
+    if !spec.analysis.metrics.is_empty() {
+        let names: Vec<&str> = spec
+            .analysis
+            .metrics
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        let _ = write!(text, " Metrics not checked: {}.", names.join(", "));
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------------------
@@ -406,28 +500,36 @@ pub fn explain_canary(
         Strategy::ABTesting { iterations } => format!(
             "A/B testing: requests matching analysis.match all go to the canary for {iterations} passing iterations; the rest stay on the primary"
         ),
-        Strategy::BlueGreen { iterations } => format!(
+        Strategy::BlueGreen {
+            iterations,
+            switches_traffic: true,
+        } => format!(
             "Blue/Green: {iterations} passing iterations with the canary tested by its hooks{}, then all traffic switches to it",
             if spec.analysis.mirror { " and mirrored traffic" } else { "" }
+        ),
+        Strategy::BlueGreen {
+            iterations,
+            switches_traffic: false,
+        } => format!(
+            "Blue/Green without traffic routing (provider kubernetes, as in Flagger): {iterations} passing iterations test the canary through its own Service, {}-canary, by its hooks and metrics; it gets no share of the traffic, and at promotion the primary takes the new revision",
+            spec.service_name()
         ),
     };
     let _ = writeln!(out, "  {strategy}.");
     let _ = writeln!(
         out,
-        "  One pass every {interval} (analysis.interval). Rollback after {} failed {} (analysis.threshold), counted over the whole run, not consecutively.",
+        "  One pass every {interval} ({}). Rollback after {} failed {} (analysis.threshold), counted over the whole run, not consecutively.",
+        interval_source(spec),
         spec.threshold(),
         plural(spec.threshold() as usize, "check", "checks")
     );
     let _ = writeln!(
         out,
-        "  Progress deadline {} (progressDeadlineSeconds): a run with no weight step or iteration for that long is rolled back.",
+        "  Progress deadline {} (progressDeadlineSeconds): it bounds readiness, as in Flagger. In Kubernetes mode the canary must become ready within it during a run, or the run is rolled back; on promotion veer waits for the primary to become ready while the canary keeps its share. Local mode has no readiness to wait for, so there it does not apply.",
         format_duration(spec.progress_deadline())
     );
     if spec.skip_analysis {
-        let _ = writeln!(
-            out,
-            "  skipAnalysis: a new revision is promoted at once, without checks."
-        );
+        let _ = writeln!(out, "  {}", skip_analysis_words(spec));
     }
     if spec.suspend {
         let _ = writeln!(out, "  suspend: no passes run until suspend is removed (the timeline shows what happens then).");
@@ -456,7 +558,13 @@ pub fn explain_canary(
     } else {
         let _ = writeln!(out, "  Gateways: {}.", spec.service.gateways.join(", "));
     }
-    if !route.r#match.is_empty() {
+    if !spec.routes_traffic() {
+        let _ = writeln!(
+            out,
+            "  provider kubernetes: the route keeps weight 0 for the whole run; the canary is reached only through its own Service ({}-canary), e.g. by the load tester.",
+            spec.service_name()
+        );
+    } else if !route.r#match.is_empty() {
         let _ = writeln!(
             out,
             "  Only requests matching one of {} analysis.match {} take part; all others stay on the primary.",
@@ -465,6 +573,7 @@ pub fn explain_canary(
         );
     }
     match &route.session_affinity {
+        _ if !spec.routes_traffic() => {}
         Some(sa) => {
             let _ = writeln!(
                 out,
@@ -538,8 +647,23 @@ pub fn explain_canary(
     let has_checks = !spec.analysis.metrics.is_empty()
         || !spec.hooks(HookType::Rollout).is_empty()
         || !spec.hooks(HookType::PreRollout).is_empty();
-    if !has_checks || spec.skip_analysis {
-        let _ = writeln!(out, "  Nothing can fail this canary: it has no metrics and no pre-rollout or rollout hooks.");
+    let rollback_hooks = hook_names(spec, HookType::Rollback);
+    if spec.skip_analysis {
+        let _ = writeln!(
+            out,
+            "  skipAnalysis: no check runs and no rollback hook is called, so nothing fails this canary{}.",
+            if has_checks { " (its metrics and hooks are skipped)" } else { "" }
+        );
+    } else if !has_checks {
+        let by_hooks = if rollback_hooks.is_empty() {
+            String::new()
+        } else {
+            format!("; only its rollback hooks ({rollback_hooks}) can roll it back")
+        };
+        let _ = writeln!(
+            out,
+            "  No check can fail this canary: it has no metrics and no pre-rollout or rollout hooks{by_hooks}."
+        );
     } else {
         let first_check = happy
             .iter()
@@ -563,13 +687,20 @@ pub fn explain_canary(
             ));
         }
     }
-    let _ = writeln!(
-        out,
-        "  A run that stops progressing (a confirm-traffic-increase gate that keeps refusing) is rolled back after {} without a weight step or iteration.",
-        format_duration(spec.progress_deadline().max(spec.interval() * 2))
-    );
+    if !spec.skip_analysis && !rollback_hooks.is_empty() {
+        let _ = writeln!(
+            out,
+            "  Any pass may also roll back at once: the rollback hooks ({rollback_hooks}) are called first in every pass, and a 2xx answer rolls back."
+        );
+    }
+    if !spec.skip_analysis && !spec.hooks(HookType::ConfirmTrafficIncrease).is_empty() {
+        let _ = writeln!(
+            out,
+            "  A confirm-traffic-increase refusal pauses the run at its weight, asked again every {interval}; it is not a failed check and never rolls back by itself."
+        );
+    }
 
-    if !spec.hooks(HookType::ConfirmPromotion).is_empty() {
+    if !spec.skip_analysis && !spec.hooks(HookType::ConfirmPromotion).is_empty() {
         let _ = writeln!(
             out,
             "  In WaitingPromotion there is no deadline: the run waits for confirm-promotion as long as it takes, while its analysis keeps running and failures still count."
@@ -584,7 +715,7 @@ pub fn explain_canary(
     } else {
         let _ = writeln!(
             out,
-            "Metrics (instant queries each analysis pass, in order; the first failure ends the pass; no data, NaN or several series fail):"
+            "Metrics (instant queries each analysis pass, in order; the first failure ends the pass; no data, NaN or several series fail: Flagger also fails no data and NaN, but takes the last of several series):"
         );
         let _ = writeln!(
             out,
@@ -701,28 +832,56 @@ pub fn explain_canary(
             HookType::ConfirmRollout => "before a run starts; a refusal means Waiting, asked again every interval",
             HookType::PreRollout => "once at weight 0, before any traffic; a failure is a failed check and it runs again next pass",
             HookType::Rollout => "every analysis pass, before the metrics; a failure is a failed check",
-            HookType::ConfirmTrafficIncrease => "before each weight increase; a refusal only halts that pass",
+            HookType::ConfirmTrafficIncrease => "before each weight increase; a refusal pauses the run at its weight until it approves",
             HookType::ConfirmPromotion => "before promotion; a refusal means WaitingPromotion, where analysis and gate repeat every interval",
             HookType::PostRollout => "after promotion or rollback; failures are only logged",
             HookType::Rollback => "every pass; a 2xx answer rolls back at once",
             HookType::Event => "receives every event",
         };
-        let timeout = w.hook.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
+        let skipped = spec.skip_analysis
+            && !matches!(
+                w.hook_type,
+                HookType::ConfirmRollout | HookType::PostRollout | HookType::Event
+            );
+        let mut call = format!("timeout {}", format_duration(w.hook.timeout()));
+        if w.hook.retries > 0 {
+            let _ = write!(
+                call,
+                ", {} {} with backoff, up to {} in all",
+                w.hook.retries,
+                plural(w.hook.retries as usize, "retry", "retries"),
+                format_duration(w.hook.worst_case())
+            );
+        }
+        if w.hook.disable_tls {
+            call.push_str(", certificate not verified (disableTLS)");
+        }
         let _ = writeln!(
             out,
-            "  {} {} → {} (timeout {}): {role}.",
+            "  {} {} → {} ({call}): {role}{}.",
             w.hook_type,
             w.hook.name,
             w.hook.url,
-            format_duration(timeout)
+            if skipped {
+                " (not called: skipAnalysis)"
+            } else {
+                ""
+            }
         );
-        if timeout > spec.interval() {
-            warnings.push(format!(
-                "webhook {} may take up to {} but a pass comes every {interval}: slow hooks delay every pass.",
-                w.hook.name,
-                format_duration(timeout)
-            ));
-        }
+    }
+    // Rollout hooks run in every analysis pass, one after another; Flagger's docs ask that
+    // their timeouts add up to less than the interval. Other hooks run once or only gate.
+    let rollout = spec.hooks(HookType::Rollout);
+    let rollout_worst: Duration = rollout.iter().map(|h| h.worst_case()).sum();
+    if !spec.skip_analysis && rollout_worst > spec.interval() {
+        let names: Vec<&str> = rollout.iter().map(|h| h.name.as_str()).collect();
+        warnings.push(format!(
+            "rollout {} {} may take up to {} in all (timeouts{}) but a pass comes every {interval}: slow rollout hooks delay every pass.",
+            plural(names.len(), "hook", "hooks"),
+            names.join(", "),
+            format_duration(rollout_worst),
+            if rollout.iter().any(|h| h.retries > 0) { " and retries" } else { "" }
+        ));
     }
 
     warnings.extend(traps(spec));
@@ -845,20 +1004,6 @@ fn traps(spec: &CanarySpec) -> Vec<String> {
     }
     if a.metrics.is_empty() && !spec.skip_analysis {
         w.push("no metrics: only hooks are checked, so a canary answering 500s is promoted unless a hook notices.".into());
-    }
-    if spec.progress_deadline() < spec.interval() * 2 {
-        w.push(format!(
-            "progressDeadlineSeconds {} is shorter than two intervals: veer stretches it to {} so that a run progressing at every pass is not rolled back.",
-            format_duration(spec.progress_deadline()),
-            format_duration(spec.interval() * 2)
-        ));
-    }
-    if let Some(i) = &a.interval {
-        if i.duration < crate::spec::MIN_INTERVAL {
-            w.push(format!(
-                "analysis.interval {i} is below veer's floor: passes run every 1s."
-            ));
-        }
     }
     if a.threshold == 0 {
         w.push("analysis.threshold is not set: one failed check (e.g. a single Prometheus timeout) rolls back.".into());

@@ -13,7 +13,7 @@
 pub mod explain;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,13 +66,14 @@ pub enum CliCommand {
     Pause(TargetArgs),
     /// Resume the passes of NS/NAME.
     Resume(TargetArgs),
-    /// Explain in plain words what the Canary in FILE will do: timeline, metrics, traps.
+    /// Explain in plain words what the Canaries in the given files and directories will do:
+    /// timeline, metrics, traps.
     Explain(ExplainArgs),
     /// Print the Istio resources (Services, DestinationRules, VirtualService, WasmPlugin)
     /// for the Canary in FILE.
     Render(RenderArgs),
-    /// Check every Canary and MetricTemplate in a directory (or one file); exits non-zero
-    /// on errors. For CI pipelines.
+    /// Check every Canary and MetricTemplate in the given files and directories; exits
+    /// non-zero on errors, or when there is no Canary. For CI pipelines.
     Validate(ValidateArgs),
     /// Print the CustomResourceDefinitions of Canary and MetricTemplate (flagger.app/v1beta1)
     /// for Kubernetes mode: `veer crds | kubectl apply --server-side -f -`.
@@ -109,6 +110,8 @@ pub struct ControllerArgs {
     /// How often the canary directory is checked for changes (SIGHUP re-reads at once).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub rescan_interval: Duration,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Kubernetes mode: Canary resources in the cluster (KUBECONFIG or in-cluster config),
     /// the target Deployments' lifecycle as Flagger runs it, the state in each Canary's
     /// status.
@@ -173,10 +176,70 @@ pub struct RolloutArgs {
     pub revision: String,
 }
 
+/// The specs' files and directories, as kubectl takes them: `-f a.yaml -f dir/` or
+/// `-f a.yaml,b.yaml`, or as plain arguments. They are read together, so a Canary may use
+/// a MetricTemplate from another file.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct InputArgs {
+    /// YAML files, or directories of them (not recursive).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// A YAML file or directory, as kubectl's -f; repeat it or separate paths with commas.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub filenames: Vec<PathBuf>,
+}
+
+impl InputArgs {
+    /// Every path given, plain arguments first.
+    pub fn all(&self) -> Vec<PathBuf> {
+        self.paths.iter().chain(&self.filenames).cloned().collect()
+    }
+}
+
+/// The controller's settings that change what a spec means; `explain` and `validate` take
+/// them too, so they read a spec as the controller does.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// The shortest analysis interval: a shorter analysis.interval is raised to it, with a
+    /// warning. 10s is Flagger's floor; lower it for demos and tests (e.g. 1s).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_min_interval)]
+    pub min_interval: Duration,
+}
+
+impl SpecArgs {
+    pub fn load_options(&self) -> spec::LoadOptions {
+        spec::LoadOptions {
+            min_interval: self.min_interval,
+        }
+    }
+}
+
+/// The lowest `--min-interval`: below it a pass would run back to back with the next.
+const MIN_INTERVAL_FLOOR: Duration = Duration::from_millis(100);
+
+fn parse_min_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < MIN_INTERVAL_FLOOR {
+        return Err(format!(
+            "{text} is below {}: passes would run back to back",
+            humantime::format_duration(MIN_INTERVAL_FLOOR)
+        ));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// A YAML file with one or more Canaries (and the MetricTemplates they use).
-    pub file: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Query set of the builtin metrics, as the controller's --metrics-set.
     #[arg(long, value_name = "SET", default_value = "istio", value_parser = parse_metrics_set)]
     pub metrics_set: MetricsSet,
@@ -209,8 +272,10 @@ pub struct RenderArgs {
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// A directory of YAML files (not recursive), or one file.
-    pub path: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
 }
 
 /// A failed command: one line for the user.
@@ -241,7 +306,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         CliCommand::Explain(args) => explain_file(&args),
         CliCommand::Render(args) => render_file(&args),
-        CliCommand::Validate(args) => validate(&args.path),
+        CliCommand::Validate(args) => validate(&args),
         CliCommand::Crds => {
             let yaml = crate::platform::kubernetes::crd::crds_yaml()
                 .map_err(|e| fail(format!("cannot encode the CRDs: {e}")))?;
@@ -353,6 +418,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
             instance: std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
                 .unwrap_or_else(|_| "veer".into()),
+            load: args.spec.load_options(),
         };
         let mode = KubeMode::start(options, config, &mut registry)
             .await
@@ -381,7 +447,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
         ),
         None => tracing::info!(state = %state_file.display(), "no state file yet: starting fresh"),
     }
-    let mut spec_dir = SpecDir::new(dir.clone());
+    let mut spec_dir = SpecDir::new(dir.clone(), args.spec.load_options());
     let set = spec_dir
         .load_if_changed()
         .map_err(|e| fail(e.to_string()))?
@@ -409,6 +475,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
         dir = %dir.display(),
         state = %state_file.display(),
         metrics_set = %args.metrics_set,
+        min_interval = %humantime::format_duration(args.spec.min_interval),
         "veer controller running (local mode)"
     );
     let mut signals = Signals::new()?;
@@ -530,19 +597,36 @@ impl Signals {
 // Offline commands
 
 fn explain_file(args: &ExplainArgs) -> Result<ExitCode, CliError> {
-    let set = spec::load_file(&args.file);
+    let set = spec::load_paths(&args.input.all(), &args.spec.load_options());
     let opts = ExplainOptions {
         metrics_set: args.metrics_set,
         scrape_interval: args.scrape_interval,
     };
     print!("{}", explain(&set, &opts));
-    if set.errors().next().is_some() || set.canaries.is_empty() {
+    let errors = set.errors().count();
+    if errors > 0 {
+        let what = if set.canaries.is_empty() {
+            "no valid Canary to explain"
+        } else {
+            "the Canaries above are the valid ones"
+        };
         return Err(fail(format!(
-            "{}: no valid Canary to explain (see the errors above)",
-            args.file.display()
+            "{errors} error{} (listed above): {what}",
+            if errors == 1 { "" } else { "s" }
         )));
     }
+    if set.canaries.is_empty() {
+        return Err(fail(no_canary_message(&set)));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why an input with no error has nothing to explain or validate.
+fn no_canary_message(set: &SpecSet) -> String {
+    format!(
+        "no Canary found in {}: no document of kind Canary",
+        set.files_read()
+    )
 }
 
 fn parse_controller_endpoint(text: &str) -> Result<(String, String, u16), CliError> {
@@ -561,7 +645,7 @@ fn parse_controller_endpoint(text: &str) -> Result<(String, String, u16), CliErr
 }
 
 fn render_file(args: &RenderArgs) -> Result<ExitCode, CliError> {
-    let set = spec::load_file(&args.file);
+    let set = spec::load_file(&args.file, &spec::LoadOptions::default());
     let errors: Vec<String> = set.errors().map(ToString::to_string).collect();
     if !errors.is_empty() {
         for e in &errors {
@@ -606,17 +690,8 @@ fn render_file(args: &RenderArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(path: &Path) -> Result<ExitCode, CliError> {
-    let set = if path.is_dir() {
-        spec::load_dir(path).map_err(|e| fail(e.to_string()))?
-    } else if path.exists() {
-        spec::load_file(path)
-    } else {
-        return Err(fail(format!(
-            "{}: no such file or directory",
-            path.display()
-        )));
-    };
+fn validate(args: &ValidateArgs) -> Result<ExitCode, CliError> {
+    let set = spec::load_paths(&args.input.all(), &args.spec.load_options());
     for problem in &set.problems {
         let severity = match problem.severity {
             spec::Severity::Error => "error",
@@ -624,7 +699,11 @@ fn validate(path: &Path) -> Result<ExitCode, CliError> {
         };
         println!("{severity}: {problem}");
     }
-    let errors = set.errors().count();
+    let mut errors = set.errors().count();
+    if set.canaries.is_empty() && errors == 0 {
+        println!("error: {}", no_canary_message(&set));
+        errors += 1;
+    }
     let warnings = set.warnings().count();
     for canary in &set.canaries {
         println!("ok: {} ({})", canary.key(), canary.source);

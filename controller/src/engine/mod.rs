@@ -22,6 +22,12 @@
 //! - Blue/Green follows Flagger: `iterations` passes at weight 0 (mirroring if
 //!   `mirror: true`), then confirm-traffic-increase and confirm-promotion gate the switch to
 //!   weight 100, one more analysis runs at 100, then Promoting.
+//!   With `provider: kubernetes` (no traffic routing) the weight stays 0: after the
+//!   iterations one more analysis runs (gated by confirm-promotion), then Promoting, as
+//!   Flagger does.
+//! - `skipAnalysis` follows Flagger's two passes: the pass that starts the run (after
+//!   confirm-rollout) only starts it; the next one, which the platform runs only once the
+//!   canary is ready, promotes with no metrics and no rollout hooks.
 //! - confirm-traffic-increase also gates the mirroring step and the step from mirroring to
 //!   real traffic (Flagger skips it for the latter; veer gates every increase).
 //! - `progressDeadlineSeconds` bounds readiness, as in Flagger: how long the canary (and the
@@ -305,7 +311,8 @@ pub enum PassKind {
     /// Rollout hooks and metrics, then the next step (or the promotion gate).
     Analysis,
     RollBack(RollbackReason),
-    /// `skipAnalysis`: promote at once.
+    /// `skipAnalysis`: the pass after the run started (once the platform saw the canary
+    /// ready) promotes, with no metrics and no rollout hooks.
     SkipAnalysis,
     /// Move weight back to the primary (all at once or by stepWeightPromotion).
     Promote,
@@ -598,15 +605,21 @@ fn gates(spec: &CanarySpec, state: &CanaryState) -> Vec<HookType> {
                 Vec::new()
             }
         }
-        Strategy::BlueGreen { iterations } => {
+        Strategy::BlueGreen {
+            iterations,
+            switches_traffic,
+        } => {
             if pre {
                 if spec.analysis.mirror {
                     vec![HookType::ConfirmTrafficIncrease]
                 } else {
                     Vec::new()
                 }
-            } else if state.iterations == iterations {
+            } else if state.iterations == iterations && switches_traffic {
                 vec![HookType::ConfirmTrafficIncrease, HookType::ConfirmPromotion]
+            } else if state.iterations == iterations {
+                // No traffic moves before promotion, so there is no increase to confirm.
+                vec![HookType::ConfirmPromotion]
             } else {
                 Vec::new()
             }
@@ -748,10 +761,8 @@ pub fn advance(
                     b.start_run();
                     if spec.skip_analysis {
                         b.info(format!(
-                            "New revision {revision} of {key}: skipAnalysis is set, promoting"
+                            "New revision {revision} of {key}: skipAnalysis is set, it is promoted at the next pass"
                         ));
-                        b.enter_promoting();
-                        b.succeed();
                     } else {
                         b.info(format!(
                             "New revision {revision} of {key}: starting canary analysis"
@@ -767,7 +778,9 @@ pub fn advance(
             "failed checks threshold reached ({failed_checks} of {threshold})"
         )),
         PassKind::SkipAnalysis => {
-            b.info(format!("skipAnalysis is set: promoting {key} at once"));
+            b.info(format!(
+                "skipAnalysis is set: promoting {key} without analysis"
+            ));
             b.enter_promoting();
             b.succeed();
         }
@@ -862,7 +875,10 @@ fn advance_traffic(b: &mut Builder<'_>, pre: bool) {
                 b.enter_promoting();
             }
         }
-        Strategy::BlueGreen { iterations } => {
+        Strategy::BlueGreen {
+            iterations,
+            switches_traffic,
+        } => {
             if pre {
                 b.state.iterations = 1;
                 b.state.mirror = spec.analysis.mirror;
@@ -880,12 +896,20 @@ fn advance_traffic(b: &mut Builder<'_>, pre: bool) {
                 let i = b.state.iterations;
                 b.progress();
                 b.info(format!("Advance {key} canary iteration {i}/{iterations}"));
-            } else if b.state.iterations == iterations {
+            } else if b.state.iterations == iterations && switches_traffic {
                 b.state.mirror = false;
                 b.state.weight = 100;
                 b.state.iterations += 1;
                 b.progress();
                 b.info(format!("Advance {key}: all traffic switched to the canary"));
+            } else if b.state.iterations == iterations {
+                // As Flagger with provider kubernetes: one more analysis, with no traffic
+                // switch, before promotion.
+                b.state.iterations += 1;
+                b.progress();
+                b.info(format!(
+                    "Advance {key}: {iterations} iterations done; the canary gets no traffic before promotion (provider kubernetes)"
+                ));
             } else {
                 b.enter_promoting();
             }

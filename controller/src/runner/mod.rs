@@ -759,13 +759,7 @@ impl Runner {
         let mut checks = Vec::new();
         for hook in spec.hooks(HookType::Rollback) {
             let payload = identity.payload(hook.metadata.clone());
-            let timeout = hook
-                .timeout
-                .unwrap_or(crate::checks::webhooks::DEFAULT_HOOK_TIMEOUT);
-            let answer = self
-                .caller
-                .call(&hook.name, &hook.url, timeout, &payload)
-                .await;
+            let answer = self.caller.call(&hook, &payload).await;
             let rollback = answer.is_ok();
             if let Err(e) = &answer {
                 tracing::debug!(canary = %spec.key(), hook = %hook.name, error = %e, "rollback hook: no rollback requested");

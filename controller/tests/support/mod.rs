@@ -9,6 +9,7 @@ pub mod http;
 pub mod immutable_dir;
 pub mod process;
 pub mod prometheus;
+pub mod tls;
 pub mod veer;
 
 use std::net::TcpListener as StdTcpListener;

@@ -164,9 +164,16 @@ impl Controller {
 }
 
 /// `controller ARGS --listen=127.0.0.1:<port>`, logging at debug.
+/// `--min-interval` of every test controller: the tests' specs run 1s passes (Flagger's
+/// 10s floor would make each of them ten times slower).
+pub const TEST_MIN_INTERVAL: &str = "1s";
+
 fn controller_args(cmd: &mut Command, args: &[String], port: u16) {
-    cmd.arg("controller")
-        .args(args)
+    cmd.arg("controller");
+    if !args.iter().any(|a| a.starts_with("--min-interval")) {
+        cmd.arg(format!("--min-interval={TEST_MIN_INTERVAL}"));
+    }
+    cmd.args(args)
         .arg(format!("--listen=127.0.0.1:{port}"))
         .env("RUST_LOG", "veer_controller=debug,info");
 }

@@ -7,8 +7,8 @@
 //!
 //! Where the tables come from: the gateway long-polls a table server with the controller's
 //! contract (tests/src/table_stub.rs) that publishes a new generation, with every weight
-//! changed, every 100 ms. The controller cannot do that: its analysis interval has a 1 s
-//! floor and it batches state writes (at most one per 250 ms under a slow disk), so its table
+//! changed, every 100 ms. The controller cannot do that: its analysis interval has a floor
+//! (lowered to 1 s here with `--min-interval`) and it batches state writes (at most one per 250 ms under a slow disk), so its table
 //! changes a few times per second; the full-loop tests cover the gateway on the real
 //! controller. Meanwhile the controller runs sixteen canaries with 1 s passes that a driver
 //! rolls out again whenever one finishes, and is long-polled like a gateway, so its memory is
@@ -207,6 +207,7 @@ fn run() -> Result<bool, String> {
         .arg(format!("--canaries={}", canaries.display()))
         .arg(format!("--state={}", dir.join("state.json").display()))
         .arg(format!("--listen={api}"))
+        .arg("--min-interval=1s")
         .env("RUST_LOG", "info");
     let mut controller = ChildProcess::spawn("controller", cmd, &dir.join("controller.log"))?;
     poll_until(

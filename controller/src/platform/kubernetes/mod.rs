@@ -57,6 +57,8 @@ pub struct KubeOptions {
     pub lease_namespace: String,
     /// This replica's name in events (the pod name).
     pub instance: String,
+    /// How Canary specs are read (`--min-interval`).
+    pub load: crate::spec::LoadOptions,
 }
 
 /// The runner's seam in Kubernetes mode.
@@ -402,8 +404,9 @@ impl KubeMode {
             .await
             .map_err(|e| e.to_string())?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let reconciler =
-            tokio::spawn(Reconciler::new(cluster, runner.clone(), platform).run(stopped));
+        let reconciler = tokio::spawn(
+            Reconciler::new(cluster, runner.clone(), platform, options.load).run(stopped),
+        );
         tracing::info!(
             generation_base = base,
             namespaces = ?options.scope.namespaces,

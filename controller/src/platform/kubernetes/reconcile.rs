@@ -37,7 +37,7 @@ use super::revision::{
 use super::{KubePlatform, FIELD_MANAGER};
 use crate::runner::Runner;
 use crate::serve::api::{CanaryControl, Command};
-use crate::spec::{self, CanarySpec, Severity, SpecProblem, SpecSet};
+use crate::spec::{self, CanarySpec, LoadOptions, Severity, SpecProblem, SpecSet};
 
 /// Flagger's finalizer, present exactly when `spec.revertOnDeletion` is set.
 pub const FINALIZER: &str = "finalizer.flagger.app";
@@ -56,10 +56,17 @@ pub struct Reconciler {
     reported: HashMap<String, String>,
     /// The specs last handed to the runner.
     loaded: Vec<CanarySpec>,
+    /// How specs are read (`--min-interval`), as in local mode.
+    load: LoadOptions,
 }
 
 impl Reconciler {
-    pub fn new(cluster: Cluster, runner: Arc<Runner>, platform: Arc<KubePlatform>) -> Reconciler {
+    pub fn new(
+        cluster: Cluster,
+        runner: Arc<Runner>,
+        platform: Arc<KubePlatform>,
+        load: LoadOptions,
+    ) -> Reconciler {
         Reconciler {
             cluster,
             runner,
@@ -67,6 +74,7 @@ impl Reconciler {
             applied: HashMap::new(),
             reported: HashMap::new(),
             loaded: Vec::new(),
+            load,
         }
     }
 
@@ -120,7 +128,7 @@ impl Reconciler {
                 serde_json::to_string(&*canary).unwrap_or_default(),
             )];
             inputs.extend(templates.iter().cloned());
-            let set = spec::load_texts(&inputs);
+            let set = spec::load_texts(&inputs, &self.load);
             let mine: Vec<SpecProblem> = set
                 .problems
                 .into_iter()
@@ -170,8 +178,8 @@ impl Reconciler {
         if specs != self.loaded {
             let set = SpecSet {
                 canaries: specs.clone(),
-                templates: Vec::new(),
                 problems,
+                ..SpecSet::default()
             };
             match self.runner.reload(&set).await {
                 Ok(()) => self.loaded = specs,

@@ -193,12 +193,19 @@ impl Platform for LocalPlatform {
 #[derive(Debug)]
 pub struct SpecDir {
     dir: PathBuf,
+    opts: crate::spec::LoadOptions,
     seen: Option<Vec<(PathBuf, u64, Option<SystemTime>)>>,
 }
 
 impl SpecDir {
-    pub fn new(dir: PathBuf) -> SpecDir {
-        SpecDir { dir, seen: None }
+    /// `opts` are the controller's settings that change what a spec means
+    /// (`--min-interval`).
+    pub fn new(dir: PathBuf, opts: crate::spec::LoadOptions) -> SpecDir {
+        SpecDir {
+            dir,
+            opts,
+            seen: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -222,7 +229,7 @@ impl SpecDir {
         if self.seen.as_ref() == Some(&signature) {
             return Ok(None);
         }
-        let set = crate::spec::load_dir(&self.dir)?;
+        let set = crate::spec::load_dir(&self.dir, &self.opts)?;
         self.seen = Some(signature);
         Ok(Some(set))
     }
