@@ -10,7 +10,6 @@
 #                 kube-controller-manager, kube-scheduler, kubectl and kwok
 #   bin/<name>    a symlink to kubebin for each of those six names
 #   crds/         the Istio and Gateway API CRDs, copied from the pinned Go modules
-#   kwok-stages.yaml
 #
 # The build goes into a temporary directory next to the cache entry and is renamed into
 # place only when complete, so an interrupted build is never reused. A lock serialises
@@ -29,10 +28,16 @@ die() { say "kube-build: $*"; exit 1; }
 # shellcheck source=kube/versions.env
 source "$src/versions.env"
 
+# The official tarball's place, where this project's machines have Go, even when a
+# non-login shell's PATH lacks it.
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH="$PATH:/usr/local/go/bin"
+fi
 if ! command -v go >/dev/null 2>&1; then
-    die "Go is not installed (needed once, to build the control plane binaries). Install Go \
-1.26 or newer, e.g. \`apt-get install -y golang-1.26-go\` or the official tarball into \
-/usr/local/go, and put it on the PATH."
+    die "Go is not installed; it is needed once, to build the control plane binaries. Install \
+Go 1.26 or newer (the version scripts/kube/go.mod names) from the official tarball: \
+\`curl -fsSL https://go.dev/dl/go1.26.8.linux-amd64.tar.gz | tar -C /usr/local -xz\` and add \
+/usr/local/go/bin to the PATH."
 fi
 
 # go.mod is what gets built; versions.env is what the scripts and tests read. Keep them equal.
@@ -41,9 +46,9 @@ for pin in "k8s.io/kubernetes $KUBE_VERSION" "k8s.io/api => k8s.io/api $STAGING"
     grep -qF "$pin" "$src/go.mod" || die "scripts/kube/go.mod does not name \`$pin\` (versions.env)"
 done
 
-hash="$(cd "$src" && cat go.mod go.sum main.go versions.env kwok-stages.yaml "$root/scripts/kube-build.sh" |
+hash="$(cd "$src" && cat go.mod go.sum main.go versions.env "$root/scripts/kube-build.sh" |
     sha256sum | cut -c1-12)"
-cache_root="${VEER_CACHE_DIR:-$HOME/.cache/veer}"
+cache_root="${VEER_CACHE_DIR:-${HOME:?kube-build: HOME is not set (the cache is ~/.cache/veer; or set VEER_CACHE_DIR)}/.cache/veer}"
 entry="$cache_root/kube-$KUBE_VERSION-$hash"
 
 if [[ -x "$entry/bin/kubebin" && -f "$entry/complete" ]]; then
@@ -104,7 +109,6 @@ gateway="$(moddir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")"
 [[ -d "$gateway/config/crd/standard" ]] ||
     die "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION has no config/crd/standard (at '$gateway')"
 cp "$gateway"/config/crd/standard/*.yaml "$tmp/crds/gateway-api/"
-cp "$src/kwok-stages.yaml" "$tmp/"
 chmod -R u+w "$tmp/crds"
 
 "$tmp/bin/kubectl" version --client >/dev/null || die "the built kubectl does not run"

@@ -56,8 +56,9 @@ mkdir -p "$1"
 dir="$(cd "$1" && pwd)"
 # The path goes unquoted into kubeconfigs, the env file and command lines; keep it plain.
 [[ "$dir" =~ ^[A-Za-z0-9_./+-]+$ ]] || { say "DIR must be a plain path ([A-Za-z0-9_./+-]), not '$dir'"; exit 2; }
-if [[ -s "$dir/pids" ]]; then
-    say "$dir/pids exists: a cluster may be running there. Run scripts/kube-down.sh $dir first, or use a new DIR."
+# A used DIR has another cluster's etcd data, keys and PIDs (maybe still running).
+if [[ -n "$(ls -A "$dir")" ]]; then
+    say "$dir is not empty; give a new or empty DIR (stop a cluster running there with scripts/kube-down.sh $dir)"
     exit 2
 fi
 timeout="${VEER_KUBE_TIMEOUT:-120}"
@@ -240,7 +241,7 @@ start kube-scheduler --kubeconfig "$dir/scheduler.kubeconfig" \
     --leader-elect=false --profiling=false
 
 say "kwok"
-start kwok --kubeconfig "$dir/kubeconfig" --manage-all-nodes=true --config "$cache/kwok-stages.yaml" \
+start kwok --kubeconfig "$dir/kubeconfig" --manage-all-nodes=true --config "$root/scripts/kube/kwok-stages.yaml" \
     --cidr 10.244.0.0/16 --node-ip 127.0.0.1
 
 # What follows needs only the API server, so it goes on while the others start: the Node

@@ -88,14 +88,10 @@ impl KubeCluster {
             .map_err(|e| format!("wait for {}: {e}", script.display()))?;
         let _ = copier.join();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut cluster = KubeCluster {
-            dir: dir.clone(),
-            env: BTreeMap::new(),
-            stopped: false,
-        };
         if !out.status.success() || stdout.lines().last() != Some("ready") {
             // kube-up stops what it started when it fails; this is for a script killed midway.
-            let _ = cluster.down();
+            // The directory stays, for its logs.
+            let _ = kube_down(&dir);
             return Err(format!(
                 "scripts/kube-up.sh {} failed ({}). Its output (full log {}):\n{}{}",
                 dir.display(),
@@ -105,10 +101,14 @@ impl KubeCluster {
                 tail(&log_path, 60)
             ));
         }
-        cluster.env = read_env(&dir.join("env"))?;
+        let cluster = KubeCluster {
+            env: read_env(&dir.join("env"))?,
+            dir,
+            stopped: false,
+        };
         for key in ["KUBE_BIN_DIR", "KUBE_APISERVER", "KUBE_VERSION"] {
             if !cluster.env.contains_key(key) {
-                return Err(format!("{}/env has no {key}", dir.display()));
+                return Err(format!("{}/env has no {key}", cluster.dir.display()));
             }
         }
         Ok(cluster)
@@ -212,23 +212,7 @@ impl KubeCluster {
             return Ok(());
         }
         self.stopped = true;
-        let script = workspace_root().join("scripts/kube-down.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run {}: {e}", script.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "scripts/kube-down.sh {} failed ({}): {}",
-                self.dir.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        kube_down(&self.dir)
     }
 
     fn kubectl_with(
@@ -293,6 +277,27 @@ impl Drop for KubeCluster {
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Runs `scripts/kube-down.sh DIR`.
+fn kube_down(dir: &Path) -> Result<(), String> {
+    let script = workspace_root().join("scripts/kube-down.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "scripts/kube-down.sh {} failed ({}): {}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
