@@ -55,7 +55,9 @@ impl KubeCluster {
     pub fn up_with(env: &[(&str, &str)]) -> Result<KubeCluster, String> {
         let dir = fresh_dir()?;
         let script = workspace_root().join("scripts/kube-up.sh");
-        let log_path = dir.join("kube-up.log");
+        // Beside DIR, not in it: kube-up refuses a DIR that is not empty, and this file is
+        // created while the script starts.
+        let log_path = dir.with_extension("kube-up.log");
         let mut cmd = Command::new("bash");
         cmd.arg(&script)
             .arg(&dir)
