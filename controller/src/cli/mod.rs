@@ -11,6 +11,7 @@
 //! was saved), the state writer finishes its batch, long-polls end, then the process exits.
 
 pub mod explain;
+pub mod template;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -423,12 +424,28 @@ fn explain_file(args: &ExplainArgs) -> Result<ExitCode, CliError> {
     };
     print!("{}", explain(&set, &opts));
     if set.errors().next().is_some() || set.canaries.is_empty() {
-        return Err(fail(format!(
-            "{}: no valid Canary to explain (see the errors above)",
-            args.file.display()
-        )));
+        return Err(unless_template(
+            &args.file,
+            format!(
+                "{}: no valid Canary to explain (see the errors above)",
+                args.file.display()
+            ),
+        ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The command line as typed, for commands printed back to the user.
+fn command_line() -> Vec<String> {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The failure of an offline command on `file`: `message`, unless the file is a template
+/// that failed on its placeholders; then the command that fills it in and runs again.
+fn unless_template(file: &Path, message: String) -> CliError {
+    fail(template::hint(file, &command_line()).unwrap_or(message))
 }
 
 fn parse_controller_endpoint(text: &str) -> Result<(String, String, u16), CliError> {
@@ -453,11 +470,14 @@ fn render_file(args: &RenderArgs) -> Result<ExitCode, CliError> {
         for e in &errors {
             eprintln!("error: {e}");
         }
-        return Err(fail(format!(
-            "{}: {} error(s); nothing rendered",
-            args.file.display(),
-            errors.len()
-        )));
+        return Err(unless_template(
+            &args.file,
+            format!(
+                "{}: {} error(s); nothing rendered",
+                args.file.display(),
+                errors.len()
+            ),
+        ));
     }
     if set.canaries.is_empty() {
         return Err(fail(format!("{}: no Canary found", args.file.display())));
@@ -512,6 +532,11 @@ fn validate(path: &Path) -> Result<ExitCode, CliError> {
     }
     let errors = set.errors().count();
     let warnings = set.warnings().count();
+    if errors > 0 && path.is_file() {
+        if let Some(hint) = template::hint(path, &command_line()) {
+            println!("hint: {hint}");
+        }
+    }
     for canary in &set.canaries {
         println!("ok: {} ({})", canary.key(), canary.source);
     }
