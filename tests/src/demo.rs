@@ -9,7 +9,7 @@
 //! part: when the controller enters Promoting (the primary takes the canary's revision), the
 //! primary backend starts answering as v2, before the weight returns to 0 one interval later.
 
-use crate::controller::summary;
+use crate::controller::StatusChange;
 use crate::stack::{Stack, StackSpec};
 use crate::users::{flip_backs, share_by_weight, UserLoad, UserLoadSpec, Variant, WeightShare};
 use crate::workspace_root;
@@ -32,6 +32,8 @@ pub struct DemoOptions {
     pub out_dir: PathBuf,
     /// Redraw one status block (a terminal) or print plain lines.
     pub live: bool,
+    /// After the run, keep everything up for exploration until Ctrl-C.
+    pub hold: bool,
 }
 
 impl Default for DemoOptions {
@@ -42,6 +44,7 @@ impl Default for DemoOptions {
             requests_per_second: 150.0,
             out_dir: workspace_root().join("out"),
             live: std::io::stdout().is_terminal(),
+            hold: false,
         }
     }
 }
@@ -130,6 +133,9 @@ struct Sample {
     flip_backs: usize,
     /// What the primary runs (v2 once promoted).
     primary_identity: String,
+    /// In phase Failed: the failed checks the run had reached when it was rolled back (the
+    /// controller resets its count to 0 then, as Flagger does).
+    rolled_back_at: Option<u64>,
 }
 
 const VARIANTS: [&str; 2] = ["primary", "canary"];
@@ -235,7 +241,7 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
             events.push((t, format!("phase {phase}")));
             last_phase = phase.clone();
         }
-        let message = status["message"].as_str().unwrap_or("").to_string();
+        let message = round_numbers(status["message"].as_str().unwrap_or(""));
         if message != last_message && !message.is_empty() {
             events.push((t, message.clone()));
             last_message = message;
@@ -258,7 +264,10 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
             primary_on_v2 = true;
             events.push((t, "the primary Deployment now runs v2".into()));
         }
-        let sample = take_sample(&stack, &load, &facts, t, &phase, &status);
+        let mut sample = take_sample(&stack, &load, &facts, t, &phase, &status);
+        if phase == "Failed" {
+            sample.rolled_back_at = failed_checks_at_rollback(&stack.status_log.changes(), started);
+        }
         samples.push(sample.clone());
         view.draw(&render_block(&facts, options, &sample, &events));
         if ended_at.is_none() && (phase == "Succeeded" || phase == "Failed") {
@@ -312,12 +321,12 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
     } else {
         "Succeeded"
     };
-    let errors = observations
+    let failed = observations
         .iter()
         .flatten()
         .filter(|o| o.status != 200)
         .count();
-    // Errors from anything but the canary (the injected 500s) mean the loop itself failed.
+    // Failures from anything but the canary (the injected 500s) mean the loop itself failed.
     let other_errors = observations
         .iter()
         .flatten()
@@ -333,13 +342,22 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
 
     let mut text = String::new();
     let _ = writeln!(text, "\nveer demo ({mode}) summary");
+    let rolled_back_at = samples.iter().rev().find_map(|s| s.rolled_back_at);
     let _ = writeln!(
         text,
-        "  ended      {phase} after {}  ({})",
-        took.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
-        summary(&end_status)
+        "  ended      {}",
+        ending(&phase, took, rolled_back_at, facts.threshold, &end_status)
     );
-    let _ = writeln!(text, "  users      {} simulated, {with_cookie} kept the affinity cookie; {total} requests, {errors} not answered 200 ({other_errors} of them not from v2)", options.users);
+    let _ = writeln!(
+        text,
+        "  users      {} simulated, {with_cookie} kept the affinity cookie",
+        options.users
+    );
+    let _ = writeln!(
+        text,
+        "  requests   {}",
+        failures(total, failed, other_errors, options.faulty)
+    );
     let _ = writeln!(text, "  per step   share of users / requests on v2:");
     for s in shares.iter().filter(|s| s.weight_bp > 0) {
         let _ = writeln!(
@@ -391,11 +409,128 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
     let _ = writeln!(text, "  report     {}", report_path.display());
     print!("{text}");
     let _ = std::io::stdout().flush();
+    if options.hold {
+        hold(&stack, &facts, stop)?;
+    }
     Ok(DemoOutcome {
         as_expected,
         interrupted: false,
         report: Some(report_path),
     })
+}
+
+/// `--hold`: everything stays up (gateway, backends, Prometheus, controller, the simulated
+/// users) until Ctrl-C, with the addresses and commands to explore it. The demo goes on
+/// playing the Deployment controller: a revision posted with `veer rollout` is what the
+/// canary backend answers as, and the primary answers as what was promoted.
+fn hold(stack: &Stack, facts: &CanaryFacts, stop: &AtomicBool) -> Result<(), String> {
+    say(&hold_guide(stack, facts));
+    let mut last: Option<(String, u64, String, String)> = None;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(250));
+        let Ok(status) = stack.status() else {
+            continue;
+        };
+        let text = |field: &str| status[field].as_str().unwrap_or("").to_string();
+        let now = (
+            text("phase"),
+            status["weight"].as_u64().unwrap_or(0),
+            text("canaryRevision"),
+            text("primaryRevision"),
+        );
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let (phase, weight, canary, primary) = &now;
+        if !canary.is_empty() && stack.canary.identity() != *canary {
+            // A new build: it answers as the new revision, without the old one's fault.
+            stack.canary.set_identity(canary);
+            stack.canary.set_fault(crate::backend::Fault::default());
+        }
+        if !primary.is_empty() && stack.primary.identity() != *primary {
+            stack.primary.set_identity(primary);
+        }
+        if last.is_some() {
+            say(&format!(
+                "  {}: {phase}, canary weight {weight}%, canary {canary}, primary {primary}  ({})",
+                facts.key,
+                round_numbers(&text("message"))
+            ));
+        }
+        last = Some(now);
+    }
+    say("stopping: every process the demo started is stopped");
+    Ok(())
+}
+
+/// What `--hold` prints: where each part listens and what to try.
+fn hold_guide(stack: &Stack, facts: &CanaryFacts) -> String {
+    let gateway = format!("http://{}", stack.gateway_addr);
+    let controller = stack.controller.url();
+    let prometheus = stack.prometheus.url();
+    let admin = format!("http://{}", stack.gateway.admin_addr());
+    let root = workspace_root();
+    let shown = |p: &std::path::Path| {
+        p.strip_prefix(&root)
+            .map_or_else(|_| p.display().to_string(), |r| r.display().to_string())
+    };
+    let veer = crate::controller::controller_binary()
+        .map_or_else(|_| "target/debug/veer".to_string(), |p| shown(&p));
+    let host = "app.example.com";
+    let expr = "sum by (veer_variant) (rate(veer_requests_total[10s]))";
+    let mut g = String::new();
+    let _ = writeln!(
+        g,
+        "\nThe stack stays up until Ctrl-C; the simulated users keep sending requests."
+    );
+    let _ = writeln!(
+        g,
+        "  gateway     {gateway}  (Host {host}; Envoy admin {admin})"
+    );
+    let _ = writeln!(g, "  controller  {controller}");
+    let _ = writeln!(g, "  prometheus  {prometheus}");
+    let _ = writeln!(g, "  logs        {}", shown(&stack.dir));
+    let _ = writeln!(g, "Try:");
+    let _ = writeln!(g, "  curl -si -H 'host: {host}' {gateway}/");
+    let _ = writeln!(g, "      x-backend says which version answered, x-veer-decision the filter's route;variant;reason;generation");
+    let _ = writeln!(
+        g,
+        "  {veer} status --server {controller}          (add -w to follow it)"
+    );
+    let _ = writeln!(g, "  curl -s {controller}/v1/canaries/{}", facts.key);
+    let _ = writeln!(
+        g,
+        "  curl -s {controller}/v1/table              the routing table the gateway long-polls"
+    );
+    let _ = writeln!(
+        g,
+        "  curl -s '{admin}/stats?filter=veer_'     the filter's stats in Envoy"
+    );
+    let _ = writeln!(
+        g,
+        "  in a browser: {prometheus}/graph?g0.expr={}&g0.tab=0",
+        url_encode(expr)
+    );
+    let _ = writeln!(g, "Start another run; the demo plays the Deployment (the canary answers as the new revision):");
+    let _ = write!(
+        g,
+        "  {veer} rollout {} --revision v3 --server {controller}",
+        facts.key
+    );
+    g
+}
+
+/// Percent-encoding for a URL query value.
+fn url_encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 fn interrupted() -> DemoOutcome {
@@ -404,6 +539,102 @@ fn interrupted() -> DemoOutcome {
         interrupted: true,
         report: None,
     }
+}
+
+/// The failed checks the run had reached when it was rolled back: the count in the last
+/// status before phase Failed (the controller then resets it to 0, as Flagger does).
+fn failed_checks_at_rollback(changes: &[StatusChange], since: Instant) -> Option<u64> {
+    let run: Vec<&StatusChange> = changes.iter().filter(|c| c.at >= since).collect();
+    let failed_at = run.iter().position(|c| c.phase == "Failed")?;
+    run[..failed_at].last().map(|c| c.failed_checks)
+}
+
+/// How the run ended, in one line: the phase and time, why a rollback happened, and where
+/// the traffic is now.
+fn ending(
+    phase: &str,
+    took: Option<Duration>,
+    rolled_back_at: Option<u64>,
+    threshold: u32,
+    status: &serde_json::Value,
+) -> String {
+    let mut line = match took {
+        Some(d) => format!("{phase} after {:.1}s", d.as_secs_f64()),
+        None => format!("no end: last phase {phase}"),
+    };
+    if let Some(n) = rolled_back_at {
+        let _ = write!(line, ", rolled back at {n}/{threshold} failed checks");
+    }
+    let revision = |field: &str| status[field].as_str().unwrap_or("-").to_string();
+    let _ = write!(
+        line,
+        "; canary weight {}%, the primary runs {}",
+        status["weight"].as_u64().unwrap_or(0),
+        revision("primaryRevision")
+    );
+    if let Some(message) = status["message"].as_str().filter(|m| !m.is_empty()) {
+        let _ = write!(line, " (\"{}\")", round_numbers(message));
+    }
+    line
+}
+
+/// The requests and the ones that failed, said plainly. Only the canary may fail, and only
+/// in the faulty run.
+fn failures(total: usize, failed: usize, not_canary: usize, faulty: bool) -> String {
+    let from_canary = failed - not_canary;
+    match (failed, not_canary) {
+        (0, _) => format!("{total}, every one answered HTTP 200"),
+        (_, 0) => format!(
+            "{total}; {failed} failed, every one of them on the canary v2{}",
+            if faulty {
+                " (the injected HTTP 500s)"
+            } else {
+                ""
+            }
+        ),
+        _ => format!(
+            "{total}; {failed} failed: {from_canary} on the canary v2 and {not_canary} elsewhere \
+             (gateway or primary), which must not happen"
+        ),
+    }
+}
+
+/// `text` with every decimal number of more than two decimals rounded to two, as the live
+/// view shows values: the controller's messages carry the raw float it read
+/// (`value 88.9158575593177 is outside ...`).
+fn round_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts_number =
+            chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_ascii_alphanumeric());
+        if !starts_number {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && chars[i].is_ascii_digit() {
+            i += 1;
+        }
+        let mut decimals = 0;
+        if i + 1 < chars.len() && chars[i] == '.' && chars[i + 1].is_ascii_digit() {
+            i += 1;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+                decimals += 1;
+            }
+        }
+        let number: String = chars[start..i].iter().collect();
+        match number.parse::<f64>() {
+            Ok(v) if decimals > 2 => {
+                let _ = write!(out, "{v:.2}");
+            }
+            _ => out.push_str(&number),
+        }
+    }
+    out
 }
 
 fn say(line: &str) {
@@ -482,6 +713,7 @@ fn take_sample(
         users_seen,
         flip_backs: flips,
         primary_identity: stack.primary.identity(),
+        rolled_back_at: None,
     }
 }
 
@@ -530,6 +762,9 @@ impl LiveView {
                     *k != key || now.duration_since(*at) >= Duration::from_secs(5)
                 }
             };
+            if self.last_plain.is_none() {
+                let _ = writeln!(out, "{PLAIN_HEADER}");
+            }
             if print {
                 let _ = writeln!(out, "{plain}");
                 self.last_plain = Some((key, 0, 0, now));
@@ -540,6 +775,20 @@ impl LiveView {
 
     fn finish(&mut self) {
         self.drawn_lines = 0;
+    }
+}
+
+/// The plain view's column legend, printed once above its lines.
+const PLAIN_HEADER: &str = "time | phase | canary weight | failed checks | success rate primary/canary | P99 primary/canary | on the canary: requests (last 2s), users | flip-backs";
+
+/// `failed checks 1/3`; after a rollback, the count that caused it next to the reset one.
+fn failed_checks_line(s: &Sample, threshold: u32) -> String {
+    match s.rolled_back_at {
+        Some(n) => format!(
+            "failed checks {}/{threshold} (rolled back at {n}/{threshold}; the count resets on rollback, as in Flagger)",
+            s.failed_checks
+        ),
+        None => format!("failed checks {}/{threshold}", s.failed_checks),
     }
 }
 
@@ -601,7 +850,7 @@ fn render_block(
             facts.step,
             facts.interval
         ),
-        format!("failed checks {}/{}", s.failed_checks, facts.threshold),
+        failed_checks_line(s, facts.threshold),
         format!(
             "                success rate (>= {}%)   P99 (<= {} ms)   req/s",
             min.map_or("-".into(), |v| v.to_string()),
@@ -642,12 +891,11 @@ fn render_block(
         lines.push(format!("  t+{t:>3.0}s {short}{more}"));
     }
     let plain = format!(
-        "t+{:>3.0}s | {} | weight {}% | failed {}/{} | success p/c {}/{} | p99 p/c {}/{} | canary {:.1}% req, {}/{} users | flip-backs {}",
+        "t+{:>3.0}s | {} | weight {}% | {} | success {}/{} | p99 {}/{} | canary {:.1}% req, {}/{} users | flip-backs {}",
         s.t,
         s.phase,
         s.weight,
-        s.failed_checks,
-        facts.threshold,
+        failed_checks_line(s, facts.threshold),
         pct(s.success[0]).trim(),
         pct(s.success[1]).trim(),
         ms(s.p99[0]).trim(),
