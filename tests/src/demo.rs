@@ -427,7 +427,7 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
 /// canary backend answers as, and the primary answers as what was promoted.
 fn hold(stack: &Stack, facts: &CanaryFacts, stop: &AtomicBool) -> Result<(), String> {
     say(&hold_guide(stack, facts));
-    let mut last: Option<(String, u64, String, String)> = None;
+    let mut last: Option<(String, u64, String, String, u64, String)> = None;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(250));
         let Ok(status) = stack.status() else {
@@ -439,11 +439,13 @@ fn hold(stack: &Stack, facts: &CanaryFacts, stop: &AtomicBool) -> Result<(), Str
             status["weight"].as_u64().unwrap_or(0),
             text("canaryRevision"),
             text("primaryRevision"),
+            status["failedChecks"].as_u64().unwrap_or(0),
+            round_numbers(&text("message")),
         );
         if last.as_ref() == Some(&now) {
             continue;
         }
-        let (phase, weight, canary, primary) = &now;
+        let (phase, weight, canary, primary, failed_checks, message) = &now;
         if !canary.is_empty() && stack.canary.identity() != *canary {
             // A new build: it answers as the new revision, without the old one's fault.
             stack.canary.set_identity(canary);
@@ -454,9 +456,8 @@ fn hold(stack: &Stack, facts: &CanaryFacts, stop: &AtomicBool) -> Result<(), Str
         }
         if last.is_some() {
             say(&format!(
-                "  {}: {phase}, canary weight {weight}%, canary {canary}, primary {primary}  ({})",
-                facts.key,
-                round_numbers(&text("message"))
+                "  {}: {phase}, canary weight {weight}%, failed checks {failed_checks}/{}, canary {canary}, primary {primary}  ({message})",
+                facts.key, facts.threshold
             ));
         }
         last = Some(now);
