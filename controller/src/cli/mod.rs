@@ -11,7 +11,7 @@
 //! was saved), the state writer finishes its batch, long-polls end, then the process exits.
 
 pub mod explain;
-pub mod template;
+mod template;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
