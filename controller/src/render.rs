@@ -19,7 +19,7 @@ use veer_core::{
 use crate::spec::{route_for, CanarySpec};
 
 /// What the filter writes into `mirrorHeader` for a request to mirror (docs/routing-table.md,
-/// step 8); the VirtualService's mirror route matches exactly this.
+/// step 7); the VirtualService's mirror route matches exactly this.
 pub use veer_core::MIRROR_HEADER_VALUE;
 
 /// The istio.io API versions written. `networking.istio.io/v1` needs Istio 1.22 or newer.
