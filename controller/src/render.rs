@@ -18,7 +18,7 @@ use veer_core::{
 
 use crate::spec::{route_for, CanarySpec};
 
-/// What the filter writes into `mirrorHeader` for a request to mirror (routing-table.md,
+/// What the filter writes into `mirrorHeader` for a request to mirror (docs/routing-table.md,
 /// step 7); the VirtualService's mirror route matches exactly this.
 pub use veer_core::MIRROR_HEADER_VALUE;
 
@@ -96,17 +96,11 @@ impl RenderOptions {
 pub enum RenderError {
     #[error("{source_doc}: spec.service.port is required to create the Services")]
     MissingPort { source_doc: String },
-    #[error(
-        "{source_doc}: spec.service.gateways is empty; veer decides in the ingress gateway, \
-         so the VirtualService must be bound to it (e.g. istio-system/public-gateway)"
-    )]
-    NoGateway { source_doc: String },
-    #[error(
-        "{source_doc}: spec.service.gateways contains \"mesh\"; sidecars run no veer filter, \
-         so inside the mesh nothing would strip a client-sent route header and any client \
-         could pick the canary. Bind the VirtualService to the ingress gateway only"
-    )]
-    MeshGateway { source_doc: String },
+    #[error("{source_doc}: {error}")]
+    Gateways {
+        source_doc: String,
+        error: GatewayError,
+    },
     #[error("{source_doc}: spec.service.{field} must be a mapping with labels/annotations")]
     ServiceMetadata {
         source_doc: String,
@@ -128,6 +122,38 @@ pub enum RenderError {
     BadSha256(String),
     #[error("cannot write YAML: {0}")]
     Yaml(#[from] serde_norway::Error),
+}
+
+/// Why `spec.service.gateways` cannot bind a veer VirtualService. `veer explain` says the
+/// same, from [`virtual_service_gateways`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// Flagger binds such a VirtualService to `mesh` alone, where no veer filter runs.
+    #[error(
+        "spec.service.gateways is empty: Flagger would bind the VirtualService to the mesh \
+         only, but veer decides in the ingress gateway, so nothing would be split. List the \
+         gateway the traffic enters through (e.g. istio-system/public-gateway)"
+    )]
+    Empty,
+    #[error(
+        "spec.service.gateways contains \"mesh\": sidecars run no veer filter, so inside the \
+         mesh nothing would strip a client-sent route header and any client could pick the \
+         canary. Bind the VirtualService to the ingress gateway only"
+    )]
+    Mesh,
+}
+
+/// The gateways the canary's VirtualService binds to: `spec.service.gateways`, which must
+/// name the ingress gateway(s) running the filter, and never `mesh`.
+pub fn virtual_service_gateways(spec: &CanarySpec) -> Result<&[String], GatewayError> {
+    let gateways = spec.service.gateways.as_slice();
+    if gateways.is_empty() {
+        Err(GatewayError::Empty)
+    } else if gateways.iter().any(|g| g == "mesh") {
+        Err(GatewayError::Mesh)
+    } else {
+        Ok(gateways)
+    }
 }
 
 /// The resources for one canary, as multi-document YAML.
@@ -190,18 +216,20 @@ pub fn render_all_documents(
         let port = spec.service.port.ok_or_else(|| RenderError::MissingPort {
             source_doc: source_doc.clone(),
         })?;
-        if spec.service.gateways.is_empty() {
-            return Err(RenderError::NoGateway { source_doc });
-        }
-        if spec.service.gateways.iter().any(|g| g == "mesh") {
-            return Err(RenderError::MeshGateway { source_doc });
-        }
+        let gateways = virtual_service_gateways(spec)
+            .map_err(|error| RenderError::Gateways { source_doc, error })?;
         let names = ServiceNames::of(spec);
         docs.extend(services(spec, opts, &names, port)?);
         for host in [&names.primary, &names.canary] {
             docs.push(destination_rule(spec, host));
         }
-        docs.push(virtual_service(spec, &names, port, &plugin_config));
+        docs.push(virtual_service(
+            spec,
+            &names,
+            port,
+            gateways,
+            &plugin_config,
+        ));
     }
     let config_json =
         serde_json::to_value(&plugin_config).map_err(|error| RenderError::PluginConfigJson {
@@ -377,6 +405,7 @@ fn virtual_service(
     spec: &CanarySpec,
     names: &ServiceNames,
     port: u16,
+    gateways: &[String],
     cfg: &PluginConfig,
 ) -> Value {
     let destination = |host: &str| json!({ "host": host, "port": { "number": port } });
@@ -421,7 +450,7 @@ fn virtual_service(
         "kind": "VirtualService",
         "metadata": { "name": names.apex, "namespace": spec.namespace },
         "spec": {
-            "gateways": s.gateways,
+            "gateways": gateways,
             "hosts": hosts,
             "http": [canary, mirror, primary],
         },

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! The analysis state machine, one or more tests per rule of controller.md, each named
+//! The analysis state machine, one or more tests per rule of docs/analysis.md, each named
 //! after its rule. Every pass goes through a JSON round trip of the state, as the runner
 //! persists it, so the tests also exercise what a restart reads back.
 

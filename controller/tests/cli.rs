@@ -142,6 +142,137 @@ fn render_the_seed_prints_the_istio_resources() {
     assert!(stdout.contains("responseMetrics: true"), "{stdout}");
 }
 
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The demo's Canary is a template (its webhook URL is only known when the demo runs).
+/// `explain` and `render` on it fail with one line that says so and holds the command that
+/// fills it in and runs them again; that command, run by `sh`, succeeds.
+#[test]
+fn a_template_is_named_as_such_with_the_command_that_fills_it_in() {
+    let template = "manifests/local/demo/canary.yaml";
+    let dir = tempfile::tempdir().unwrap();
+    let filled = dir.path().join("canary.yaml");
+    for (command, extra) in [
+        ("explain", "--metrics-set=veer"),
+        ("render", "--metrics-set=veer"),
+    ] {
+        let output = run_to_exit(
+            Command::new(VEER)
+                .args([command, template, extra])
+                .current_dir(workspace()),
+            DEADLINE,
+        );
+        assert!(!output.status.success(), "{command} accepted a template");
+        let stderr = text(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("");
+        let (sentence, rerun) = last
+            .split_once(" e.g. ")
+            .unwrap_or_else(|| panic!("no command in the last line:\n{stderr}"));
+        assert_eq!(
+            sentence,
+            format!("error: {template} is a template: fill in ${{WEBHOOK_URL}} first,")
+        );
+        assert_eq!(
+            rerun,
+            format!(
+                "WEBHOOK_URL=http://127.0.0.1:8080 envsubst '${{WEBHOOK_URL}}' < {template} \
+                 > /tmp/canary.yaml && {VEER} {command} /tmp/canary.yaml {extra}"
+            )
+        );
+        // Run as printed, into a file of this test's own.
+        let rerun = rerun.replace("/tmp/canary.yaml", filled.to_str().unwrap());
+        let output = run_to_exit(
+            Command::new("sh")
+                .args(["-c", &rerun])
+                .current_dir(workspace()),
+            DEADLINE,
+        );
+        assert!(
+            output.status.success(),
+            "{rerun}\n{}\n(envsubst is in Debian's gettext-base: apt-get install -y gettext-base)",
+            text(&output.stderr)
+        );
+        assert!(text(&output.stdout).contains("test/podinfo"));
+    }
+}
+
+/// What `veer explain` says about the VirtualService's gateways is what `veer render` does,
+/// on the demo's Canary and on the same Canary without gateways or with `mesh`.
+#[test]
+fn explain_and_render_agree_on_the_gateways_of_the_demo_canary() {
+    let template = std::fs::read_to_string(workspace().join("manifests/local/demo/canary.yaml"))
+        .unwrap()
+        .replace("${WEBHOOK_URL}", "http://127.0.0.1:8080");
+    let gateways = "    gateways:\n      - istio-system/public-gateway\n";
+    assert!(template.contains(gateways), "{template}");
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("as shipped", template.clone()),
+        ("without gateways", template.replace(gateways, "")),
+        (
+            "with mesh",
+            template.replace(gateways, &format!("{gateways}      - mesh\n")),
+        ),
+    ];
+    for (case, yaml) in cases {
+        let file = dir.path().join("canary.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        let file = file.to_str().unwrap();
+        let explained = run_veer(&["explain", file], DEADLINE);
+        assert!(
+            explained.status.success(),
+            "{case}: {}",
+            text(&explained.stderr)
+        );
+        let explained = text(&explained.stdout);
+        let rendered = run_veer(&["render", file], DEADLINE);
+        if let Some(line) = explained.lines().find(|l| l.starts_with("  Gateways: ")) {
+            assert!(
+                rendered.status.success(),
+                "{case}: explain says {line:?}, render fails: {}",
+                text(&rendered.stderr)
+            );
+            let said: Vec<&str> = line["  Gateways: ".len()..]
+                .trim_end_matches('.')
+                .split(", ")
+                .collect();
+            let docs: Vec<Value> = serde_norway::Deserializer::from_str(&text(&rendered.stdout))
+                .map(|d| serde::Deserialize::deserialize(d).unwrap())
+                .collect();
+            let vs = docs
+                .iter()
+                .find(|d| d["kind"] == "VirtualService")
+                .unwrap_or_else(|| panic!("{case}: no VirtualService rendered"));
+            assert_eq!(vs["spec"]["gateways"], serde_json::json!(said), "{case}");
+            assert_eq!(case, "as shipped");
+        } else {
+            let prefix = "  veer render refuses this Canary: ";
+            let line = explained
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| {
+                    panic!("{case}: explain says nothing about the gateways:\n{explained}")
+                });
+            let reason = line[prefix.len()..].trim_end_matches('.');
+            assert!(
+                !rendered.status.success(),
+                "{case}: explain says {line:?}, render succeeds"
+            );
+            let stderr = text(&rendered.stderr);
+            assert!(
+                stderr.contains(reason),
+                "{case}: explain says {reason:?}, render says {stderr}"
+            );
+            assert_ne!(case, "as shipped");
+        }
+    }
+}
+
 #[test]
 fn validate_reports_the_bad_file_with_its_field_path_and_fails() {
     let dir = tempfile::tempdir().unwrap();

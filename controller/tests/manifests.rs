@@ -873,13 +873,57 @@ fn assert_header_routes(vs: &Doc, route_header: &str, mirror_header: &str) {
     assert!(dest(&http[2]).ends_with("-primary"));
 }
 
-/// The example's Canary is the seed's, unchanged.
+/// The example's Canary is the seed's (Flagger's Istio tutorial), unchanged but for
+/// `analysis.sessionAffinity`: the example shows a sticky release.
 #[test]
-fn example_canary_is_the_seed() {
+fn example_canary_is_the_seed_with_session_affinity() {
     let example = read_docs(&manifests().join("examples/podinfo/canary.yaml"));
     let seed = read_docs(&repo().join("controller/tests/data/seed-canary.yaml"));
     assert_eq!(example.len(), 1);
-    assert_eq!(example[0].value, seed[0].value);
+    let mut without_affinity = example[0].value.clone();
+    let affinity = without_affinity["spec"]["analysis"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sessionAffinity")
+        .expect("the example Canary has no analysis.sessionAffinity");
+    assert_eq!(
+        affinity,
+        json!({ "cookieName": "flagger-cookie", "maxAge": 21600 })
+    );
+    assert_eq!(without_affinity, seed[0].value);
+}
+
+/// The example's cookie is signed: the route it renders has session affinity, and the
+/// WasmPlugin that serves it reads signing keys, which the gateway takes from a Secret
+/// (`cookie_keys_flow_from_secret_to_gateway_to_filter`).
+#[test]
+fn the_example_release_is_sticky_with_signed_cookies() {
+    let plugin = kustomize(&manifests().join("examples/podinfo"))
+        .into_iter()
+        .find(|d| d.kind() == "WasmPlugin")
+        .unwrap();
+    let cfg = parse_plugin_config(
+        serde_json::to_string(&plugin.value["spec"]["pluginConfig"])
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let signing = cfg
+        .cookie_signing
+        .expect("the example's cookies are not signed");
+    assert_eq!(signing.keys_env.as_deref(), Some("VEER_COOKIE_KEYS"));
+    let table = cfg.table.expect("the example WasmPlugin has no table");
+    let route = table
+        .routes
+        .iter()
+        .find(|r| r.name == "test/podinfo")
+        .unwrap();
+    let affinity = route
+        .session_affinity
+        .as_ref()
+        .expect("the example route has no session affinity");
+    assert_eq!(affinity.cookie_name, "flagger-cookie");
+    assert_eq!(affinity.max_age, 21600);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use veer_controller::render::{
-    render, render_all, render_all_documents, render_documents, RenderError, RenderOptions,
-    MIRROR_HEADER_VALUE,
+    render, render_all, render_all_documents, render_documents, GatewayError, RenderError,
+    RenderOptions, MIRROR_HEADER_VALUE,
 };
 use veer_controller::spec::{load_file, CanarySpec, LoadOptions};
 use veer_core::{
@@ -292,11 +292,29 @@ fn gateways_must_be_the_ingress_gateway_only() {
     let mut spec = seed();
     spec.service.gateways = vec![];
     let err = render(&spec, &RenderOptions::default()).unwrap_err();
-    assert!(matches!(err, RenderError::NoGateway { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            RenderError::Gateways {
+                error: GatewayError::Empty,
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     spec.service.gateways = vec!["istio-system/public-gateway".into(), "mesh".into()];
     let err = render(&spec, &RenderOptions::default()).unwrap_err();
-    assert!(matches!(err, RenderError::MeshGateway { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            RenderError::Gateways {
+                error: GatewayError::Mesh,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("mesh"));
 }
 

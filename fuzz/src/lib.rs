@@ -1,6 +1,6 @@
 //! What the fuzz targets share: the signing keys they use, the invariants every decision
 //! must satisfy, and a request that lands on a given route. The invariants restate the
-//! routing-table contract (design/routing-table.md, "The decision, per request"), so a
+//! routing-table contract (docs/routing-table.md, "The decision, per request"), so a
 //! target that finds a violation has found a contract bug, not just a panic.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -9,9 +9,11 @@
 //! part: when the controller enters Promoting (the primary takes the canary's revision), the
 //! primary backend starts answering as v2, before the weight returns to 0 one interval later.
 
-use crate::controller::summary;
+mod report;
+
+use crate::controller::StatusChange;
 use crate::stack::{Stack, StackSpec};
-use crate::users::{flip_backs, share_by_weight, UserLoad, UserLoadSpec, Variant, WeightShare};
+use crate::users::{flip_backs, share_by_weight, UserLoad, UserLoadSpec, Variant};
 use crate::workspace_root;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
@@ -32,6 +34,8 @@ pub struct DemoOptions {
     pub out_dir: PathBuf,
     /// Redraw one status block (a terminal) or print plain lines.
     pub live: bool,
+    /// After the run, keep everything up for exploration until Ctrl-C.
+    pub hold: bool,
 }
 
 impl Default for DemoOptions {
@@ -42,6 +46,7 @@ impl Default for DemoOptions {
             requests_per_second: 150.0,
             out_dir: workspace_root().join("out"),
             live: std::io::stdout().is_terminal(),
+            hold: false,
         }
     }
 }
@@ -130,6 +135,9 @@ struct Sample {
     flip_backs: usize,
     /// What the primary runs (v2 once promoted).
     primary_identity: String,
+    /// In phase Failed: the failed checks the run had reached when it was rolled back (the
+    /// controller resets its count to 0 then, as Flagger does).
+    rolled_back_at: Option<u64>,
 }
 
 const VARIANTS: [&str; 2] = ["primary", "canary"];
@@ -239,7 +247,7 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
             events.push((t, format!("phase {phase}")));
             last_phase = phase.clone();
         }
-        let message = status["message"].as_str().unwrap_or("").to_string();
+        let message = round_numbers(status["message"].as_str().unwrap_or(""));
         if message != last_message && !message.is_empty() {
             events.push((t, message.clone()));
             last_message = message;
@@ -262,7 +270,10 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
             primary_on_v2 = true;
             events.push((t, "the primary Deployment now runs v2".into()));
         }
-        let sample = take_sample(&stack, &load, &facts, t, &phase, &status);
+        let mut sample = take_sample(&stack, &load, &facts, t, &phase, &status);
+        if phase == "Failed" {
+            sample.rolled_back_at = failed_checks_at_rollback(&stack.status_log.changes(), started);
+        }
         samples.push(sample.clone());
         view.draw(&render_block(&facts, options, &sample, &events));
         if ended_at.is_none() && (phase == "Succeeded" || phase == "Failed") {
@@ -316,12 +327,12 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
     } else {
         "Succeeded"
     };
-    let errors = observations
+    let failed = observations
         .iter()
         .flatten()
         .filter(|o| o.status != 200)
         .count();
-    // Errors from anything but the canary (the injected 500s) mean the loop itself failed.
+    // Failures from anything but the canary (the injected 500s) mean the loop itself failed.
     let other_errors = observations
         .iter()
         .flatten()
@@ -337,13 +348,22 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
 
     let mut text = String::new();
     let _ = writeln!(text, "\nveer demo ({mode}) summary");
+    let rolled_back_at = samples.iter().rev().find_map(|s| s.rolled_back_at);
     let _ = writeln!(
         text,
-        "  ended      {phase} after {}  ({})",
-        took.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
-        summary(&end_status)
+        "  ended      {}",
+        ending(&phase, took, rolled_back_at, facts.threshold, &end_status)
     );
-    let _ = writeln!(text, "  users      {} simulated, {with_cookie} kept the affinity cookie; {total} requests, {errors} not answered 200 ({other_errors} of them not from v2)", options.users);
+    let _ = writeln!(
+        text,
+        "  users      {} simulated, {with_cookie} kept the affinity cookie",
+        options.users
+    );
+    let _ = writeln!(
+        text,
+        "  requests   {}",
+        failures(total, failed, other_errors, options.faulty)
+    );
     let _ = writeln!(text, "  per step   share of users / requests on v2:");
     for s in shares.iter().filter(|s| s.weight_bp > 0) {
         let _ = writeln!(
@@ -380,7 +400,7 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
     } else {
         "demo-report.html"
     });
-    let html = report_html(
+    let html = report::report_html(
         &facts,
         options,
         &samples,
@@ -395,11 +415,129 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
     let _ = writeln!(text, "  report     {}", report_path.display());
     print!("{text}");
     let _ = std::io::stdout().flush();
+    if options.hold {
+        hold(&stack, &facts, stop)?;
+    }
     Ok(DemoOutcome {
         as_expected,
         interrupted: false,
         report: Some(report_path),
     })
+}
+
+/// `--hold`: everything stays up (gateway, backends, Prometheus, controller, the simulated
+/// users) until Ctrl-C, with the addresses and commands to explore it. The demo goes on
+/// playing the Deployment controller: a revision posted with `veer rollout` is what the
+/// canary backend answers as, and the primary answers as what was promoted.
+fn hold(stack: &Stack, facts: &CanaryFacts, stop: &AtomicBool) -> Result<(), String> {
+    say(&hold_guide(stack, facts));
+    let mut last: Option<(String, u64, String, String, u64, String)> = None;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(250));
+        let Ok(status) = stack.status() else {
+            continue;
+        };
+        let text = |field: &str| status[field].as_str().unwrap_or("").to_string();
+        let now = (
+            text("phase"),
+            status["weight"].as_u64().unwrap_or(0),
+            text("canaryRevision"),
+            text("primaryRevision"),
+            status["failedChecks"].as_u64().unwrap_or(0),
+            round_numbers(&text("message")),
+        );
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let (phase, weight, canary, primary, failed_checks, message) = &now;
+        if !canary.is_empty() && stack.canary.identity() != *canary {
+            // A new build: it answers as the new revision, without the old one's fault.
+            stack.canary.set_identity(canary);
+            stack.canary.set_fault(crate::backend::Fault::default());
+        }
+        if !primary.is_empty() && stack.primary.identity() != *primary {
+            stack.primary.set_identity(primary);
+        }
+        if last.is_some() {
+            say(&format!(
+                "  {}: {phase}, canary weight {weight}%, failed checks {failed_checks}/{}, canary {canary}, primary {primary}  ({message})",
+                facts.key, facts.threshold
+            ));
+        }
+        last = Some(now);
+    }
+    say("stopping: every process the demo started is stopped");
+    Ok(())
+}
+
+/// What `--hold` prints: where each part listens and what to try.
+fn hold_guide(stack: &Stack, facts: &CanaryFacts) -> String {
+    let gateway = format!("http://{}", stack.gateway_addr);
+    let controller = stack.controller.url();
+    let prometheus = stack.prometheus.url();
+    let admin = format!("http://{}", stack.gateway.admin_addr());
+    let root = workspace_root();
+    let shown = |p: &std::path::Path| {
+        p.strip_prefix(&root)
+            .map_or_else(|_| p.display().to_string(), |r| r.display().to_string())
+    };
+    let veer = crate::controller::controller_binary()
+        .map_or_else(|_| "target/debug/veer".to_string(), |p| shown(&p));
+    let host = "app.example.com";
+    let expr = "sum by (veer_variant) (rate(veer_requests_total[10s]))";
+    let mut g = String::new();
+    let _ = writeln!(
+        g,
+        "\nThe stack stays up until Ctrl-C; the simulated users keep sending requests."
+    );
+    let _ = writeln!(
+        g,
+        "  gateway     {gateway}  (Host {host}; Envoy admin {admin})"
+    );
+    let _ = writeln!(g, "  controller  {controller}");
+    let _ = writeln!(g, "  prometheus  {prometheus}");
+    let _ = writeln!(g, "  logs        {}", shown(&stack.dir));
+    let _ = writeln!(g, "Try:");
+    let _ = writeln!(g, "  curl -si -H 'host: {host}' {gateway}/");
+    let _ = writeln!(g, "      x-backend says which version answered, x-veer-decision the filter's route;variant;reason;generation");
+    let _ = writeln!(
+        g,
+        "  {veer} status --server {controller}          (add -w to follow it)"
+    );
+    let _ = writeln!(g, "  curl -s {controller}/v1/canaries/{}", facts.key);
+    let _ = writeln!(
+        g,
+        "  curl -s {controller}/v1/table              the routing table the gateway long-polls"
+    );
+    let _ = writeln!(
+        g,
+        "  curl -s '{admin}/stats?filter=veer_'     the filter's stats in Envoy"
+    );
+    let _ = writeln!(
+        g,
+        "  in a browser: {prometheus}/graph?g0.expr={}&g0.tab=0",
+        url_encode(expr)
+    );
+    let _ = writeln!(g, "Start another run; the demo plays the Deployment (the canary answers as the new revision):");
+    let _ = write!(
+        g,
+        "  {veer} rollout {} --revision v3 --server {controller}",
+        facts.key
+    );
+    g
+}
+
+/// Percent-encoding for a URL query value.
+fn url_encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 fn interrupted() -> DemoOutcome {
@@ -408,6 +546,102 @@ fn interrupted() -> DemoOutcome {
         interrupted: true,
         report: None,
     }
+}
+
+/// The failed checks the run had reached when it was rolled back: the count in the last
+/// status before phase Failed (the controller then resets it to 0, as Flagger does).
+fn failed_checks_at_rollback(changes: &[StatusChange], since: Instant) -> Option<u64> {
+    let run: Vec<&StatusChange> = changes.iter().filter(|c| c.at >= since).collect();
+    let failed_at = run.iter().position(|c| c.phase == "Failed")?;
+    run[..failed_at].last().map(|c| c.failed_checks)
+}
+
+/// How the run ended, in one line: the phase and time, why a rollback happened, and where
+/// the traffic is now.
+fn ending(
+    phase: &str,
+    took: Option<Duration>,
+    rolled_back_at: Option<u64>,
+    threshold: u32,
+    status: &serde_json::Value,
+) -> String {
+    let mut line = match took {
+        Some(d) => format!("{phase} after {:.1}s", d.as_secs_f64()),
+        None => format!("no end: last phase {phase}"),
+    };
+    if let Some(n) = rolled_back_at {
+        let _ = write!(line, ", rolled back at {n}/{threshold} failed checks");
+    }
+    let revision = |field: &str| status[field].as_str().unwrap_or("-").to_string();
+    let _ = write!(
+        line,
+        "; canary weight {}%, the primary runs {}",
+        status["weight"].as_u64().unwrap_or(0),
+        revision("primaryRevision")
+    );
+    if let Some(message) = status["message"].as_str().filter(|m| !m.is_empty()) {
+        let _ = write!(line, " (\"{}\")", round_numbers(message));
+    }
+    line
+}
+
+/// The requests and the ones that failed, said plainly. Only the canary may fail, and only
+/// in the faulty run.
+fn failures(total: usize, failed: usize, not_canary: usize, faulty: bool) -> String {
+    let from_canary = failed - not_canary;
+    match (failed, not_canary) {
+        (0, _) => format!("{total}, every one answered HTTP 200"),
+        (_, 0) => format!(
+            "{total}; {failed} failed, every one of them on the canary v2{}",
+            if faulty {
+                " (the injected HTTP 500s)"
+            } else {
+                ""
+            }
+        ),
+        _ => format!(
+            "{total}; {failed} failed: {from_canary} on the canary v2 and {not_canary} elsewhere \
+             (gateway or primary), which must not happen"
+        ),
+    }
+}
+
+/// `text` with every decimal number of more than two decimals rounded to two, as the live
+/// view shows values: the controller's messages carry the raw float it read
+/// (`value 88.9158575593177 is outside ...`).
+fn round_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts_number =
+            chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_ascii_alphanumeric());
+        if !starts_number {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && chars[i].is_ascii_digit() {
+            i += 1;
+        }
+        let mut decimals = 0;
+        if i + 1 < chars.len() && chars[i] == '.' && chars[i + 1].is_ascii_digit() {
+            i += 1;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+                decimals += 1;
+            }
+        }
+        let number: String = chars[start..i].iter().collect();
+        match number.parse::<f64>() {
+            Ok(v) if decimals > 2 => {
+                let _ = write!(out, "{v:.2}");
+            }
+            _ => out.push_str(&number),
+        }
+    }
+    out
 }
 
 fn say(line: &str) {
@@ -486,6 +720,7 @@ fn take_sample(
         users_seen,
         flip_backs: flips,
         primary_identity: stack.primary.identity(),
+        rolled_back_at: None,
     }
 }
 
@@ -534,6 +769,9 @@ impl LiveView {
                     *k != key || now.duration_since(*at) >= Duration::from_secs(5)
                 }
             };
+            if self.last_plain.is_none() {
+                let _ = writeln!(out, "{PLAIN_HEADER}");
+            }
             if print {
                 let _ = writeln!(out, "{plain}");
                 self.last_plain = Some((key, 0, 0, now));
@@ -544,6 +782,20 @@ impl LiveView {
 
     fn finish(&mut self) {
         self.drawn_lines = 0;
+    }
+}
+
+/// The plain view's column legend, printed once above its lines.
+const PLAIN_HEADER: &str = "time | phase | canary weight | failed checks | success rate primary/canary | P99 primary/canary | on the canary: requests (last 2s), users | flip-backs";
+
+/// `failed checks 1/3`; after a rollback, the count that caused it next to the reset one.
+fn failed_checks_line(s: &Sample, threshold: u32) -> String {
+    match s.rolled_back_at {
+        Some(n) => format!(
+            "failed checks {}/{threshold} (rolled back at {n}/{threshold}; the count resets on rollback, as in Flagger)",
+            s.failed_checks
+        ),
+        None => format!("failed checks {}/{threshold}", s.failed_checks),
     }
 }
 
@@ -605,7 +857,7 @@ fn render_block(
             facts.step,
             facts.interval
         ),
-        format!("failed checks {}/{}", s.failed_checks, facts.threshold),
+        failed_checks_line(s, facts.threshold),
         format!(
             "                success rate (>= {}%)   P99 (<= {} ms)   req/s",
             min.map_or("-".into(), |v| v.to_string()),
@@ -646,12 +898,11 @@ fn render_block(
         lines.push(format!("  t+{t:>3.0}s {short}{more}"));
     }
     let plain = format!(
-        "t+{:>3.0}s | {} | weight {}% | failed {}/{} | success p/c {}/{} | p99 p/c {}/{} | canary {:.1}% req, {}/{} users | flip-backs {}",
+        "t+{:>3.0}s | {} | weight {}% | {} | success {}/{} | p99 {}/{} | canary {:.1}% req, {}/{} users | flip-backs {}",
         s.t,
         s.phase,
         s.weight,
-        s.failed_checks,
-        facts.threshold,
+        failed_checks_line(s, facts.threshold),
         pct(s.success[0]).trim(),
         pct(s.success[1]).trim(),
         ms(s.p99[0]).trim(),
@@ -664,350 +915,57 @@ fn render_block(
     (lines, plain)
 }
 
-// ---------------------------------------------------------------------------------------
-// The report
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-const W: f64 = 860.0;
-const H: f64 = 200.0;
-const LEFT: f64 = 60.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 28.0;
-const BOTTOM: f64 = 28.0;
-
-struct Chart<'a> {
-    title: &'a str,
-    unit: &'a str,
-    y_min: f64,
-    y_max: f64,
-    t_max: f64,
-}
-
-impl Chart<'_> {
-    fn x(&self, t: f64) -> f64 {
-        LEFT + t / self.t_max.max(1.0) * (W - LEFT - RIGHT)
-    }
-
-    fn y(&self, v: f64) -> f64 {
-        let v = v.clamp(self.y_min, self.y_max);
-        TOP + (1.0 - (v - self.y_min) / (self.y_max - self.y_min).max(1e-9)) * (H - TOP - BOTTOM)
-    }
-
-    fn frame(&self, svg: &mut String, markers: &[(f64, String, &str)]) {
-        let _ = write!(
-            svg,
-            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">
-<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{}</text>
-<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="#fafafa" stroke="#ccc"/>"##,
-            self.title,
-            W - LEFT - RIGHT,
-            H - TOP - BOTTOM
+    #[test]
+    fn long_decimals_are_rounded_and_nothing_else_changes() {
+        assert_eq!(
+            round_numbers(
+                "Halt test/podinfo advancement (1/3 failed checks): metric request-success-rate: value 88.9158575593177 is outside the threshold range (value >= 99)"
+            ),
+            "Halt test/podinfo advancement (1/3 failed checks): metric request-success-rate: value 88.92 is outside the threshold range (value >= 99)"
         );
-        let tick = nice_tick(self.y_max - self.y_min);
-        let first = (self.y_min / tick).ceil() as i64;
-        let last = (self.y_max / tick).floor() as i64;
-        for i in first..=last {
-            let v = i as f64 * tick;
-            let y = self.y(v);
-            let _ = write!(
-                svg,
-                r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end" fill="#555">{}{}</text>"##,
-                W - RIGHT,
-                LEFT - 4.0,
-                y + 4.0,
-                fmt_num(v),
-                self.unit
-            );
-        }
-        let step = nice_step(self.t_max);
-        let mut t = 0.0;
-        while t <= self.t_max + 0.01 {
-            let x = self.x(t);
-            let _ = write!(
-                svg,
-                r##"<text x="{x:.1}" y="{}" text-anchor="middle" fill="#555">{t:.0}s</text>"##,
-                H - BOTTOM + 14.0
-            );
-            t += step;
-        }
-        // Labels alternate between two rows so close markers stay readable.
-        for (i, (t, label, color)) in markers.iter().enumerate() {
-            let x = self.x(*t);
-            let _ = write!(
-                svg,
-                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{}" stroke="{color}" stroke-dasharray="2,3"/><text x="{:.1}" y="{}" fill="{color}" font-size="10">{label}</text>"##,
-                H - BOTTOM,
-                x + 2.0,
-                TOP + 10.0 + 11.0 * (i % 2) as f64
-            );
-        }
-    }
-
-    fn line(&self, svg: &mut String, points: &[(f64, Option<f64>)], color: &str, step: bool) {
-        let mut d = String::new();
-        let mut pen_down = false;
-        for (t, v) in points {
-            match v {
-                Some(v) => {
-                    let (x, y) = (self.x(*t), self.y(*v));
-                    if !pen_down {
-                        let _ = write!(d, "M{x:.1},{y:.1}");
-                    } else if step {
-                        let _ = write!(d, "H{x:.1}V{y:.1}");
-                    } else {
-                        let _ = write!(d, "L{x:.1},{y:.1}");
-                    }
-                    pen_down = true;
-                }
-                None => pen_down = false,
-            }
-        }
-        let _ = write!(
-            svg,
-            r##"<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>"##
+        assert_eq!(
+            round_numbers("p99 612.5 ms, v2, 0.999999, x1.23456"),
+            "p99 612.5 ms, v2, 1.00, x1.23456"
         );
     }
 
-    fn threshold(&self, svg: &mut String, v: f64, label: &str) {
-        let y = self.y(v);
-        let _ = write!(
-            svg,
-            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#d62728" stroke-dasharray="6,4"/><text x="{}" y="{:.1}" text-anchor="end" fill="#d62728">{label}</text>"##,
-            W - RIGHT,
-            W - RIGHT - 4.0,
-            y + 12.0
+    #[test]
+    fn the_rollback_count_is_the_last_before_failed() {
+        let at = Instant::now();
+        let change = |phase: &str, failed_checks: u64| StatusChange {
+            at,
+            phase: phase.into(),
+            weight: 30,
+            failed_checks,
+            iterations: 0,
+            canary_revision: Some("v2".into()),
+            primary_revision: Some("v1".into()),
+            status: serde_json::Value::Null,
+        };
+        let changes = [
+            change("Progressing", 1),
+            change("Progressing", 2),
+            change("Progressing", 3),
+            change("Failed", 0),
+        ];
+        assert_eq!(failed_checks_at_rollback(&changes, at), Some(3));
+        assert_eq!(failed_checks_at_rollback(&changes[..3], at), None);
+    }
+
+    #[test]
+    fn failures_are_said_plainly() {
+        assert_eq!(
+            failures(5000, 0, 0, false),
+            "5000, every one answered HTTP 200"
         );
-    }
-
-    fn legend(&self, svg: &mut String, items: &[(&str, &str)]) {
-        let mut x = W - RIGHT - 10.0;
-        for (name, color) in items.iter().rev() {
-            x -= 8.0 * name.len() as f64 + 24.0;
-            let _ = write!(
-                svg,
-                r##"<rect x="{x:.1}" y="8" width="12" height="4" fill="{color}"/><text x="{:.1}" y="14">{name}</text>"##,
-                x + 16.0
-            );
-        }
-    }
-}
-
-fn fmt_num(v: f64) -> String {
-    if (v - v.round()).abs() < 1e-9 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-/// A round tick spacing giving about four to eight ticks over `range`.
-fn nice_tick(range: f64) -> f64 {
-    let raw = (range / 6.0).max(1e-9);
-    let magnitude = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * magnitude)
-        .find(|t| *t >= raw)
-        .unwrap_or(10.0 * magnitude)
-}
-
-fn nice_step(t_max: f64) -> f64 {
-    [5.0, 10.0, 15.0, 30.0, 60.0, 120.0]
-        .into_iter()
-        .find(|s| t_max / s <= 12.0)
-        .unwrap_or(300.0)
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-#[allow(clippy::too_many_arguments)]
-fn report_html(
-    facts: &CanaryFacts,
-    options: &DemoOptions,
-    samples: &[Sample],
-    events: &[(f64, String)],
-    shares: &[WeightShare],
-    summary_text: &str,
-    as_expected: bool,
-) -> String {
-    let t_max = samples.last().map_or(1.0, |s| s.t).max(1.0);
-    let mut phases: Vec<(f64, String, &str)> = Vec::new();
-    let mut last_phase = "";
-    for s in samples {
-        // The run starts in Initialized (v1 is the primary); only changes are marked.
-        if s.phase != last_phase && !(last_phase.is_empty() && s.phase == "Initialized") {
-            phases.push((s.t, s.phase.clone(), "#666"));
-        }
-        last_phase = &s.phase;
-    }
-    for (t, e) in events {
-        if e.starts_with("v2 breaks") {
-            phases.push((*t, "v2 breaks".into(), "#d62728"));
-        }
-    }
-    phases.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let series = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, Option<f64>)> {
-        samples.iter().map(|s| (s.t, f(s))).collect()
-    };
-
-    let mut charts = String::new();
-    // Weight and who is on the canary.
-    let c = Chart {
-        title: "Canary weight; users on the canary route, and served by v2",
-        unit: "%",
-        y_min: 0.0,
-        y_max: 100.0,
-        t_max,
-    };
-    c.frame(&mut charts, &phases);
-    c.threshold(
-        &mut charts,
-        f64::from(facts.max_weight),
-        &format!("maxWeight {}%", facts.max_weight),
-    );
-    c.line(
-        &mut charts,
-        &series(&|s| Some(s.weight as f64)),
-        "#1f77b4",
-        true,
-    );
-    c.line(
-        &mut charts,
-        &series(&|s| Some(s.users_on_v2 as f64 * 100.0 / s.users_seen.max(1) as f64)),
-        "#9467bd",
-        false,
-    );
-    c.line(
-        &mut charts,
-        &series(&|s| Some(s.users_on_canary as f64 * 100.0 / s.users_seen.max(1) as f64)),
-        "#ff7f0e",
-        false,
-    );
-    c.legend(
-        &mut charts,
-        &[
-            ("weight", "#1f77b4"),
-            ("users on canary", "#ff7f0e"),
-            ("served by v2", "#9467bd"),
-        ],
-    );
-    charts.push_str("</svg>\n");
-
-    // Success rate.
-    let lowest = samples
-        .iter()
-        .flat_map(|s| s.success.iter().flatten().copied())
-        .fold(100.0f64, f64::min);
-    let floor = facts.min_success.unwrap_or(100.0).min(lowest);
-    let y_min = ((floor - 2.0) / 5.0).floor() * 5.0;
-    let c = Chart {
-        title: "Success rate (non-5xx) per variant",
-        unit: "%",
-        y_min: y_min.max(0.0),
-        // A little headroom so the lines at 100% do not hide in the frame.
-        y_max: 100.0 + (100.0 - y_min.max(0.0)) * 0.04,
-        t_max,
-    };
-    c.frame(&mut charts, &phases);
-    if let Some(m) = facts.min_success {
-        c.threshold(&mut charts, m, &format!("min {m}%"));
-    }
-    c.line(&mut charts, &series(&|s| s.success[0]), "#7f7f7f", false);
-    c.line(&mut charts, &series(&|s| s.success[1]), "#2ca02c", false);
-    c.legend(
-        &mut charts,
-        &[("primary", "#7f7f7f"), ("canary", "#2ca02c")],
-    );
-    charts.push_str("</svg>\n");
-
-    // P99.
-    let highest = samples
-        .iter()
-        .flat_map(|s| s.p99.iter().flatten().copied())
-        .fold(0.0f64, f64::max);
-    let top = facts.max_p99.unwrap_or(highest).max(highest) * 1.15;
-    let c = Chart {
-        title: "P99 latency per variant",
-        unit: "ms",
-        y_min: 0.0,
-        y_max: top.max(10.0).ceil(),
-        t_max,
-    };
-    c.frame(&mut charts, &phases);
-    if let Some(m) = facts.max_p99 {
-        c.threshold(&mut charts, m, &format!("max {m} ms"));
-    }
-    c.line(&mut charts, &series(&|s| s.p99[0]), "#7f7f7f", false);
-    c.line(&mut charts, &series(&|s| s.p99[1]), "#2ca02c", false);
-    c.legend(
-        &mut charts,
-        &[("primary", "#7f7f7f"), ("canary", "#2ca02c")],
-    );
-    charts.push_str("</svg>\n");
-
-    let mut share_rows = String::new();
-    for s in shares.iter().filter(|s| s.weight_bp > 0) {
-        let _ = write!(
-            share_rows,
-            "<tr><td>{}%</td><td>{:.1}%</td><td>{}</td><td>{:.1}%</td><td>{}</td></tr>",
-            s.weight_bp / 100,
-            s.user_share() * 100.0,
-            s.users,
-            s.request_share() * 100.0,
-            s.requests
+        assert_eq!(
+            failures(5018, 160, 0, true),
+            "5018; 160 failed, every one of them on the canary v2 (the injected HTTP 500s)"
         );
+        assert!(failures(5018, 160, 2, true).contains("158 on the canary v2 and 2 elsewhere"));
     }
-    let mut event_rows = String::new();
-    for (t, e) in events {
-        let _ = write!(
-            event_rows,
-            "<tr><td>t+{t:.0}s</td><td>{}</td></tr>",
-            html_escape(e)
-        );
-    }
-    let verdict_color = if as_expected { "#2ca02c" } else { "#d62728" };
-    format!(
-        r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>veer demo report{faulty}</title>
-<style>
-body {{ font-family: sans-serif; margin: 24px; color: #222; max-width: 900px; }}
-h1 {{ font-size: 20px; }} h2 {{ font-size: 15px; margin-top: 24px; }}
-pre {{ background: #f5f5f5; padding: 10px; font-size: 12px; white-space: pre-wrap; }}
-table {{ border-collapse: collapse; font-size: 12px; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
-td:last-child {{ text-align: left; }} .verdict {{ font-weight: bold; color: {verdict_color}; }}
-</style></head><body>
-<h1>veer demo{faulty}: {key} from v1 to v2</h1>
-<p class="verdict">{verdict}</p>
-<p>Gateway Envoy with the veer filter (release wasm, V8), Prometheus scraping it every second, the veer controller
-analysing a Flagger Canary (every {interval:?}: +{step}% up to {max}%, success rate &ge; {min_s}%, P99 &le; {max_p} ms,
-{threshold} failed checks roll back), {users} simulated users keeping their cookies at about {rps:.0} requests/s.</p>
-{charts}
-<h2>Share of users and requests on v2 at each weight</h2>
-<table><tr><th>weight</th><th>users on v2</th><th>users seen</th><th>requests on v2</th><th>requests</th></tr>{share_rows}</table>
-<h2>Summary</h2><pre>{summary}</pre>
-<h2>Events</h2><table>{event_rows}</table>
-</body></html>
-"#,
-        faulty = if options.faulty { " (faulty v2)" } else { "" },
-        key = facts.key,
-        verdict = html_escape(
-            summary_text
-                .lines()
-                .find(|l| l.trim_start().starts_with("verdict"))
-                .unwrap_or("")
-                .trim()
-        ),
-        interval = facts.interval,
-        step = facts.step,
-        max = facts.max_weight,
-        min_s = facts.min_success.map_or("-".into(), |v| v.to_string()),
-        max_p = facts.max_p99.map_or("-".into(), |v| v.to_string()),
-        threshold = facts.threshold,
-        users = options.users,
-        rps = options.requests_per_second,
-        summary = html_escape(summary_text.trim()),
-    )
 }

@@ -116,7 +116,7 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String, String>
 /// What varies between gateway instances.
 #[derive(Debug, Clone)]
 pub struct GatewaySpec {
-    /// The plugin configuration JSON (routing-table.md).
+    /// The plugin configuration JSON (docs/routing-table.md).
     pub plugin_config: String,
     pub primary: SocketAddr,
     pub canary: SocketAddr,

@@ -550,13 +550,14 @@ pub fn explain_canary(
         route.hosts.join(", "),
         route.path_prefix
     );
-    if spec.service.gateways.is_empty() {
-        let _ = writeln!(
-            out,
-            "  No service.gateways: veer render attaches the VirtualService to the mesh only."
-        );
-    } else {
-        let _ = writeln!(out, "  Gateways: {}.", spec.service.gateways.join(", "));
+    // What `veer render` does with the gateways, from its own rule, so the two agree.
+    match crate::render::virtual_service_gateways(spec) {
+        Ok(gateways) => {
+            let _ = writeln!(out, "  Gateways: {}.", gateways.join(", "));
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  veer render refuses this Canary: {e}.");
+        }
     }
     if !spec.routes_traffic() {
         let _ = writeln!(

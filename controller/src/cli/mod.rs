@@ -11,9 +11,10 @@
 //! was saved), the state writer finishes its batch, long-polls end, then the process exits.
 
 pub mod explain;
+mod template;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -610,10 +611,14 @@ fn explain_file(args: &ExplainArgs) -> Result<ExitCode, CliError> {
         } else {
             "the Canaries above are the valid ones"
         };
-        return Err(fail(format!(
+        let message = format!(
             "{errors} error{} (listed above): {what}",
             if errors == 1 { "" } else { "s" }
-        )));
+        );
+        return Err(match args.input.all().first() {
+            Some(file) => unless_template(file, message),
+            None => fail(message),
+        });
     }
     if set.canaries.is_empty() {
         return Err(fail(no_canary_message(&set)));
@@ -627,6 +632,19 @@ fn no_canary_message(set: &SpecSet) -> String {
         "no Canary found in {}: no document of kind Canary",
         set.files_read()
     )
+}
+
+/// The command line as typed, for commands printed back to the user.
+fn command_line() -> Vec<String> {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The failure of an offline command on `file`: `message`, unless the file is a template
+/// that failed on its placeholders; then the command that fills it in and runs again.
+fn unless_template(file: &Path, message: String) -> CliError {
+    fail(template::hint(file, &command_line()).unwrap_or(message))
 }
 
 fn parse_controller_endpoint(text: &str) -> Result<(String, String, u16), CliError> {
@@ -651,11 +669,14 @@ fn render_file(args: &RenderArgs) -> Result<ExitCode, CliError> {
         for e in &errors {
             eprintln!("error: {e}");
         }
-        return Err(fail(format!(
-            "{}: {} error(s); nothing rendered",
-            args.file.display(),
-            errors.len()
-        )));
+        return Err(unless_template(
+            &args.file,
+            format!(
+                "{}: {} error(s); nothing rendered",
+                args.file.display(),
+                errors.len()
+            ),
+        ));
     }
     if set.canaries.is_empty() {
         return Err(fail(format!("{}: no Canary found", args.file.display())));
@@ -705,6 +726,12 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode, CliError> {
         errors += 1;
     }
     let warnings = set.warnings().count();
+    if errors > 0 {
+        let hints = args.input.all().into_iter().filter(|p| p.is_file());
+        for hint in hints.filter_map(|p| template::hint(&p, &command_line())) {
+            println!("hint: {hint}");
+        }
+    }
     for canary in &set.canaries {
         println!("ok: {} ({})", canary.key(), canary.source);
     }

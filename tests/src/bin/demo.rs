@@ -1,7 +1,7 @@
 //! `make demo` / `make demo-faulty`: a canary rollout through the whole veer loop on
 //! 127.0.0.1, shown live (see [`veer_e2e::demo`]). Exits 0 only when the rollout ended the
-//! way it should; 130 when interrupted. Ctrl-C (or SIGTERM) stops it and every process it
-//! started.
+//! way it should; 130 when interrupted during the run. Ctrl-C (or SIGTERM) stops it and
+//! every process it started, also after the run with `--hold`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,8 +15,10 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-const USAGE: &str = "usage: demo [--faulty] [--users N] [--rps R] [--out DIR] [--plain]
+const USAGE: &str = "usage: demo [--faulty] [--hold] [--users N] [--rps R] [--out DIR] [--plain]
   --faulty     v2 starts answering HTTP 500 part-way: the run must roll back
+  --hold       after the run, keep everything up (with the addresses and commands to try)
+               until Ctrl-C
   --users N    simulated users, each with its own cookie jar (default 300)
   --rps R      total requests per second (default 150)
   --out DIR    where the report goes (default out/)
@@ -34,6 +36,7 @@ fn parse(args: &[String]) -> Result<DemoOptions, String> {
         match a.as_str() {
             "--faulty" => o.faulty = true,
             "--plain" => o.live = false,
+            "--hold" => o.hold = true,
             "--users" => {
                 o.users = value("--users")?
                     .parse()
