@@ -1,5 +1,5 @@
 # The README's commands. Each one runs scripts/setup.sh first, so a fresh machine works.
-.PHONY: test demo demo-faulty demo-hold bench soak setup wasm
+.PHONY: test demo demo-faulty demo-hold demo-k8s bench soak setup wasm
 
 setup:
 	scripts/setup.sh
@@ -36,6 +36,14 @@ demo-faulty:
 demo-hold:
 	@$(DEMO_BUILD)
 	$(TARGET_DIR)/debug/demo --hold $(DEMO_ARGS)
+
+# The same release with the controller in Kubernetes mode, on a local control plane
+# (scripts/kube-up.sh: built with Go on first use and cached in ~/.cache/veer).
+demo-k8s:
+	@$(DEMO_BUILD) && \
+	echo "demo: building the Kubernetes control plane (scripts/kube-build.sh; cached after the first time)" && \
+	scripts/kube-build.sh
+	$(TARGET_DIR)/debug/demo --kubernetes $(DEMO_ARGS)
 
 # Benchmarks (BENCHMARKS.md): about 15 minutes on 2 cores with the builds; not part of `make test`.
 bench:

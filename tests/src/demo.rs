@@ -12,6 +12,7 @@
 mod report;
 
 use crate::controller::StatusChange;
+use crate::kube::KubeCluster;
 use crate::stack::{Stack, StackSpec};
 use crate::users::{flip_backs, share_by_weight, UserLoad, UserLoadSpec, Variant};
 use crate::workspace_root;
@@ -36,6 +37,9 @@ pub struct DemoOptions {
     pub live: bool,
     /// After the run, keep everything up for exploration until Ctrl-C.
     pub hold: bool,
+    /// Kubernetes mode on a local control plane (`make demo-k8s`): the Canary and its
+    /// Deployment are applied with kubectl, and the release starts with `kubectl set image`.
+    pub kubernetes: bool,
 }
 
 impl Default for DemoOptions {
@@ -47,6 +51,7 @@ impl Default for DemoOptions {
             out_dir: workspace_root().join("out"),
             live: std::io::stdout().is_terminal(),
             hold: false,
+            kubernetes: false,
         }
     }
 }
@@ -169,8 +174,26 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
          Prometheus, the controller and {} users",
         options.users
     ));
+    if options.kubernetes && options.hold {
+        return Err("--hold is for the local-mode demo; with --kubernetes, run `scripts/kube-up.sh DIR` and `veer controller --kubernetes` to explore".into());
+    }
+    let cluster = if options.kubernetes {
+        say("  starting a local Kubernetes control plane (scripts/kube-up.sh; the first run builds it with Go)");
+        let cluster = KubeCluster::up()?;
+        say(&format!(
+            "  Kubernetes {} at {}  (try: KUBECONFIG={} kubectl get canaries,deploy -A)",
+            cluster.version(),
+            cluster.server(),
+            cluster.kubeconfig().display()
+        ));
+        cluster.apply(&target_deployment(spec, "v1"))?;
+        Some(cluster)
+    } else {
+        None
+    };
     let mut stack_spec = StackSpec::new(&format!("demo-{mode}"), &yaml);
     stack_spec.key = facts.key.clone();
+    stack_spec.kubeconfig = cluster.as_ref().map(KubeCluster::veer_kubeconfig);
     let stack = Stack::start(&stack_spec)?;
     say(&format!(
         "  gateway http://{}  (try: curl -si -H 'host: app.example.com' http://{}/)",
@@ -185,8 +208,22 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
     if stop.load(Ordering::SeqCst) {
         return Ok(interrupted());
     }
-    stack.initialize("v1")?;
+    match &cluster {
+        None => stack.initialize("v1")?,
+        Some(cluster) => {
+            cluster.apply(&stack.canary_yaml)?;
+            say("  the Canary is applied: veer creates the -primary Deployment, the Services and the VirtualService");
+            stack.controller.wait_status(
+                &facts.key,
+                &format!("{} to be Initialized", facts.key),
+                Duration::from_secs(60),
+                |s| s["phase"] == "Initialized",
+            )?;
+            stack.wait_gateway_applied(Duration::from_secs(20))?;
+        }
+    }
     say("  v1 is the primary (the first revision is promoted without analysis)");
+    let first_primary = stack.status()?["primaryRevision"].clone();
     let mut load_spec = UserLoadSpec::new(options.users, options.requests_per_second);
     load_spec.workers = 8;
     let load = UserLoad::start(stack.gateway_addr, load_spec)?;
@@ -210,7 +247,20 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
         }
     ));
     let started = Instant::now();
-    stack.controller.rollout(&facts.key, "v2")?;
+    match &cluster {
+        None => stack.controller.rollout(&facts.key, "v2")?,
+        Some(cluster) => {
+            let (namespace, name) = (&spec.namespace, &spec.target_ref.name);
+            cluster.kubectl(&[
+                "set",
+                "image",
+                &format!("deployment/{name}"),
+                "app=podinfo:v2",
+                "-n",
+                namespace,
+            ])?;
+        }
+    }
 
     let mut view = LiveView::new(options.live);
     let mut samples: Vec<Sample> = Vec::new();
@@ -219,6 +269,7 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
     let mut last_message = String::new();
     let mut fault_on = false;
     let mut primary_on_v2 = false;
+    let mut cluster_view = (Instant::now(), String::new());
     // A generous bound: every step plus the threshold's worth of failures, twice over.
     let run_deadline = facts.interval
         * (2 * (facts.max_weight / facts.step.max(1) + facts.threshold + 6))
@@ -265,7 +316,10 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
             ));
         }
         // The Deployment controller's part: the primary runs what the controller promoted.
-        if !primary_on_v2 && status["primaryRevision"] == "v2" {
+        if !primary_on_v2
+            && !status["primaryRevision"].is_null()
+            && status["primaryRevision"] != first_primary
+        {
             stack.primary.set_identity("v2");
             primary_on_v2 = true;
             events.push((t, "the primary Deployment now runs v2".into()));
@@ -275,7 +329,30 @@ pub fn run(options: &DemoOptions, stop: &AtomicBool) -> Result<DemoOutcome, Stri
             sample.rolled_back_at = failed_checks_at_rollback(&stack.status_log.changes(), started);
         }
         samples.push(sample.clone());
-        view.draw(&render_block(&facts, options, &sample, &events));
+        let mut block = render_block(&facts, options, &sample, &events);
+        if let Some(cluster) = &cluster {
+            // What a user watches in another terminal, every other second.
+            if cluster_view.0.elapsed() >= Duration::from_secs(2) || cluster_view.1.is_empty() {
+                let namespace = &spec.namespace;
+                let now = cluster
+                    .kubectl(&["get", "canaries,deploy", "-n", namespace])
+                    .unwrap_or_else(|e| e);
+                if !options.live && now != cluster_view.1 {
+                    say(&format!(
+                        "$ kubectl get canaries,deploy -n {namespace}\n{now}"
+                    ));
+                }
+                cluster_view = (Instant::now(), now);
+            }
+            if options.live {
+                block.0.push(format!(
+                    "$ kubectl get canaries,deploy -n {}",
+                    spec.namespace
+                ));
+                block.0.extend(cluster_view.1.lines().map(str::to_string));
+            }
+        }
+        view.draw(&block);
         if ended_at.is_none() && (phase == "Succeeded" || phase == "Failed") {
             ended_at = Some(Instant::now());
             end_status = status.clone();
@@ -913,6 +990,38 @@ fn render_block(
         s.flip_backs
     );
     (lines, plain)
+}
+
+/// The Canary's target Deployment, as a user applies it before the Canary: its pods are
+/// kwok's (no container runs), so the gateway's two upstreams stay the demo's backends.
+fn target_deployment(spec: &veer_controller::spec::CanarySpec, version: &str) -> String {
+    let (namespace, name) = (&spec.namespace, &spec.target_ref.name);
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: {namespace}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+        - name: app
+          image: podinfo:{version}
+"
+    )
 }
 
 #[cfg(test)]

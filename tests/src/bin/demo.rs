@@ -15,8 +15,11 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-const USAGE: &str = "usage: demo [--faulty] [--hold] [--users N] [--rps R] [--out DIR] [--plain]
+const USAGE: &str =
+    "usage: demo [--faulty] [--hold] [--kubernetes] [--users N] [--rps R] [--out DIR] [--plain]
   --faulty     v2 starts answering HTTP 500 part-way: the run must roll back
+  --kubernetes the controller in Kubernetes mode on a local control plane (scripts/kube-up.sh):
+               kubectl applies the Deployment and the Canary, kubectl set image releases v2
   --hold       after the run, keep everything up (with the addresses and commands to try)
                until Ctrl-C
   --users N    simulated users, each with its own cookie jar (default 300)
@@ -37,6 +40,7 @@ fn parse(args: &[String]) -> Result<DemoOptions, String> {
             "--faulty" => o.faulty = true,
             "--plain" => o.live = false,
             "--hold" => o.hold = true,
+            "--kubernetes" => o.kubernetes = true,
             "--users" => {
                 o.users = value("--users")?
                     .parse()

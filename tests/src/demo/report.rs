@@ -618,6 +618,7 @@ mod tests {
             out_dir: PathBuf::new(),
             live: false,
             hold: false,
+            kubernetes: false,
         };
         let shares: Vec<WeightShare> = [10, 20, 30]
             .into_iter()
