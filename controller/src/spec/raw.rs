@@ -53,8 +53,6 @@ pub(super) fn format_ignored(path: &serde_ignored::Path) -> String {
 pub(super) const NOT_USED: &[(&str, &str)] = &[
     ("spec.autoscalerRef", "veer does not create the -primary workload, so there is no HPA to copy for it; scale both Deployments yourself"),
     ("spec.metricsServer", "the controller's --prometheus flag sets the Prometheus address; a MetricTemplate's provider.address sets one per metric"),
-    ("spec.ingressRef", "an ingress-controller provider field; veer routes in the Istio/Envoy gateway"),
-    ("spec.routeRef", "an APISIX provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.upstreamRef", "a Gloo provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.revertOnDeletion", "veer does not mutate the target workload, so there is nothing to revert"),
     ("spec.service.portDiscovery", "veer render writes the one port in service.port"),
@@ -137,6 +135,10 @@ pub(super) struct RawMeta {
 pub(super) struct RawCanaryBody {
     #[serde(default)]
     pub(super) provider: Option<String>,
+    #[serde(default)]
+    pub(super) ingress_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub(super) route_ref: Option<TargetRef>,
     #[serde(default)]
     pub(super) progress_deadline_seconds: Option<i64>,
     pub(super) target_ref: TargetRef,
