@@ -493,6 +493,9 @@ pub fn explain_canary(
         Strategy::Canary(WeightSteps::Step { step, max }) => format!(
             "Canary: the canary's share rises by stepWeight {step}% per passing analysis until it reaches maxWeight {max}%"
         ),
+        Strategy::Canary(WeightSteps::List(list)) if list.is_empty() => {
+            "No traffic steps (no stepWeight, stepWeights or iterations, which skipAnalysis allows): no traffic is shifted to the canary".to_string()
+        }
         Strategy::Canary(WeightSteps::List(list)) => format!(
             "Canary: the canary's share follows stepWeights {}",
             list.iter().map(|w| format!("{w}%")).collect::<Vec<_>>().join(" → ")

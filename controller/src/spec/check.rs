@@ -8,7 +8,7 @@ use std::time::Duration;
 use veer_core::{MatchRule, SessionAffinity, StringMatch};
 
 use super::load::{problem, Severity, SpecProblem};
-use super::raw::{RawCanary, RawMetric, RawWebhook};
+use super::raw::{RawAnalysis, RawCanary, RawMetric, RawWebhook};
 use super::{
     route_for, AnalysisSpec, CanarySpec, GoDuration, LoadOptions, MetricSource, MetricSpec,
     MetricTemplate, SpecSource, VeerSpec, WebhookSpec, DEFAULT_COOKIE_MAX_AGE,
@@ -106,13 +106,19 @@ pub(super) fn check_canary(
         }
         (a, None) => a,
     };
-    let Some(a) = analysis else {
-        report.error(
-            "spec.analysis",
-            "missing: a Canary needs an analysis (interval, threshold, stepWeight or iterations, metrics)"
-                .into(),
-        );
-        return None;
+    // Flagger promotes a Canary without an analysis as if skipAnalysis were set. veer asks
+    // for that to be said: a forgotten analysis must not promote unchecked.
+    let a = match analysis {
+        Some(a) => a,
+        None if body.skip_analysis => RawAnalysis::default(),
+        None => {
+            report.error(
+                "spec.analysis",
+                "missing: a Canary needs an analysis (interval, threshold, stepWeight or iterations, metrics). Flagger would promote every new revision unchecked, as with skipAnalysis; to mean that, set skipAnalysis: true"
+                    .into(),
+            );
+            return None;
+        }
     };
 
     // Weights are percent.
