@@ -53,11 +53,11 @@ pub fn explain(set: &SpecSet, opts: &ExplainOptions) -> String {
         if has_errors {
             out.push_str("No valid Canary to explain: the errors above say why.\n");
         } else {
-            let _ = writeln!(
-                out,
-                "No Canary found in {}: no document of kind Canary.",
-                set.files_read()
-            );
+            let mut message = set.no_canary_message();
+            if let Some(first) = message.get_mut(..1) {
+                first.make_ascii_uppercase();
+            }
+            let _ = writeln!(out, "{message}.");
         }
     }
     for (i, spec) in set.canaries.iter().enumerate() {
