@@ -21,6 +21,9 @@ step "build: filter (wasm32, release, wasm-opt) and controller"
 scripts/build-filter.sh
 cargo build -p veer-controller --bins
 
+step "Kubernetes control plane binaries (cached in ~/.cache/veer)"
+scripts/kube-build.sh
+
 step "tests (native)"
 cargo test --workspace --no-fail-fast
 

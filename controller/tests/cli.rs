@@ -189,13 +189,32 @@ fn validate_reports_the_bad_file_with_its_field_path_and_fails() {
 }
 
 #[test]
-fn kubernetes_mode_says_it_is_not_implemented() {
-    let output = run_veer(&["controller", "--kubernetes"], DEADLINE);
+fn kubernetes_mode_without_a_cluster_says_how_it_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-kubeconfig");
+    let output = run_to_exit(
+        std::process::Command::new(VEER)
+            .args(["controller", "--kubernetes", "--listen", "127.0.0.1:0"])
+            .env("KUBECONFIG", &missing)
+            .env_remove("KUBERNETES_SERVICE_HOST"),
+        DEADLINE,
+    );
     assert!(!output.status.success());
+    let stderr = text(&output.stderr);
     assert!(
-        text(&output.stderr).contains("Kubernetes mode is not implemented yet"),
+        stderr.contains("cannot connect to Kubernetes (KUBECONFIG, or in-cluster config)"),
+        "{stderr}"
+    );
+    // Local mode's flags are refused beside --kubernetes rather than silently ignored.
+    let both = run_veer(
+        &["controller", "--kubernetes", "--state", "x.json"],
+        DEADLINE,
+    );
+    assert!(!both.status.success());
+    assert!(
+        text(&both.stderr).contains("cannot be used with"),
         "{}",
-        text(&output.stderr)
+        text(&both.stderr)
     );
 }
 

@@ -223,7 +223,8 @@ fn schema_for(api_version: &str, kind: &str) -> Result<SchemaSource, String> {
             | "policy/v1"
             | "networking.k8s.io/v1"
             | "autoscaling/v2"
-            | "batch/v1",
+            | "batch/v1"
+            | "apiextensions.k8s.io/v1",
             _,
         ) => Kubernetes,
         _ => {
@@ -1261,4 +1262,60 @@ fn a_document_without_a_name_is_an_error() {
     let problems = validate_docs(&[doc], &mut CrdSchemas::load());
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("metadata.name"));
+}
+
+/// Kubernetes mode's controller: `--kubernetes`, its ServiceAccount's token mounted, the
+/// shipped ClusterRole bound to that account (the e2e tests run the controller with that
+/// role's token; tests/tests/kubernetes.rs takes a verb out to show each one is needed),
+/// and the Lease namespace from the downward API.
+#[test]
+fn kubernetes_mode_controller_runs_as_the_bound_service_account() {
+    let docs = kustomize(&manifests().join("kubernetes"));
+    let deploy = docs
+        .iter()
+        .find(|d| d.kind() == "Deployment" && d.name() == "veer-controller")
+        .unwrap();
+    let pod = &deploy.value["spec"]["template"]["spec"];
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--kubernetes"), "{args:?}");
+    assert!(!args
+        .iter()
+        .any(|a| a.starts_with("--state") || a.starts_with("--canaries")));
+    let account = pod["serviceAccountName"].as_str().unwrap();
+    assert_ne!(pod["automountServiceAccountToken"], false);
+    let sa = docs.iter().find(|d| d.kind() == "ServiceAccount").unwrap();
+    assert_eq!(sa.name(), account);
+    assert_ne!(sa.value["automountServiceAccountToken"], false);
+    let binding = docs
+        .iter()
+        .find(|d| d.kind() == "ClusterRoleBinding")
+        .unwrap();
+    assert_eq!(binding.value["subjects"][0]["name"], account);
+    assert_eq!(
+        binding.value["subjects"][0]["namespace"],
+        deploy.value["metadata"]["namespace"]
+    );
+    let role = docs.iter().find(|d| d.kind() == "ClusterRole").unwrap();
+    assert_eq!(binding.value["roleRef"]["name"], role.name());
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "POD_NAMESPACE"
+        && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
+    // Nothing in the role deletes: owned objects go with their Canary by garbage collection.
+    for rule in role.value["rules"].as_array().unwrap() {
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(
+            !verbs.contains(&"delete") && !verbs.contains(&"*"),
+            "{rule}"
+        );
+    }
 }

@@ -222,12 +222,14 @@ fn unused_flagger_fields_are_named_warnings() {
     let warnings = messages(&set, Severity::Warning).join("\n");
     for path in [
         "spec.autoscalerRef: accepted but not used by veer",
-        "spec.revertOnDeletion: accepted but not used by veer",
         "spec.analysis.alerts: accepted but not used by veer (veer has no alert providers",
         "spec.analysis.primaryReadyThreshold: accepted but not used by veer",
     ] {
         assert!(warnings.contains(path), "missing {path:?} in\n{warnings}");
     }
+    // Kubernetes mode honours it (Flagger's finalizer).
+    assert!(!warnings.contains("revertOnDeletion"), "{warnings}");
+    assert!(set.canaries[0].revert_on_deletion);
 }
 
 #[test]

@@ -70,6 +70,9 @@ pub fn controller_binary() -> Result<PathBuf, String> {
 pub struct ControllerSpec {
     pub canaries_dir: PathBuf,
     pub state_file: PathBuf,
+    /// Kubernetes mode with this kubeconfig (`--kubernetes`, KUBECONFIG); the canaries
+    /// directory and the state file are then not used.
+    pub kubeconfig: Option<PathBuf>,
     pub prometheus_url: String,
     pub listen: SocketAddr,
     /// `--metrics-set`: istio, veer or envoy.
@@ -107,12 +110,19 @@ impl Controller {
             return Err("the controller is still running".into());
         }
         let mut cmd = Command::new(controller_binary()?);
-        cmd.arg("controller")
-            .arg("--canaries")
-            .arg(&self.spec.canaries_dir)
-            .arg("--state")
-            .arg(&self.spec.state_file)
-            .args(["--prometheus", &self.spec.prometheus_url])
+        cmd.arg("controller");
+        match &self.spec.kubeconfig {
+            Some(kubeconfig) => {
+                cmd.arg("--kubernetes").env("KUBECONFIG", kubeconfig);
+            }
+            None => {
+                cmd.arg("--canaries")
+                    .arg(&self.spec.canaries_dir)
+                    .arg("--state")
+                    .arg(&self.spec.state_file);
+            }
+        }
+        cmd.args(["--prometheus", &self.spec.prometheus_url])
             .args(["--listen", &self.spec.listen.to_string()])
             .args(["--metrics-set", &self.spec.metrics_set])
             .arg(format!("--min-interval={}ms", MIN_INTERVAL.as_millis()))

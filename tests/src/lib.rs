@@ -7,6 +7,7 @@ pub mod controller;
 pub mod demo;
 pub mod envoy;
 pub mod http_server;
+pub mod kube;
 pub mod ports;
 pub mod process;
 pub mod prometheus;

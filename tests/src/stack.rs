@@ -35,6 +35,9 @@ pub struct StackSpec {
     pub concurrency: u32,
     /// How often the filter polls the controller when a poll fails (it long-polls otherwise).
     pub poll_ms: u64,
+    /// Run the controller in Kubernetes mode with this kubeconfig. The test then applies
+    /// the Canary to the cluster itself ([`Stack::canary_yaml`] has it rendered).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl StackSpec {
@@ -48,6 +51,7 @@ impl StackSpec {
             scrape_interval: Duration::from_secs(1),
             concurrency: 2,
             poll_ms: 200,
+            kubeconfig: None,
         }
     }
 }
@@ -65,6 +69,8 @@ pub struct Stack {
     pub gateway_addr: SocketAddr,
     pub dir: PathBuf,
     pub key: String,
+    /// The Canary YAML with the webhook receiver's URL filled in.
+    pub canary_yaml: String,
 }
 
 impl Stack {
@@ -125,18 +131,23 @@ impl Stack {
         let canaries_dir = dir.join("canaries");
         std::fs::create_dir_all(&canaries_dir).map_err(|e| e.to_string())?;
         let yaml = render(&spec.canary_yaml, &[("WEBHOOK_URL", webhooks.base_url())])?;
-        std::fs::write(canaries_dir.join("canary.yaml"), yaml).map_err(|e| e.to_string())?;
+        if spec.kubeconfig.is_none() {
+            std::fs::write(canaries_dir.join("canary.yaml"), &yaml).map_err(|e| e.to_string())?;
+        }
         let controller = Controller::start(
             &dir,
             ControllerSpec {
                 canaries_dir,
                 state_file: dir.join("state.json"),
+                kubeconfig: spec.kubeconfig.clone(),
                 prometheus_url: prometheus.url(),
                 listen: controller_addr,
                 metrics_set: "veer".into(),
             },
         )?;
-        controller.wait_for_canary(&spec.key)?;
+        if spec.kubeconfig.is_none() {
+            controller.wait_for_canary(&spec.key)?;
+        }
         let table_log = TableLog::start(controller_addr, &spec.key)?;
         let status_log = StatusLog::start(controller_addr, &spec.key)?;
         Ok(Stack {
@@ -151,6 +162,7 @@ impl Stack {
             gateway_addr,
             dir,
             key: spec.key.clone(),
+            canary_yaml: yaml,
         })
     }
 

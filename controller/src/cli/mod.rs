@@ -23,6 +23,8 @@ use serde_json::Value;
 
 use crate::checks::prometheus::{MetricsSet, PrometheusClient};
 use crate::cli::explain::{explain, ExplainOptions};
+use crate::platform::kubernetes::cluster::Scope;
+use crate::platform::kubernetes::{KubeMode, KubeOptions};
 use crate::platform::local::{load_state_file, log_problems, LocalPlatform, SpecDir};
 use crate::render::{render, render_all, RenderOptions};
 use crate::runner::{Runner, RunnerConfig};
@@ -110,9 +112,28 @@ pub struct ControllerArgs {
     pub rescan_interval: Duration,
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Kubernetes mode (Canary resources and status in the cluster). Not implemented yet.
-    #[arg(long)]
+    /// Kubernetes mode: Canary resources in the cluster (KUBECONFIG or in-cluster config),
+    /// the target Deployments' lifecycle as Flagger runs it, the state in each Canary's
+    /// status.
+    #[arg(long, conflicts_with_all = ["canaries", "state"])]
     pub kubernetes: bool,
+    /// Kubernetes mode: run only the Canaries of this namespace (repeat for several;
+    /// default: all namespaces).
+    #[arg(long = "namespace", value_name = "NS", requires = "kubernetes")]
+    pub namespaces: Vec<String>,
+    /// Kubernetes mode: run only Canaries with these labels (a label selector, e.g.
+    /// `team=shop`).
+    #[arg(long, value_name = "SELECTOR", requires = "kubernetes")]
+    pub selector: Option<String>,
+    /// Kubernetes mode: namespace of the Lease that keeps the routing table's generation
+    /// (the controller's own namespace).
+    #[arg(
+        long,
+        value_name = "NS",
+        env = "POD_NAMESPACE",
+        default_value = "veer-system"
+    )]
+    pub lease_namespace: String,
 }
 
 #[derive(Debug, Args)]
@@ -365,15 +386,59 @@ fn needs_default_prometheus(set: &SpecSet) -> Vec<String> {
 }
 
 async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
-    if args.kubernetes {
-        return Err(fail(
-            "Kubernetes mode is not implemented yet; run in local mode with --canaries DIR --state FILE",
-        ));
-    }
-    let (Some(dir), Some(state_file)) = (args.canaries.clone(), args.state.clone()) else {
-        return Err(fail("--canaries DIR and --state FILE are required"));
-    };
     let token = read_token(&args)?;
+    let prometheus = args
+        .prometheus
+        .as_deref()
+        .map(PrometheusClient::new)
+        .transpose()
+        .map_err(|e| fail(format!("--prometheus: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
+    let listen = listener
+        .local_addr()
+        .map_or(args.listen.clone(), |a: SocketAddr| a.to_string());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let config = RunnerConfig {
+        metrics_set: args.metrics_set,
+        prometheus,
+        gateway_ttl: args.gateway_id_ttl,
+    };
+    if token.is_none() {
+        tracing::warn!("no --token-file or --token-env: writes to the API are not authenticated");
+    }
+    if args.kubernetes {
+        let options = KubeOptions {
+            scope: Scope {
+                namespaces: args.namespaces.clone(),
+                selector: args.selector.clone(),
+            },
+            lease_namespace: args.lease_namespace.clone(),
+            instance: std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| "veer".into()),
+            load: args.spec.load_options(),
+        };
+        let mode = KubeMode::start(options, config, &mut registry)
+            .await
+            .map_err(fail)?;
+        let server = ApiServer::start(listener, mode.runner.clone(), registry, token);
+        tracing::info!(%listen, metrics_set = %args.metrics_set, "veer controller running (Kubernetes mode)");
+        let mut signals = Signals::new()?;
+        while signals.next().await != Signal::Stop {}
+        server.stop();
+        mode.shutdown().await;
+        server.join().await;
+        tracing::info!("stopped");
+        return Ok(());
+    }
+
+    let (Some(dir), Some(state_file)) = (args.canaries.clone(), args.state.clone()) else {
+        return Err(fail(
+            "--canaries DIR and --state FILE are required (or --kubernetes)",
+        ));
+    };
     let saved = load_state_file(&state_file).map_err(|e| fail(e.to_string()))?;
     match &saved {
         Some(s) => tracing::info!(
@@ -388,13 +453,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
         .map_err(|e| fail(e.to_string()))?
         .unwrap_or_default();
     log_problems(&set);
-    let prometheus = args
-        .prometheus
-        .as_deref()
-        .map(PrometheusClient::new)
-        .transpose()
-        .map_err(|e| fail(format!("--prometheus: {e}")))?;
-    if prometheus.is_none() {
+    if config.prometheus.is_none() {
         let needing = needs_default_prometheus(&set);
         if !needing.is_empty() {
             tracing::warn!(
@@ -403,39 +462,15 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
             );
         }
     }
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
-    let local: Option<SocketAddr> = listener.local_addr().ok();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let config = RunnerConfig {
-        metrics_set: args.metrics_set,
-        prometheus,
-        gateway_ttl: args.gateway_id_ttl,
-    };
     let loaded = set.canaries.len();
     let platform = Arc::new(LocalPlatform::new(state_file.clone()));
     let restored = saved.map(|s| s.restored()).unwrap_or_default();
     let runner = Runner::start(config, platform, restored, set.canaries, &mut registry)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    if token.is_none() {
-        tracing::warn!("no --token-file or --token-env: writes to the API are not authenticated");
-    }
-    let control: Arc<dyn api::CanaryControl> = runner.clone();
-    let app = api::router(ServerState::new(runner.hub(), control, registry, token));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let hub = runner.hub();
-    let server_stop = {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-            hub.close();
-        }
-    };
-    let server = tokio::spawn(api::serve(listener, app, server_stop));
+    let server = ApiServer::start(listener, runner.clone(), registry, token);
     tracing::info!(
-        listen = %local.map_or(args.listen.clone(), |a| a.to_string()),
+        %listen,
         canaries = loaded,
         dir = %dir.display(),
         state = %state_file.display(),
@@ -443,25 +478,19 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
         min_interval = %humantime::format_duration(args.spec.min_interval),
         "veer controller running (local mode)"
     );
-
-    use tokio::signal::unix::{signal, SignalKind};
-    let signals = |kind: SignalKind, name: &str| {
-        signal(kind).map_err(|e| fail(format!("cannot handle {name}: {e}")))
-    };
-    let mut term = signals(SignalKind::terminate(), "SIGTERM")?;
-    let mut int = signals(SignalKind::interrupt(), "SIGINT")?;
-    let mut hup = signals(SignalKind::hangup(), "SIGHUP")?;
+    let mut signals = Signals::new()?;
     let mut rescan = tokio::time::interval(args.rescan_interval.max(Duration::from_millis(100)));
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rescan.tick().await;
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => {
-                tracing::info!(dir = %spec_dir.path().display(), "SIGHUP: re-reading the canary directory");
-                spec_dir.invalidate();
-            }
+            signal = signals.next() => match signal {
+                Signal::Stop => break,
+                Signal::Reload => {
+                    tracing::info!(dir = %spec_dir.path().display(), "SIGHUP: re-reading the canary directory");
+                    spec_dir.invalidate();
+                }
+            },
             _ = rescan.tick() => {}
         }
         match spec_dir.load_if_changed() {
@@ -478,15 +507,90 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
             }
         }
     }
-    stop.send_replace(true);
+    server.stop();
     runner.shutdown().await;
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server failed"),
-        Err(e) => tracing::error!(error = %e, "the HTTP server task failed"),
-    }
+    server.join().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP API over a runner, the same in both modes.
+struct ApiServer {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ApiServer {
+    fn start(
+        listener: tokio::net::TcpListener,
+        runner: Arc<Runner>,
+        registry: prometheus_client::registry::Registry,
+        token: Option<String>,
+    ) -> ApiServer {
+        let hub = runner.hub();
+        let control: Arc<dyn api::CanaryControl> = runner;
+        let app = api::router(ServerState::new(hub.clone(), control, registry, token));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server_stop = {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+                hub.close();
+            }
+        };
+        ApiServer {
+            stop,
+            task: tokio::spawn(api::serve(listener, app, server_stop)),
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    async fn join(self) {
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server failed"),
+            Err(e) => tracing::error!(error = %e, "the HTTP server task failed"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, CliError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let make = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| fail(format!("cannot handle {name}: {e}")))
+        };
+        Ok(Signals {
+            term: make(SignalKind::terminate(), "SIGTERM")?,
+            int: make(SignalKind::interrupt(), "SIGINT")?,
+            hup: make(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => { tracing::info!("SIGTERM: shutting down"); Signal::Stop }
+            _ = self.int.recv() => { tracing::info!("SIGINT: shutting down"); Signal::Stop }
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

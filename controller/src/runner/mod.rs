@@ -482,6 +482,12 @@ impl Runner {
         Ok(runner)
     }
 
+    /// The committed state of `namespace/name`, if it is loaded.
+    pub fn state(&self, namespace: &str, name: &str) -> Option<CanaryState> {
+        self.snapshot(&Runner::key_of(namespace, name))
+            .map(|(_, state, _, _)| state)
+    }
+
     /// The table the gateways pull.
     pub fn hub(&self) -> Arc<TableHub> {
         self.shared.hub.clone()

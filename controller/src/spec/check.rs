@@ -283,6 +283,7 @@ pub(super) fn check_canary(
         route_ref: body.route_ref,
         progress_deadline_seconds,
         skip_analysis: body.skip_analysis,
+        revert_on_deletion: body.revert_on_deletion,
         suspend: body.suspend,
         veer,
         min_interval: context.opts.min_interval,

@@ -105,6 +105,8 @@ pub struct CanarySpec {
     pub progress_deadline_seconds: Option<u64>,
     pub skip_analysis: bool,
     pub suspend: bool,
+    /// Kubernetes mode: on deletion, give the target its traffic back (Flagger's finalizer).
+    pub revert_on_deletion: bool,
     /// `veer.dev/v1alpha1` extensions; empty for Flagger's apiVersion.
     pub veer: VeerSpec,
     /// The floor of `analysis.interval` it was loaded with ([`LoadOptions::min_interval`]).

@@ -54,7 +54,6 @@ pub(super) const NOT_USED: &[(&str, &str)] = &[
     ("spec.autoscalerRef", "veer does not create the -primary workload, so there is no HPA to copy for it; scale both Deployments yourself"),
     ("spec.metricsServer", "the controller's --prometheus flag sets the Prometheus address; a MetricTemplate's provider.address sets one per metric"),
     ("spec.upstreamRef", "a Gloo provider field; veer routes in the Istio/Envoy gateway"),
-    ("spec.revertOnDeletion", "veer does not mutate the target workload, so there is nothing to revert"),
     ("spec.service.portDiscovery", "veer render writes the one port in service.port"),
     ("spec.service.headless", "veer routes through ClusterIP Services"),
     ("spec.service.meshName", "an App Mesh field"),
@@ -146,6 +145,8 @@ pub(super) struct RawCanaryBody {
     pub(super) service: ServiceSpec,
     #[serde(default)]
     pub(super) skip_analysis: bool,
+    #[serde(default)]
+    pub(super) revert_on_deletion: bool,
     #[serde(default)]
     pub(super) suspend: bool,
     #[serde(default)]

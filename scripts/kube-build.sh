@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Builds, or reuses from the cache, the local Kubernetes control plane that the tests run
+# (scripts/kube-up.sh calls this), and prints its bin directory on the last line of stdout.
+#
+# What it owns: the cache directory ~/.cache/veer/kube-<KUBE_VERSION>-<hash>/ (or under
+# $VEER_CACHE_DIR), keyed by the versions in scripts/kube/versions.env and a hash of every
+# input in scripts/kube/ and of this script, so a changed version or flag never reuses an
+# old build. It holds:
+#   bin/kubebin   one multi-call binary (scripts/kube/main.go): etcd, kube-apiserver,
+#                 kube-controller-manager, kube-scheduler, kubectl and kwok
+#   bin/<name>    a symlink to kubebin for each of those six names
+#   crds/         the Istio and Gateway API CRDs, copied from the pinned Go modules
+#
+# The build goes into a temporary directory next to the cache entry and is renamed into
+# place only when complete, so an interrupted build is never reused. A lock serialises
+# concurrent builds (parallel tests on a cold cache build once).
+#
+# Needs Go (the version go.mod names, or newer) and the Go module proxy. The cold build is
+# about 10 minutes on 2 idle cores (numbers at the top of scripts/kube-up.sh); a warm call
+# takes well under a second.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+src="$root/scripts/kube"
+say() { printf '%s\n' "$*" >&2; }
+die() { say "kube-build: $*"; exit 1; }
+
+# shellcheck source=kube/versions.env
+source "$src/versions.env"
+
+# The official tarball's place, where this project's machines have Go, even when a
+# non-login shell's PATH lacks it.
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH="$PATH:/usr/local/go/bin"
+fi
+if ! command -v go >/dev/null 2>&1; then
+    die "Go is not installed; it is needed once, to build the control plane binaries. Install \
+Go 1.26 or newer (the version scripts/kube/go.mod names) from the official tarball: \
+\`curl -fsSL https://go.dev/dl/go1.26.8.linux-amd64.tar.gz | tar -C /usr/local -xz\` and add \
+/usr/local/go/bin to the PATH."
+fi
+
+# go.mod is what gets built; versions.env is what the scripts and tests read. Keep them equal.
+for pin in "k8s.io/kubernetes $KUBE_VERSION" "k8s.io/api => k8s.io/api $STAGING" \
+    "go.etcd.io/etcd/server/v3 $ETCD_VERSION" "sigs.k8s.io/kwok $KWOK_VERSION"; do
+    grep -qF "$pin" "$src/go.mod" || die "scripts/kube/go.mod does not name \`$pin\` (versions.env)"
+done
+
+hash="$(cd "$src" && cat go.mod go.sum main.go versions.env "$root/scripts/kube-build.sh" |
+    sha256sum | cut -c1-12)"
+cache_root="${VEER_CACHE_DIR:-${HOME:?kube-build: HOME is not set (the cache is ~/.cache/veer; or set VEER_CACHE_DIR)}/.cache/veer}"
+entry="$cache_root/kube-$KUBE_VERSION-$hash"
+
+if [[ -x "$entry/bin/kubebin" && -f "$entry/complete" ]]; then
+    say "kube-build: reusing $entry"
+    echo "$entry/bin"
+    exit 0
+fi
+
+mkdir -p "$cache_root"
+exec 9>"$cache_root/kube-build.lock"
+if ! flock -n 9; then
+    say "kube-build: another build is running; waiting for it ($cache_root/kube-build.lock)"
+    flock 9
+fi
+# The build that held the lock may have produced this entry.
+if [[ -x "$entry/bin/kubebin" && -f "$entry/complete" ]]; then
+    say "kube-build: reusing $entry"
+    echo "$entry/bin"
+    exit 0
+fi
+
+tmp="$(mktemp -d "$cache_root/.kube-build.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/bin" "$tmp/crds/istio" "$tmp/crds/gateway-api"
+
+started=$SECONDS
+say "kube-build: building etcd $ETCD_VERSION, Kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) and kwok $KWOK_VERSION as one binary..."
+say "kube-build:   cold build (empty Go caches): about 10-15 min on 2 cores; with Go's build cache warm, about 1 min"
+say "kube-build:   into $entry"
+
+major="${KUBE_VERSION#v}"; major="${major%%.*}"
+minor="${KUBE_VERSION#v*.}"; minor="${minor%%.*}"
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+# CGO off as upstream builds these (pure Go: no C compiler in the build, fewer packages).
+# -mod=readonly: go.sum is committed; a missing sum is an error, not a silent change.
+(cd "$src" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "$ldflags" \
+    -o "$tmp/bin/kubebin" .) || die "go build failed (above); nothing was cached"
+for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
+    ln -s kubebin "$tmp/bin/$name"
+done
+say "kube-build: built in $((SECONDS - started)) s"
+
+# The CRDs come from the same pinned modules the module proxy serves, so a fresh clone
+# needs nothing beyond Go.
+moddir() {
+    (cd "$src" && go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+}
+istio="$(moddir "istio.io/api@$ISTIO_API_VERSION")"
+[[ -f "$istio/kubernetes/customresourcedefinitions.gen.yaml" ]] ||
+    die "istio.io/api@$ISTIO_API_VERSION has no kubernetes/customresourcedefinitions.gen.yaml (at '$istio')"
+cp "$istio/kubernetes/customresourcedefinitions.gen.yaml" "$tmp/crds/istio/"
+gateway="$(moddir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")"
+[[ -d "$gateway/config/crd/standard" ]] ||
+    die "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION has no config/crd/standard (at '$gateway')"
+cp "$gateway"/config/crd/standard/*.yaml "$tmp/crds/gateway-api/"
+chmod -R u+w "$tmp/crds"
+
+"$tmp/bin/kubectl" version --client >/dev/null || die "the built kubectl does not run"
+touch "$tmp/complete"
+chmod 755 "$tmp"
+if ! mv -T "$tmp" "$entry" 2>/dev/null; then
+    # Only a leftover incomplete entry can be in the way (a complete one returned above).
+    rm -rf "$entry"
+    mv -T "$tmp" "$entry"
+fi
+trap - EXIT
+say "kube-build: done in $((SECONDS - started)) s: $entry"
+echo "$entry/bin"
