@@ -51,7 +51,7 @@ pub(super) fn format_ignored(path: &serde_ignored::Path) -> String {
 /// Fields Flagger has and veer accepts but does not act on, with the reason. Paths use `[]`
 /// for any list index.
 pub(super) const NOT_USED: &[(&str, &str)] = &[
-    ("spec.autoscalerRef", "veer does not create the -primary workload, so there is no HPA to copy for it; scale both Deployments yourself"),
+    ("spec.autoscalerRef", "veer does not copy the autoscaler: in Kubernetes mode the -primary Deployment gets no HPA of its own (scale it yourself), and local mode manages no workloads"),
     ("spec.metricsServer", "the controller's --prometheus flag sets the Prometheus address; a MetricTemplate's provider.address sets one per metric"),
     ("spec.upstreamRef", "a Gloo provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.service.portDiscovery", "veer render writes the one port in service.port"),
