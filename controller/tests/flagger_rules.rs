@@ -351,6 +351,19 @@ const RULES: &[Rule] = &[
         },
     },
     Rule {
+        name: "7. no analysis: with skipAnalysis it loads; without, an error saying how Flagger differs",
+        check: |name| {
+            let cut = PODINFO.find("  analysis:").unwrap();
+            let bare = PODINFO[..cut].to_string();
+            let o = one(bare.replace("spec:\n", "spec:\n  skipAnalysis: true\n"));
+            let passes = simulate(o.canary(), Script::AllPass);
+            assert_eq!(passes.last().unwrap().after.phase, Phase::Succeeded, "{name}");
+            assert!(o.says("No traffic steps (no stepWeight, stepWeights or iterations, which skipAnalysis allows)"), "{name}: {}", o.explained);
+            let o = one(bare);
+            assert!(o.has(Severity::Error, "spec.analysis: missing: a Canary needs an analysis (interval, threshold, stepWeight or iterations, metrics). Flagger would promote every new revision unchecked, as with skipAnalysis; to mean that, set skipAnalysis: true"), "{name}: {:#?}", o.set.problems);
+        },
+    },
+    Rule {
         name: "8. webhook retries and disableTLS are read, not warned about",
         check: |name| {
             let o = one(podinfo_with("        url: http://flagger-loadtester.test/\n        timeout: 5s\n", "        url: https://flagger-loadtester.test/\n        timeout: 5s\n        retries: 3\n        disableTLS: true\n"));

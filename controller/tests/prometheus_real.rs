@@ -177,6 +177,8 @@ fn vars(namespace: &str, name: &str) -> QueryVars {
         namespace: namespace.into(),
         target: name.into(),
         service: name.into(),
+        ingress: name.into(),
+        route: name.into(),
         interval: "10s".into(),
         variables: BTreeMap::new(),
     }

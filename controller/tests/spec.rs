@@ -68,7 +68,7 @@ fn seed_loads_unchanged_with_only_honest_warnings() {
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(
         warnings[0].ends_with(
-            "seed-canary.yaml (doc 1): spec.autoscalerRef: accepted but not used by veer (veer does not create the -primary workload, so there is no HPA to copy for it; scale both Deployments yourself)"
+            "seed-canary.yaml (doc 1): spec.autoscalerRef: accepted but not used by veer (veer does not copy the autoscaler: in Kubernetes mode the -primary Deployment gets no HPA of its own (scale it yourself), and local mode manages no workloads)"
         ),
         "{}",
         warnings[0]

@@ -110,6 +110,10 @@ pub struct QueryVars {
     pub target: String,
     /// The apex Service name (`service.name`, else the target name).
     pub service: String,
+    /// `ingressRef.name`, else the target name.
+    pub ingress: String,
+    /// `routeRef.name`, else the target name.
+    pub route: String,
     /// The metric's range, as written in the spec (e.g. `1m`, `30s`).
     pub interval: String,
     /// `templateVariables` of the metric, reachable as `{{ variables.<key> }}`.
@@ -123,6 +127,8 @@ impl QueryVars {
             "namespace" => Some(&self.namespace),
             "target" => Some(&self.target),
             "service" => Some(&self.service),
+            "ingress" => Some(&self.ingress),
+            "route" => Some(&self.route),
             "interval" => Some(&self.interval),
             other => other
                 .strip_prefix("variables.")
@@ -137,7 +143,7 @@ impl QueryVars {
 pub enum TemplateError {
     #[error(
         "unknown template variable {name:?} at offset {offset}: known are name, namespace, \
-         target, service, interval and variables.<key> ({known_variables})"
+         target, service, ingress, route, interval and variables.<key> ({known_variables})"
     )]
     UnknownVariable {
         name: String,
@@ -634,6 +640,8 @@ mod tests {
             namespace: "test".into(),
             target: "podinfo".into(),
             service: "podinfo".into(),
+            ingress: "podinfo-ingress".into(),
+            route: "podinfo-route".into(),
             interval: "1m".into(),
             variables: BTreeMap::from([("region".to_string(), "eu-west-1".to_string())]),
         }
@@ -642,11 +650,14 @@ mod tests {
     #[test]
     fn renders_all_variables_with_and_without_spaces() {
         let out = render_query(
-            "{{name}}|{{ namespace }}|{{  target}}|{{service }}|{{ interval }}|{{ variables.region }}",
+            "{{name}}|{{ namespace }}|{{  target}}|{{service }}|{{ ingress }}|{{route}}|{{ interval }}|{{ variables.region }}",
             &vars(),
         )
         .unwrap();
-        assert_eq!(out, "podinfo|test|podinfo|podinfo|1m|eu-west-1");
+        assert_eq!(
+            out,
+            "podinfo|test|podinfo|podinfo|podinfo-ingress|podinfo-route|1m|eu-west-1"
+        );
     }
 
     #[test]

@@ -53,11 +53,11 @@ pub fn explain(set: &SpecSet, opts: &ExplainOptions) -> String {
         if has_errors {
             out.push_str("No valid Canary to explain: the errors above say why.\n");
         } else {
-            let _ = writeln!(
-                out,
-                "No Canary found in {}: no document of kind Canary.",
-                set.files_read()
-            );
+            let mut message = set.no_canary_message();
+            if let Some(first) = message.get_mut(..1) {
+                first.make_ascii_uppercase();
+            }
+            let _ = writeln!(out, "{message}.");
         }
     }
     for (i, spec) in set.canaries.iter().enumerate() {
@@ -493,6 +493,9 @@ pub fn explain_canary(
         Strategy::Canary(WeightSteps::Step { step, max }) => format!(
             "Canary: the canary's share rises by stepWeight {step}% per passing analysis until it reaches maxWeight {max}%"
         ),
+        Strategy::Canary(WeightSteps::List(list)) if list.is_empty() => {
+            "No traffic steps (no stepWeight, stepWeights or iterations, which skipAnalysis allows): no traffic is shifted to the canary".to_string()
+        }
         Strategy::Canary(WeightSteps::List(list)) => format!(
             "Canary: the canary's share follows stepWeights {}",
             list.iter().map(|w| format!("{w}%")).collect::<Vec<_>>().join(" → ")

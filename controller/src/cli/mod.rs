@@ -621,17 +621,9 @@ fn explain_file(args: &ExplainArgs) -> Result<ExitCode, CliError> {
         });
     }
     if set.canaries.is_empty() {
-        return Err(fail(no_canary_message(&set)));
+        return Err(fail(set.no_canary_message()));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Why an input with no error has nothing to explain or validate.
-fn no_canary_message(set: &SpecSet) -> String {
-    format!(
-        "no Canary found in {}: no document of kind Canary",
-        set.files_read()
-    )
 }
 
 /// The command line as typed, for commands printed back to the user.
@@ -722,7 +714,7 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode, CliError> {
     }
     let mut errors = set.errors().count();
     if set.canaries.is_empty() && errors == 0 {
-        println!("error: {}", no_canary_message(&set));
+        println!("error: {}", set.no_canary_message());
         errors += 1;
     }
     let warnings = set.warnings().count();

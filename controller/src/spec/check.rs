@@ -8,14 +8,14 @@ use std::time::Duration;
 use veer_core::{MatchRule, SessionAffinity, StringMatch};
 
 use super::load::{problem, Severity, SpecProblem};
-use super::raw::{RawCanary, RawMetric, RawWebhook};
+use super::raw::{RawAnalysis, RawCanary, RawMetric, RawWebhook};
 use super::{
     route_for, AnalysisSpec, CanarySpec, GoDuration, LoadOptions, MetricSource, MetricSpec,
     MetricTemplate, SpecSource, VeerSpec, WebhookSpec, DEFAULT_COOKIE_MAX_AGE,
     DEFAULT_METRIC_INTERVAL, DEFAULT_MIN_INTERVAL, KUBERNETES_PROVIDER,
     KUBERNETES_PROVIDER_ITERATIONS, VEER_API_VERSION,
 };
-use crate::checks::prometheus::{BuiltinMetric, QueryVars, ThresholdRange};
+use crate::checks::prometheus::{render_query, BuiltinMetric, ThresholdRange};
 use crate::checks::webhooks::{Hook, HookType};
 
 /// What every canary of one load is checked against.
@@ -106,13 +106,19 @@ pub(super) fn check_canary(
         }
         (a, None) => a,
     };
-    let Some(a) = analysis else {
-        report.error(
-            "spec.analysis",
-            "missing: a Canary needs an analysis (interval, threshold, stepWeight or iterations, metrics)"
-                .into(),
-        );
-        return None;
+    // Flagger promotes a Canary without an analysis as if skipAnalysis were set. veer asks
+    // for that to be said: a forgotten analysis must not promote unchecked.
+    let a = match analysis {
+        Some(a) => a,
+        None if body.skip_analysis => RawAnalysis::default(),
+        None => {
+            report.error(
+                "spec.analysis",
+                "missing: a Canary needs an analysis (interval, threshold, stepWeight or iterations, metrics). Flagger would promote every new revision unchecked, as with skipAnalysis; to mean that, set skipAnalysis: true"
+                    .into(),
+            );
+            return None;
+        }
     };
 
     // Weights are percent.
@@ -197,20 +203,9 @@ pub(super) fn check_canary(
         });
     }
 
-    // Metrics.
-    let vars_of = |interval: &GoDuration, variables: &BTreeMap<String, String>| QueryVars {
-        name: raw.metadata.name.clone(),
-        namespace: namespace.clone(),
-        target: body.target_ref.name.clone(),
-        service: body
-            .service
-            .name
-            .clone()
-            .unwrap_or_else(|| body.target_ref.name.clone()),
-        interval: interval.text.clone(),
-        variables: variables.clone(),
-    };
+    // Metrics; their queries are rendered once the spec is built (they use its names).
     let mut metrics = Vec::new();
+    let mut metric_paths = Vec::new();
     let mut metric_names = BTreeSet::new();
     for (i, m) in a.metrics.into_iter().enumerate() {
         let path = format!("spec.analysis.metrics[{i}]");
@@ -220,8 +215,9 @@ pub(super) fn check_canary(
                 format!("metric {:?} is listed twice", m.name),
             );
         }
-        if let Some(metric) = check_metric(m, &path, &namespace, context, &vars_of, &mut report) {
+        if let Some(metric) = check_metric(m, &path, &namespace, context, &mut report) {
             metrics.push(metric);
+            metric_paths.push(path);
         }
     }
 
@@ -283,6 +279,8 @@ pub(super) fn check_canary(
             session_affinity,
         },
         provider: body.provider,
+        ingress_ref: body.ingress_ref,
+        route_ref: body.route_ref,
         progress_deadline_seconds,
         skip_analysis: body.skip_analysis,
         revert_on_deletion: body.revert_on_deletion,
@@ -298,21 +296,6 @@ pub(super) fn check_canary(
             ),
         );
     }
-    apply_provider(&mut spec, &mut report);
-
-    // The route must be one the filter accepts; check it with the filter's own validation.
-    let route = route_for(&spec, 0, 0, "");
-    let table = veer_core::RoutingTable {
-        generation: 0,
-        routes: vec![route],
-    };
-    if let Err(e) = veer_core::validate_table(&table) {
-        report.error(
-            "spec",
-            format!("the routing-table route would be invalid: {e}"),
-        );
-    }
-
     let a = &spec.analysis;
     if a.iterations > 0 && (a.step_weight > 0 || !a.step_weights.is_empty()) {
         report.warn(
@@ -332,6 +315,28 @@ pub(super) fn check_canary(
             "ignored with stepWeights: the last entry is the max".into(),
         );
     }
+    apply_provider(&mut spec, &mut report);
+    for (m, path) in spec.analysis.metrics.iter().zip(&metric_paths) {
+        if let MetricSource::Query(q) | MetricSource::Template { query: q, .. } = &m.source {
+            if let Err(e) = render_query(q, &spec.query_vars(m)) {
+                report.error(&format!("{path}.query"), e.to_string());
+            }
+        }
+    }
+
+    // The route must be one the filter accepts; check it with the filter's own validation.
+    let route = route_for(&spec, 0, 0, "");
+    let table = veer_core::RoutingTable {
+        generation: 0,
+        routes: vec![route],
+    };
+    if let Err(e) = veer_core::validate_table(&table) {
+        report.error(
+            "spec",
+            format!("the routing-table route would be invalid: {e}"),
+        );
+    }
+
     (report.errors == 0).then_some(spec)
 }
 
@@ -341,6 +346,20 @@ pub(super) fn check_canary(
 /// provider is a mesh or ingress veer does not drive: veer's gateway filter splits the
 /// traffic instead.
 fn apply_provider(spec: &mut CanarySpec, report: &mut Report<'_>) {
+    for (path, variable, reference) in [
+        ("spec.ingressRef", "ingress", &spec.ingress_ref),
+        ("spec.routeRef", "route", &spec.route_ref),
+    ] {
+        if let Some(r) = reference {
+            report.warn(
+                path,
+                format!(
+                    "{:?} is used only as {{{{ {variable} }}}} in metric queries, as in Flagger; veer's filter in the Istio/Envoy gateway splits the traffic, not this resource",
+                    r.name
+                ),
+            );
+        }
+    }
     let Some(provider) = spec.provider.clone() else {
         return;
     };
@@ -399,7 +418,6 @@ fn check_metric(
     path: &str,
     namespace: &str,
     context: &CheckContext<'_>,
-    vars_of: &dyn Fn(&GoDuration, &BTreeMap<String, String>) -> QueryVars,
     report: &mut Report<'_>,
 ) -> Option<MetricSpec> {
     let builtin = BuiltinMetric::from_name(&m.name);
@@ -490,13 +508,6 @@ fn check_metric(
             duration: Duration::from_secs(60),
         },
     };
-    if let MetricSource::Query(q) | MetricSource::Template { query: q, .. } = &source_of {
-        let vars = vars_of(&interval, &m.template_variables);
-        if let Err(e) = crate::checks::prometheus::render_query(q, &vars) {
-            report.error(&format!("{path}.query"), e.to_string());
-            return None;
-        }
-    }
     Some(MetricSpec {
         name: m.name,
         interval,

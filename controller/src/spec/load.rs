@@ -81,7 +81,7 @@ impl SpecSet {
     pub fn files_read(&self) -> String {
         const SHOWN: usize = 8;
         if self.files.is_empty() {
-            return "no YAML file".to_string();
+            return "no file (no *.yaml or *.yml in the paths given)".to_string();
         }
         let mut names: Vec<String> = self
             .files
@@ -93,6 +93,19 @@ impl SpecSet {
             names.push(format!("and {} more", self.files.len() - SHOWN));
         }
         names.join(", ")
+    }
+}
+
+impl SpecSet {
+    /// Why a set without errors holds nothing to run, explain or validate.
+    pub fn no_canary_message(&self) -> String {
+        if self.files.is_empty() {
+            return "no Canary found: no *.yaml or *.yml file in the paths given".to_string();
+        }
+        format!(
+            "no Canary found in {}: no document of kind Canary",
+            self.files_read()
+        )
     }
 }
 

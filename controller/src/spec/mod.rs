@@ -97,6 +97,11 @@ pub struct CanarySpec {
     pub analysis: AnalysisSpec,
     /// `spec.provider`; only `kubernetes` changes what veer does ([`CanarySpec::routes_traffic`]).
     pub provider: Option<String>,
+    /// `spec.ingressRef` and `spec.routeRef` (ingress providers): veer routes in its own
+    /// gateway filter, so only their names are used, as `{{ ingress }}` and `{{ route }}`
+    /// in metric queries, as in Flagger.
+    pub ingress_ref: Option<TargetRef>,
+    pub route_ref: Option<TargetRef>,
     pub progress_deadline_seconds: Option<u64>,
     pub skip_analysis: bool,
     pub suspend: bool,
@@ -407,6 +412,16 @@ impl CanarySpec {
             namespace: self.namespace.clone(),
             target: self.target_ref.name.clone(),
             service: self.service_name().to_string(),
+            ingress: self
+                .ingress_ref
+                .as_ref()
+                .map_or(&self.target_ref.name, |r| &r.name)
+                .clone(),
+            route: self
+                .route_ref
+                .as_ref()
+                .map_or(&self.target_ref.name, |r| &r.name)
+                .clone(),
             interval: metric.interval.text.clone(),
             variables: metric.template_variables.clone(),
         }

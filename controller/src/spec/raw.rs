@@ -51,10 +51,8 @@ pub(super) fn format_ignored(path: &serde_ignored::Path) -> String {
 /// Fields Flagger has and veer accepts but does not act on, with the reason. Paths use `[]`
 /// for any list index.
 pub(super) const NOT_USED: &[(&str, &str)] = &[
-    ("spec.autoscalerRef", "veer does not create the -primary workload, so there is no HPA to copy for it; scale both Deployments yourself"),
+    ("spec.autoscalerRef", "veer does not copy the autoscaler: in Kubernetes mode the -primary Deployment gets no HPA of its own (scale it yourself), and local mode manages no workloads"),
     ("spec.metricsServer", "the controller's --prometheus flag sets the Prometheus address; a MetricTemplate's provider.address sets one per metric"),
-    ("spec.ingressRef", "an ingress-controller provider field; veer routes in the Istio/Envoy gateway"),
-    ("spec.routeRef", "an APISIX provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.upstreamRef", "a Gloo provider field; veer routes in the Istio/Envoy gateway"),
     ("spec.service.portDiscovery", "veer render writes the one port in service.port"),
     ("spec.service.headless", "veer routes through ClusterIP Services"),
@@ -66,8 +64,8 @@ pub(super) const NOT_USED: &[(&str, &str)] = &[
     ("spec.service.gatewayRefs", "a Gateway API field; veer runs in the Istio/Envoy gateway"),
     ("spec.service.unmanagedMetadata", "veer does not take over existing Services"),
     ("spec.service.trafficDistribution", "veer render does not set Service.trafficDistribution"),
-    ("spec.analysis.primaryReadyThreshold", "veer does not watch pod readiness"),
-    ("spec.analysis.canaryReadyThreshold", "veer does not watch pod readiness"),
+    ("spec.analysis.primaryReadyThreshold", "Kubernetes mode counts the primary ready when all its updated replicas are available, Flagger's default of 100%; local mode has no readiness"),
+    ("spec.analysis.canaryReadyThreshold", "Kubernetes mode counts the canary ready when all its updated replicas are available, Flagger's default of 100%; local mode has no readiness"),
     ("spec.analysis.alerts", "veer has no alert providers; an `event` webhook receives every event"),
     ("spec.analysis.match[].sourceLabels", "applies to in-mesh sidecar traffic; veer decides in the ingress gateway"),
     ("spec.analysis.webhooks[].muteAlert", "veer has no alert providers"),
@@ -136,6 +134,10 @@ pub(super) struct RawMeta {
 pub(super) struct RawCanaryBody {
     #[serde(default)]
     pub(super) provider: Option<String>,
+    #[serde(default)]
+    pub(super) ingress_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub(super) route_ref: Option<TargetRef>,
     #[serde(default)]
     pub(super) progress_deadline_seconds: Option<i64>,
     pub(super) target_ref: TargetRef,
