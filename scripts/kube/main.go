@@ -3,9 +3,9 @@
 // kubectl and kwok, each the upstream program's own command. scripts/kube-build.sh builds it once and
 // links the five names to it.
 //
-// One binary because linking is the slow part of a cold build on a 2-core machine: the six
-// programs share most of their packages (kwok is built on the same k8s.io release), so one
-// link replaces six.
+// One binary because the six programs share most of their packages (kwok is built on the
+// same k8s.io release): one link instead of six (each about 10 s of CPU at this size) and one
+// 140 MB file in the cache instead of six of up to 140 MB each.
 //
 // It runs as the program its name says (argv[0] basename, as through the symlinks), or as
 // the program its first argument names (`kubebin kubectl version`).
