@@ -26,6 +26,19 @@ use veer_e2e::users::{UserLoad, UserLoadSpec};
 
 const NS: &str = "test";
 
+/// Prints how long a test took (with `--nocapture`), for the record of the suite's cost.
+struct Took(&'static str, Instant);
+
+impl Drop for Took {
+    fn drop(&mut self) {
+        println!(
+            "kubernetes test {} took {:.1}s",
+            self.0,
+            self.1.elapsed().as_secs_f64()
+        );
+    }
+}
+
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
@@ -318,6 +331,10 @@ fn assert_initialized(cluster: &KubeCluster, stack: &Stack) -> Value {
 #[test]
 fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
     let _serial = one_at_a_time();
+    let _took = Took(
+        "new_image_is_released_through_the_filter_and_survives_a_controller_kill",
+        Instant::now(),
+    );
     let cluster = KubeCluster::up().unwrap();
     cluster
         .apply(&app_yaml("podinfo", "podinfo:6.0.0"))
@@ -524,6 +541,10 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
 #[test]
 fn failing_metrics_and_an_unready_canary_roll_back() {
     let _serial = one_at_a_time();
+    let _took = Took(
+        "failing_metrics_and_an_unready_canary_roll_back",
+        Instant::now(),
+    );
     let cluster = KubeCluster::up().unwrap();
     cluster
         .apply(&app_yaml("podinfo", "podinfo:6.0.0"))
@@ -622,6 +643,10 @@ fn failing_metrics_and_an_unready_canary_roll_back() {
 #[test]
 fn an_invalid_canary_is_reported_and_does_not_stop_the_others() {
     let _serial = one_at_a_time();
+    let _took = Took(
+        "an_invalid_canary_is_reported_and_does_not_stop_the_others",
+        Instant::now(),
+    );
     let cluster = KubeCluster::up().unwrap();
     cluster
         .apply(&app_yaml("podinfo", "podinfo:6.0.0"))
@@ -694,6 +719,10 @@ fn an_invalid_canary_is_reported_and_does_not_stop_the_others() {
 #[test]
 fn a_verb_missing_from_the_cluster_role_fails_with_a_clear_error() {
     let _serial = one_at_a_time();
+    let _took = Took(
+        "a_verb_missing_from_the_cluster_role_fails_with_a_clear_error",
+        Instant::now(),
+    );
     let cluster = KubeCluster::up().unwrap();
     let role_file = veer_e2e::workspace_root().join("manifests/istio/controller/rbac.yaml");
     let role = std::fs::read_to_string(&role_file).unwrap();
@@ -752,6 +781,7 @@ fn a_verb_missing_from_the_cluster_role_fails_with_a_clear_error() {
 #[test]
 fn a_hundred_canaries_initialize() {
     let _serial = one_at_a_time();
+    let _took = Took("a_hundred_canaries_initialize", Instant::now());
     let cluster = KubeCluster::up().unwrap();
     let count = 100;
     let mut yaml = app_yaml("app-0", "app:1");
@@ -841,6 +871,7 @@ fn a_release_runs_under_flaggers_own_crd() {
         return;
     }
     let _serial = one_at_a_time();
+    let _took = Took("a_release_runs_under_flaggers_own_crd", Instant::now());
     let crds = flagger_crds.to_string_lossy().to_string();
     let cluster = KubeCluster::up_with(&[("VEER_FLAGGER_CRDS", &crds)]).unwrap();
     let crd = json(&cluster, &["get", "crd", "canaries.flagger.app"]);
