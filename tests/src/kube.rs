@@ -80,7 +80,7 @@ impl KubeCluster {
                 if let Some(log) = log.as_mut() {
                     let _ = writeln!(log, "{line}");
                 }
-                if line.starts_with("kube-build:") {
+                if line.starts_with("kube-build:") && !line.contains("reusing") {
                     let _ = writeln!(std::io::stderr(), "{line}");
                 }
             }
@@ -278,6 +278,7 @@ impl Drop for KubeCluster {
             );
         } else {
             let _ = fs::remove_dir_all(&self.dir);
+            let _ = fs::remove_file(self.dir.with_extension("kube-up.log"));
         }
     }
 }
