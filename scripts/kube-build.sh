@@ -29,18 +29,6 @@ die() { say "kube-build: $*"; exit 1; }
 # shellcheck source=kube/versions.env
 source "$src/versions.env"
 
-# The official tarball's place, where this project's machines have Go, even when a
-# non-login shell's PATH lacks it.
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="$PATH:/usr/local/go/bin"
-fi
-if ! command -v go >/dev/null 2>&1; then
-    die "Go is not installed; it is needed once, to build the control plane binaries. Install \
-Go 1.26 or newer (the version scripts/kube/go.mod names) from the official tarball: \
-\`curl -fsSL https://go.dev/dl/go1.26.8.linux-amd64.tar.gz | tar -C /usr/local -xz\` and add \
-/usr/local/go/bin to the PATH."
-fi
-
 # go.mod is what gets built; versions.env is what the scripts and tests read. Keep them equal.
 for pin in "k8s.io/kubernetes $KUBE_VERSION" "k8s.io/api => k8s.io/api $STAGING" \
     "go.etcd.io/etcd/server/v3 $ETCD_VERSION" "sigs.k8s.io/kwok $KWOK_VERSION"; do
@@ -71,6 +59,18 @@ if [[ -x "$entry/bin/kubebin" && -f "$entry/complete" ]]; then
     say "kube-build: reusing $entry"
     echo "$entry/bin"
     exit 0
+fi
+
+# The official tarball's place, where this project's machines have Go, even when a
+# non-login shell's PATH lacks it.
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH="$PATH:/usr/local/go/bin"
+fi
+if ! command -v go >/dev/null 2>&1; then
+    die "Go is not installed; it is needed to build the control plane binaries. Install \
+Go 1.26 or newer (the version scripts/kube/go.mod names) from the official tarball: \
+\`curl -fsSL https://go.dev/dl/go1.26.8.linux-amd64.tar.gz | tar -C /usr/local -xz\` and add \
+/usr/local/go/bin to the PATH."
 fi
 
 mkdir -p "$cache_root"
