@@ -643,6 +643,114 @@ fn back_to_back_generations_do_not_wait_for_poll_ms() {
     assert_no_crash(&envoy);
 }
 
+/// One keep-alive connection on each of `workers` Envoy workers, with the worker's index
+/// (from Envoy's per-worker `downstream_cx_total`, read before and after each connection's
+/// first request).
+fn connection_per_worker(
+    envoy: &Envoy,
+    gw: SocketAddr,
+    workers: usize,
+) -> Vec<(usize, HttpClient)> {
+    let mut out: Vec<(usize, HttpClient)> = Vec::new();
+    for _ in 0..200 {
+        if out.len() == workers {
+            return out;
+        }
+        let before = envoy.worker_connections().unwrap();
+        let mut client = HttpClient::new(gw);
+        client.get("app.example.com", "/", &[]).unwrap();
+        let after = envoy.worker_connections().unwrap();
+        let accepted: Vec<usize> = (0..after.len())
+            .filter(|&w| after[w] > before.get(w).copied().unwrap_or(0))
+            .collect();
+        if let [w] = accepted[..] {
+            if out.iter().all(|(seen, _)| *seen != w) {
+                out.push((w, client));
+            }
+        }
+    }
+    panic!(
+        "200 connections reached only workers {:?} of {workers}",
+        out.iter().map(|(w, _)| *w).collect::<Vec<_>>()
+    );
+}
+
+/// A new table reaches every worker by a notice on its queue, not by its tick. Envoy runs
+/// `--concurrency 4`; one connection is pinned to each worker. `pollMs` is 60 s and the poll is
+/// held up to 60 s, so neither the poll pacing nor a timeout can be why a table arrives; the
+/// filter's tick (the safety net) is 1 s. Each of 8 publishes must show on every worker within
+/// 300 ms. Without notices a worker would wait for its tick, uniformly 0-1000 ms after the
+/// publish, so 3 non-polling workers x 8 publishes all under 300 ms by chance is 0.3^24 (3e-13).
+#[test]
+fn pushed_tables_reach_every_worker_well_before_the_safety_net_tick() {
+    gateway_tools().unwrap_or_else(|e| panic!("{e}"));
+    let (primary, canary) = backends();
+    let stub = TableStub::start(&live_table(1, 1000)).unwrap();
+    let config = serde_json::json!({
+        "decisionHeader": true,
+        "controller": { "cluster": CONTROLLER_CLUSTER, "pollMs": 60000, "timeoutMs": 60000 },
+        "table": live_table(1, 1000),
+    });
+    let workers = 4;
+    let mut spec = GatewaySpec::new(&config, primary.addr(), canary.addr());
+    spec.controller = Some(stub.addr());
+    spec.concurrency = workers as u32;
+    let dir = work_dir("filter-push-to-workers").unwrap();
+    let envoy = Envoy::start_gateway(&dir, &spec).unwrap();
+    let gw = envoy.gateway_addr().unwrap();
+    let mut clients = connection_per_worker(&envoy, gw, workers);
+
+    // Generation 2 is a warm-up with a generous deadline: a root context lists its queue on
+    // its first tick, and this is the first table after start.
+    let wait_all = |clients: &mut Vec<(usize, HttpClient)>, generation: u64, deadline: Duration| {
+        let published = Instant::now();
+        let mut seen: Vec<Option<Duration>> = vec![None; clients.len()];
+        poll_until(
+            &format!("generation {generation} on every worker"),
+            deadline,
+            Duration::from_millis(1),
+            || {
+                for (i, (_, c)) in clients.iter_mut().enumerate() {
+                    if seen[i].is_none() && generation_seen(c)? == generation {
+                        seen[i] = Some(published.elapsed());
+                    }
+                }
+                if seen.iter().all(Option::is_some) {
+                    Ok(())
+                } else {
+                    Err(format!("seen {seen:?}"))
+                }
+            },
+        )
+        .unwrap();
+        seen.into_iter().flatten().collect::<Vec<Duration>>()
+    };
+    stub.wait_for_held_poll(1, Duration::from_secs(10)).unwrap();
+    stub.set_table(&live_table(2, 2000)).unwrap();
+    wait_all(&mut clients, 2, Duration::from_secs(5));
+
+    let mut worst = Duration::ZERO;
+    for generation in 3..=10u64 {
+        stub.wait_for_held_poll(generation - 1, Duration::from_secs(5))
+            .unwrap();
+        stub.set_table(&live_table(generation, 1000 * generation as u32))
+            .unwrap();
+        let per_worker = wait_all(&mut clients, generation, Duration::from_secs(5));
+        let slowest = per_worker.iter().max().copied().unwrap();
+        println!("generation {generation}: workers {per_worker:?}");
+        assert!(
+            slowest < Duration::from_millis(300),
+            "generation {generation} reached a worker only after {slowest:?} (the tick is 1 s): \
+             {per_worker:?}"
+        );
+        worst = worst.max(slowest);
+    }
+    println!("worst of 8 publishes, every worker: {worst:?}");
+    assert_eq!(stub.max_concurrent_polls(), 1, "more than one poller");
+    assert_eq!(prom_errors(&envoy), 0.0, "no host call failed");
+    assert_no_crash(&envoy);
+}
+
 /// `responseMetrics: false` (what the Istio manifests ship, next to Istio's own telemetry):
 /// requests are still counted by variant and reason, responses are neither counted nor timed,
 /// and their stats are not even defined, so no series of zeros suggests otherwise.
