@@ -28,6 +28,10 @@ use veer_core::{
 /// flushes the counters and gauges, which therefore reach Envoy up to a second late, well
 /// inside any scrape interval. It also renews the poll lease and starts polls that are due.
 pub const TICK_MS: u32 = 1_000;
+/// The first tick after `on_configure` with a controller comes this soon, then `TICK_MS`:
+/// a root context can only list its queue from a tick, and until it has, notices miss it (a
+/// plugin reconfiguration would otherwise leave every worker a second without them).
+const FIRST_TICK_MS: u32 = 10;
 /// A poller that stops renewing loses the lease after this long (three ticks).
 const LEASE_TTL_MS: u64 = 3_000;
 /// Most notices taken from the queue per `on_queue_ready`: they all say "look at shared
@@ -103,6 +107,8 @@ pub struct VeerRoot {
     live: Option<LiveTable>,
     /// When the applied table was last fetched or confirmed (ms since the epoch).
     confirmed_ms: u64,
+    /// The tick period currently armed.
+    tick_ms: u32,
 }
 
 /// splitmix64: spreads a counter into uniform 64-bit values.
@@ -145,6 +151,7 @@ impl VeerRoot {
             requests: Cell::new(0),
             live: None,
             confirmed_ms: 0,
+            tick_ms: 0,
         }
     }
 
@@ -543,16 +550,25 @@ impl RootContext for VeerRoot {
             self.ensure_live();
             self.adopt_shared();
         }
-        if let Err(e) = host::set_tick_period_ms(TICK_MS) {
+        let period = if self.controller.is_some() {
+            FIRST_TICK_MS
+        } else {
+            TICK_MS
+        };
+        if let Err(e) = host::set_tick_period_ms(period) {
             error!("cannot start the table tick: {e}");
             return false;
         }
+        self.tick_ms = period;
         true
     }
 
     fn on_tick(&mut self) {
         if !self.configured {
             return;
+        }
+        if self.tick_ms != TICK_MS && host::set_tick_period_ms(TICK_MS).is_ok() {
+            self.tick_ms = TICK_MS;
         }
         self.flush_counts();
         let Some(now) = now_ms() else {
