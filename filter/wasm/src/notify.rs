@@ -52,12 +52,12 @@ impl Registry {
     }
 
     pub fn encode(&self) -> String {
-        let parts: Vec<String> = self
-            .entries
-            .iter()
-            .map(|e| format!("{} {}", e.token, e.expires_ms))
-            .collect();
-        parts.join(";")
+        let mut out = String::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ";" };
+            out.push_str(&format!("{sep}{} {}", e.token, e.expires_ms));
+        }
+        out
     }
 
     /// The registry with `token` listed until `now_ms + WORKER_TTL_MS` and expired entries
@@ -78,9 +78,12 @@ impl Registry {
             .filter(|e| e.token != token && e.expires_ms > now_ms)
             .copied()
             .collect();
-        if entries.len() >= MAX_WORKERS {
-            entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.expires_ms));
-            entries.truncate(MAX_WORKERS - 1);
+        while entries.len() >= MAX_WORKERS {
+            // No sort: it would add kilobytes to the module for a case that should not happen.
+            let soonest = entries.iter().enumerate().min_by_key(|(_, e)| e.expires_ms);
+            if let Some((i, _)) = soonest {
+                entries.swap_remove(i);
+            }
         }
         entries.push(Entry {
             token,
