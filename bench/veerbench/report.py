@@ -39,6 +39,16 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         add(f"{label} / empty Wasm <= 1.05", ratio("empty_wasm"), 1.05, "{:.3f}")
         add(f"{label} / Lua <= 1.00", ratio("lua"), 1.00, "{:.3f}")
 
+    # Issue 13's targets: between releases, during one, and like for like with Lua.
+    for key, ref, limit, label in (
+        ("veer-idle", "empty_wasm", 1.03, "veer at weight 0 / empty Wasm <= 1.03 (issue 13)"),
+        ("veer", "empty_wasm", 1.10, "veer during a release / empty Wasm <= 1.10 (issue 13)"),
+        ("veer-unsigned", "lua", 1.00, "veer unsigned / Lua <= 1.00 (issue 13)"),
+        ("veer", "lua", 1.05, "veer during a release / Lua <= 1.05 (issue 13)"),
+    ):
+        v = cpu.get(key)
+        add(label, v and _paired(v, ref), limit, "{:.3f}")
+
     # Issue 16's targets (issue 6 had 100 and 250 ms), judged through the real controller at
     # --concurrency 2 and 4.
     for key, workers in (("controller", 2), ("controller-c4", 4)):
@@ -118,6 +128,14 @@ def render(results: dict) -> str:
                     + "; /lua "
                     + ", ".join(f"{x:.2f}" for x in v["paired_vs_lua"])
                 )
+        if c.get("live_vs_static"):
+            lv = c["live_vs_static"]
+            parts.append(
+                f"3l / 3 (live table vs static, same build; the propagation machinery per request): "
+                f"{lv['median']:.3f} (IQR {lv['q1']:.3f}-{lv['q3']:.3f}); per round "
+                + ", ".join(f"{x:.2f}" for x in c["paired_live_vs_static"])
+                + f"; {c.get('live_variant_polls')} polls of the table server"
+            )
         if not c.get("veer_measured"):
             parts.append("veer (variant 3) NOT MEASURED: target/wasm32-unknown-unknown/release/veer_filter.wasm missing")
 
