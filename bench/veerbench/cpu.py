@@ -67,6 +67,14 @@ def veer_plugin_config(signed: bool = True, response_metrics: bool = False, **ro
     return config
 
 
+# What veer reads for the benchmark's route, one host call each: the route lookup, the client
+# headers it must remove if present, the override, the A/B rule, the cookie and the request
+# id a new user's bucket comes from.
+SINGLE_VALUE_HEADERS = (
+    ":authority", ":path", "x-veer-route", "x-veer-mirror", "x-canary", "user-agent", "cookie", "x-request-id",
+)
+
+
 def ablations() -> list["Variant"]:
     """What the missed ratios are made of, in the same run. 3a is veer with the decision taken
     away (the host calls and the route lookup remain). The probes (bench/probe-filter) are
@@ -99,6 +107,20 @@ def ablations() -> list["Variant"]:
             "2d. probe: all headers only (veer's calls on a primary request)",
             envoy.header_routes(),
             probe("request=headers"),
+        ),
+        Variant(
+            "probe-setcookie",
+            "2f. probe: add a Set-Cookie to every response (veer: 1 in 5)",
+            envoy.header_routes(),
+            probe("response=setcookie"),
+        ),
+        # The alternative to 2d (issue 13): one proxy_get_header_map_value per header the
+        # benchmark's route needs, veer's two presence checks included.
+        Variant(
+            "probe-single-values",
+            "2e. probe: 8 single header reads instead (the route's headers)",
+            envoy.header_routes(),
+            probe("request=" + ",".join("get:" + h for h in SINGLE_VALUE_HEADERS)),
         ),
     ]
 
