@@ -259,6 +259,7 @@ def pin_probes(gw, workers: int, port: int) -> list[Probe]:
 def run(changes: int = 50, source: str = "controller", workers: int = 2, log=print) -> dict:
     if not cpu.VEER_WASM.exists():
         raise procs.BenchError(f"{cpu.VEER_WASM} missing: make wasm")
+    procs.prioritise_self()
     work = procs.OUT / f"propagation-{source}-c{workers}"
     work.mkdir(parents=True, exist_ok=True)
     src = ControllerSource(work) if source == "controller" else TableServerSource()
