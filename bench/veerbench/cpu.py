@@ -113,6 +113,7 @@ def ablations() -> list["Variant"]:
             "2f. probe: add a Set-Cookie to every response (veer: 1 in 5)",
             envoy.header_routes(),
             probe("response=setcookie"),
+            fixed_set_cookie=True,
         ),
         # The alternative to 2d (issue 13): one proxy_get_header_map_value per header the
         # benchmark's route needs, veer's two presence checks included.
@@ -145,6 +146,8 @@ class Variant:
     sets_cookies: bool = False
     splits: bool = False
     clusters: list[dict] = field(default_factory=list)
+    # A probe that adds the same Set-Cookie to every response (2f): checked, not collected.
+    fixed_set_cookie: bool = False
 
 
 # The live-table variant's controller: the bench's table server serving veer's table. Its poll
@@ -286,6 +289,10 @@ def check_and_collect_cookies(v: Variant, gw: envoy.Envoy, n: int = RETURNING_US
         raise procs.BenchError(f"{v.key}: expected a ~30% canary split over {n} requests, got {seen}")
     if not v.splits and seen.get("canary", 0):
         raise procs.BenchError(f"{v.key}: expected primary only, got {seen}")
+    if v.fixed_set_cookie:
+        if len(cookies) != n:
+            raise procs.BenchError(f"{v.key}: {len(cookies)} of {n} responses had its Set-Cookie")
+        return []
     if v.sets_cookies:
         if len(cookies) != n:
             raise procs.BenchError(f"{v.key}: {len(cookies)} of {n} new users got a Set-Cookie")
