@@ -236,6 +236,29 @@ spec:
         procs.stop(self.proc)
 
 
+# Each root context logs `applied table generation N` when it installs a table (root.rs).
+APPLIED_RE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]\[(\d+)\]\[info\]\[wasm\].*applied table generation (\d+)"
+)
+
+
+def applied_times(log_path: Path) -> dict[int, dict[str, float]]:
+    """generation -> {Envoy thread id: wall time it installed the table}, from the gateway's
+    log (millisecond timestamps, the machine's local time)."""
+    out: dict[int, dict[str, float]] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = APPLIED_RE.match(line)
+        if m:
+            stamp, thread, gen = m.groups()
+            t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:]) / 1000
+            out.setdefault(int(gen), {}).setdefault(thread, t)
+    return out
+
+
+def _summary(xs: list[float]) -> dict:
+    return {"p50_ms": statistics.median(xs), "p99_ms": _percentile(xs, 0.99), "max_ms": max(xs)} if xs else {}
+
+
 def pin_probes(gw, workers: int, port: int) -> list[Probe]:
     """One probe connection on each worker: connections are opened one at a time, and the
     per-worker `downstream_cx_total` that moved says which worker accepted each."""
@@ -280,6 +303,7 @@ def run(changes: int = 50, source: str = "controller", workers: int = 2, log=pri
             cpus=None,
             concurrency=workers,
             workdir=work,
+            wasm_log_level="info",
         )
         probes = pin_probes(gw, workers, gw.ports["ingress"])
 
@@ -304,15 +328,35 @@ def run(changes: int = 50, source: str = "controller", workers: int = 2, log=pri
         if len(covered) < workers:
             raise procs.BenchError(f"probe connections reach only {covered} of {workers} workers: {per_worker}")
         load_start = os.getloadavg()
+        # perf_counter -> wall clock, to line the probes up with the gateway's log.
+        wall_offset = time.time() - time.perf_counter()
+        published: dict[int, tuple[float, float]] = {}
         for _ in range(changes):
             gen, t0 = src.next_change()
-            delays_ms.append((wait_all(gen, 10) - t0) * 1000)
+            t_seen = wait_all(gen, 10)
+            delays_ms.append((t_seen - t0) * 1000)
+            published[gen] = (t0 + wall_offset, t_seen + wall_offset)
         details = src.details()
     finally:
         if gw is not None:
             gw.stop()
+            log_path = gw.log
         backend.stop()
         src.close()
+    # Where each delay went, from the log (1 ms resolution): publish -> the poller applied it
+    # (controller answer, validation, compile), the poller -> the last thread to apply it (the
+    # notice and the other workers' compile), the last thread -> the probes saw it.
+    applied = applied_times(log_path)
+    to_poller, notice_hop, to_probe, threads = [], [], [], set()
+    for gen, (t_pub, t_seen) in published.items():
+        times = applied.get(gen, {})
+        if not times:
+            continue
+        threads.add(len(times))
+        first, last = min(times.values()), max(times.values())
+        to_poller.append((first - t_pub) * 1000)
+        notice_hop.append((last - first) * 1000)
+        to_probe.append((t_seen - last) * 1000)
     result = {
         "source": src.name,
         "workers": workers,
@@ -326,10 +370,19 @@ def run(changes: int = 50, source: str = "controller", workers: int = 2, log=pri
         "max_ms": max(delays_ms),
         "min_ms": min(delays_ms),
         "delays_ms": [round(d, 2) for d in delays_ms],
+        "threads_applying": sorted(threads),
+        "publish_to_poller_applied": _summary(to_poller),
+        "poller_to_last_thread_applied": _summary(notice_hop),
+        "last_thread_applied_to_probe": _summary(to_probe),
+        "poller_to_last_thread_ms": [round(x, 1) for x in notice_hop],
         **details,
     }
     log(
         f"  --concurrency {workers}, {src.name}: {result['changes']} changes: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"max {result['max_ms']:.1f} ms (min {result['min_ms']:.1f})"
     )
+    for part in ("publish_to_poller_applied", "poller_to_last_thread_applied", "last_thread_applied_to_probe"):
+        x = result[part]
+        if x:
+            log(f"    {part.replace('_', ' ')}: p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms, max {x['max_ms']:.1f} ms")
     return result
