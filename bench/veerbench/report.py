@@ -181,6 +181,26 @@ def render(results: dict) -> str:
             elif s["propagation"].get(f"{key}_error"):
                 rows.append([key, str(workers), "FAILED", "", "", "", ""])
         parts.append(_table(["source", "--concurrency", "changes", "min ms", "p50 ms", "p99 ms", "max ms"], rows))
+        split_rows = []
+        for key, workers in (
+            ("controller", 2), ("table-server", 2), ("controller-c4", 4), ("table-server-c4", 4),
+        ):
+            p = s["propagation"].get(key) or {}
+            parts_ms = [p.get(k) for k in (
+                "publish_to_poller_applied", "poller_to_last_thread_applied", "last_thread_applied_to_probe",
+                "publish_to_last_thread_applied",
+            )]
+            if all(parts_ms):
+                split_rows.append([p["source"], str(workers)] + [
+                    f"{x['p50_ms']:.1f} / {x['p99_ms']:.1f} / {x['max_ms']:.1f}" for x in parts_ms
+                ])
+        if split_rows:
+            parts.append("Where the delay went, p50 / p99 / max ms (the gateway's log, 1 ms resolution):")
+            parts.append(_table(
+                ["source", "--concurrency", "publish -> poller applied", "poller -> last thread applied",
+                 "last thread -> probes saw it", "publish -> last thread applied"],
+                split_rows,
+            ))
 
     if "controller" in s:
         k = s["controller"]
