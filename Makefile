@@ -25,7 +25,7 @@ demo-faulty:
 	cargo build -p veer-controller --bins
 	cargo run -q -p veer-e2e --bin demo -- --faulty $(DEMO_ARGS)
 
-# Benchmarks (BENCHMARKS.md): about 15 minutes on 2 cores with the builds; not part of `make test`.
+# Benchmarks (BENCHMARKS.md): about 30 minutes on 2 cores with the builds; not part of `make test`.
 bench:
 	scripts/setup.sh
 	scripts/build-filter.sh
