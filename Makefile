@@ -45,7 +45,7 @@ demo-k8s:
 	scripts/kube-build.sh
 	$(TARGET_DIR)/debug/demo --kubernetes $(DEMO_ARGS)
 
-# Benchmarks (BENCHMARKS.md): about 15 minutes on 2 cores with the builds; not part of `make test`.
+# Benchmarks (BENCHMARKS.md): about 30 minutes on 2 cores with the builds; not part of `make test`.
 bench:
 	scripts/setup.sh
 	scripts/build-filter.sh

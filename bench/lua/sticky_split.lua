@@ -1,11 +1,13 @@
 -- Benchmark variant 4: the sticky canary split a user would hand-write in Envoy's Lua filter
 -- instead of installing veer. Same job as veer's decision for the benchmark's route:
---   * drop a client-sent x-veer-route (a client must not pick its variant);
+--   * drop a client-sent x-veer-route (a client must not pick its variant), only when present;
 --   * override: "x-canary: always" -> canary;
 --   * two A/B rules (Firefox user agents, or paths under /api/); anything else -> primary;
 --   * sticky bucket: FNV-1a(revision .. ":" .. seed) mod 10000 against the weight, the seed
 --     taken from the affinity cookie, or from x-request-id for a new user;
---   * set x-veer-route for the header routes, and Set-Cookie on the first visit.
+--   * set x-veer-route: canary for the header routes (primary is its absence, as for veer:
+--     any request-header change makes Envoy match the route again), and Set-Cookie on the
+--     first visit.
 -- What it does not do, because Envoy's Lua has no API for it: sign the cookie (no HMAC) and
 -- emit its own per-variant metrics (a Lua user reads the primary/canary cluster stats instead).
 
@@ -42,7 +44,9 @@ end
 
 function envoy_on_request(request_handle)
   local headers = request_handle:headers()
-  headers:remove(ROUTE_HEADER)
+  if headers:get(ROUTE_HEADER) ~= nil then
+    headers:remove(ROUTE_HEADER)
+  end
 
   local variant
   if headers:get("x-canary") == "always" then
@@ -66,7 +70,9 @@ function envoy_on_request(request_handle)
       end
     end
   end
-  headers:add(ROUTE_HEADER, variant)
+  if variant == "canary" then
+    headers:add(ROUTE_HEADER, variant)
+  end
 end
 
 function envoy_on_response(response_handle)

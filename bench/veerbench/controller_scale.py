@@ -12,8 +12,9 @@ its default endpoint (`timeoutMs` 30000, `pollMs` 1000): `GET /v1/table?after=<a
 with the `x-veer-gateway` and `x-veer-generation` headers, and the poller's pacing: after a 200
 with a newer table the next poll starts at once, from the response callback (the long-poll
 itself bounds the rate: the controller answers only when it serves a new generation, a few
-per second under load); after a 304 (the hold ran out) or a 200 with nothing newer, no sooner
-than `pollMs` after the previous poll started, on the filter's 50 ms tick; after a failure,
+per second under load); after a 304 or a 200 with nothing newer, no sooner than `pollMs` after
+the previous poll started: at once from the response callback when that time has passed (a
+held poll that ran out), else on the filter's 1 s tick; after a failure,
 `pollMs * 2^(failures-1)` later (at most 10 s), on the tick."""
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ POLL_MS = 1000
 TIMEOUT_MS = 30_000
 CALL_GRACE_MS = 5_000
 MAX_BACKOFF_MS = 10_000
-LIVE_TICK_MS = 50
+TICK_MS = 1000
 
 
 class SimulatedGateway(threading.Thread):
@@ -138,11 +139,11 @@ class SimulatedGateway(threading.Thread):
         self.errors = 0
         self.failures = 0
         # Each gateway's tick has its own phase, as separate Envoys' would.
-        self.tick_phase = (index * 7919 % LIVE_TICK_MS) / 1000
+        self.tick_phase = (index * 7919 % TICK_MS) / 1000
 
     def _next_tick(self, not_before: float) -> None:
         """Waits until the first tick at or after `not_before`: the filter starts polls on its tick."""
-        tick = LIVE_TICK_MS / 1000
+        tick = TICK_MS / 1000
         at = self.tick_phase + math.ceil(max(0.0, not_before - self.tick_phase) / tick) * tick
         rest = at - time.monotonic()
         if rest > 0:
@@ -155,8 +156,9 @@ class SimulatedGateway(threading.Thread):
         conn = self._connect()
         next_at = 0.0
         while not self.stop.is_set():
-            if next_at:
-                self._next_tick(max(next_at, time.monotonic()))
+            if next_at > time.monotonic():
+                # Not due at the answer: the filter leaves it to the tick.
+                self._next_tick(next_at)
             if self.stop.is_set():
                 break
             started = time.monotonic()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import envoy, load, procs
+from .table_server import TableServer
 
 GATEWAY_CPU = "0"
 CLIENT_CPU = "1"
@@ -66,6 +67,14 @@ def veer_plugin_config(signed: bool = True, response_metrics: bool = False, **ro
     return config
 
 
+# What veer reads for the benchmark's route, one host call each: the route lookup, the client
+# headers it must remove if present, the override, the A/B rule, the cookie and the request
+# id a new user's bucket comes from.
+SINGLE_VALUE_HEADERS = (
+    ":authority", ":path", "x-veer-route", "x-veer-mirror", "x-canary", "user-agent", "cookie", "x-request-id",
+)
+
+
 def ablations() -> list["Variant"]:
     """What the missed ratios are made of, in the same run. 3a is veer with the decision taken
     away (the host calls and the route lookup remain). The probes (bench/probe-filter) are
@@ -89,9 +98,30 @@ def ablations() -> list["Variant"]:
         ),
         Variant(
             "probe-headers",
-            "2c. probe: veer's request calls (all headers, set route header)",
+            "2c. probe: all headers, set route header (veer's calls on a canary request)",
             envoy.header_routes(),
             probe("request=headers,route"),
+        ),
+        Variant(
+            "probe-headers-only",
+            "2d. probe: all headers only (veer's calls on a primary request)",
+            envoy.header_routes(),
+            probe("request=headers"),
+        ),
+        Variant(
+            "probe-setcookie",
+            "2f. probe: add a Set-Cookie to every response (veer: 1 in 5)",
+            envoy.header_routes(),
+            probe("response=setcookie"),
+            fixed_set_cookie=True,
+        ),
+        # The alternative to 2d (issue 13): one proxy_get_header_map_value per header the
+        # benchmark's route needs, veer's two presence checks included.
+        Variant(
+            "probe-single-values",
+            "2e. probe: 8 single header reads instead (the route's headers)",
+            envoy.header_routes(),
+            probe("request=" + ",".join("get:" + h for h in SINGLE_VALUE_HEADERS)),
         ),
     ]
 
@@ -115,9 +145,33 @@ class Variant:
     filters: list[dict]
     sets_cookies: bool = False
     splits: bool = False
+    clusters: list[dict] = field(default_factory=list)
+    # A probe that adds the same Set-Cookie to every response (2f): checked, not collected.
+    fixed_set_cookie: bool = False
 
 
-def variants(include_veer: bool, ablation: bool = False) -> list[Variant]:
+# The live-table variant's controller: the bench's table server serving veer's table. Its poll
+# is held (30 s, then 304 and a new poll) and the table never changes, the state between
+# weight changes: what the propagation machinery (the lease, the notice queues, the tick)
+# costs when nothing happens.
+CONTROLLER_CLUSTER = "veer-controller"
+
+
+def live_variant(table_server: TableServer) -> Variant:
+    config = veer_plugin_config()
+    config["controller"] = {"cluster": CONTROLLER_CLUSTER, "authority": CONTROLLER_CLUSTER, "timeoutMs": 30000}
+    return Variant(
+        "veer-live",
+        "3l. veer, live table (controller configured, poll held, no change)",
+        envoy.header_routes(),
+        [envoy.wasm_filter("veer", VEER_WASM, config)],
+        sets_cookies=True,
+        splits=True,
+        clusters=[envoy.static_cluster(CONTROLLER_CLUSTER, table_server.port)],
+    )
+
+
+def variants(include_veer: bool, ablation: bool = False, table_server: TableServer | None = None) -> list[Variant]:
     out = [
         Variant("none", "1. no filter (header route only)", envoy.header_routes(), []),
         Variant(
@@ -144,6 +198,29 @@ def variants(include_veer: bool, ablation: bool = False) -> list[Variant]:
                 "3r. veer + response metrics (responseMetrics: true)",
                 envoy.header_routes(),
                 [envoy.wasm_filter("veer", VEER_WASM, veer_plugin_config(response_metrics=True))],
+                sets_cookies=True,
+                splits=True,
+            )
+        )
+        if table_server is not None:
+            out.append(live_variant(table_server))
+        # Issue 13's two states besides a release in progress: the route at weight 0 (between
+        # releases: no canary, no cookie handed out), and unsigned cookies (what the Lua
+        # filter can do, so the two compare like for like).
+        out.append(
+            Variant(
+                "veer-idle",
+                "3i. veer, route at weight 0 (between releases)",
+                envoy.header_routes(),
+                [envoy.wasm_filter("veer", VEER_WASM, veer_plugin_config(weight=0))],
+            )
+        )
+        out.append(
+            Variant(
+                "veer-unsigned",
+                "3u. veer, unsigned cookies",
+                envoy.header_routes(),
+                [envoy.wasm_filter("veer", VEER_WASM, veer_plugin_config(signed=False))],
                 sets_cookies=True,
                 splits=True,
             )
@@ -212,6 +289,10 @@ def check_and_collect_cookies(v: Variant, gw: envoy.Envoy, n: int = RETURNING_US
         raise procs.BenchError(f"{v.key}: expected a ~30% canary split over {n} requests, got {seen}")
     if not v.splits and seen.get("canary", 0):
         raise procs.BenchError(f"{v.key}: expected primary only, got {seen}")
+    if v.fixed_set_cookie:
+        if len(cookies) != n:
+            raise procs.BenchError(f"{v.key}: {len(cookies)} of {n} responses had its Set-Cookie")
+        return []
     if v.sets_cookies:
         if len(cookies) != n:
             raise procs.BenchError(f"{v.key}: {len(cookies)} of {n} new users got a Set-Cookie")
@@ -262,15 +343,16 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
             )
     measured_wasm = wasm_identity(VEER_WASM) if include_veer else None
     backend = envoy.start_backend(work, CLIENT_CPU)
+    table_server = TableServer({"generation": 1, "routes": [veer_route()]}) if include_veer else None
     results: list[VariantResult] = []
     gateways: dict[str, envoy.Envoy] = {}
     cookie_files: dict[str, Path] = {}
     try:
-        for v in variants(include_veer, ablation):
+        for v in variants(include_veer, ablation, table_server):
             gateways[v.key] = envoy.start(
                 f"gw-{v.key}",
                 {"ingress": (v.routes, v.filters)},
-                envoy.backend_clusters(backend),
+                envoy.backend_clusters(backend) + v.clusters,
                 cpus=GATEWAY_CPU,
                 concurrency=1,
                 workdir=work,
@@ -299,10 +381,13 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
                     f"  round {i + 1}/{rounds} {r.variant.key:<11} {s.cpu_us_per_rq:7.1f} us/rq"
                     f"  {s.rps:8.0f} rq/s  gateway CPU {s.gateway_util * 100:5.1f}%"
                 )
+        live_polls = table_server.polls if table_server else None
     finally:
         for gw in gateways.values():
             gw.stop()
         backend.stop()
+        if table_server is not None:
+            table_server.close()
 
     med = {r.variant.key: r.median("cpu_us_per_rq") for r in results}
     by_key = {r.variant.key: r for r in results}
@@ -319,7 +404,14 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
         q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
         return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]}
 
+    # What the live-table machinery costs per request: the same filter, config and traffic,
+    # with and without a controller, paired round by round.
+    live = {}
+    if "veer-live" in by_key and "veer" in by_key:
+        ratios = paired("veer-live", "veer")
+        live = {"live_vs_static": spread(ratios), "paired_live_vs_static": ratios}
     out = {
+        **live,
         # The build the gateways loaded at start; a rebuild during the run is noted.
         "veer_wasm": measured_wasm,
         "veer_wasm_rebuilt_during_run": bool(measured_wasm and wasm_identity(VEER_WASM) != measured_wasm),
@@ -328,6 +420,9 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
         "warmup_s": warmup_s,
         "new_user_share": 0.2,
         "veer_measured": include_veer,
+        # Polls the live-table variant's gateway made over the whole section (one held poll
+        # per 30 s, plus the first).
+        "live_variant_polls": live_polls,
         "variants": [
             {
                 "key": r.variant.key,

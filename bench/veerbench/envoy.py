@@ -197,6 +197,7 @@ def start(
     cpus: str | None,
     concurrency: int,
     workdir: Path,
+    wasm_log_level: str | None = None,
 ) -> Envoy:
     """Start an Envoy with the given listeners ({name: (routes, http_filters)}) and wait
     until its admin says LIVE and every listener accepts connections."""
@@ -220,6 +221,7 @@ def start(
             "--concurrency", str(concurrency),
             "--disable-hot-restart",
             "--log-level", "warn",
+            *(["--component-log-level", f"wasm:{wasm_log_level}"] if wasm_log_level else []),
         ],
         cpus=cpus,
         log=log,

@@ -49,6 +49,14 @@ def free_port() -> int:
 NICE = "-10"
 
 
+def prioritise_self() -> None:
+    """The same raised priority for this process, where the harness itself takes the times
+    (the propagation probes): a probe descheduled for a time slice by other work on the
+    machine would add that slice to the delay it reports."""
+    if os.geteuid() == 0:
+        os.setpriority(os.PRIO_PROCESS, 0, int(NICE))
+
+
 def pinned(argv: list[str], cpus: str | None) -> list[str]:
     """Prefix `argv` with taskset (when `cpus` is set) and a raised priority (when root)."""
     if cpus is not None:

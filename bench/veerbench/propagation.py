@@ -1,9 +1,10 @@
 """Propagation: how long after the table source publishes a new generation every Envoy
-worker decides with it. The gateway runs `--concurrency 2`; probe connections are spread over
-both workers (checked with Envoy's per-worker listener stats), and the generation each
-request was decided with is read from `x-veer-decision: <route>;<variant>;<reason>;g=<N>`.
-The delay of one change is from the publish instant to the first response carrying the new
-generation on the last connection to see it.
+worker decides with it. The gateway runs `--concurrency 2`, and again `--concurrency 4`; one
+probe connection is pinned to each worker (which worker accepted it is read from Envoy's
+per-worker listener stats), and the generation each request was decided with is read from
+`x-veer-decision: <route>;<variant>;<reason>;g=<N>`. The delay of one change is from the
+publish instant to the first response carrying the new generation on the last worker to
+see it. With one probe per worker a sweep over all of them takes a few ms, not more.
 
 Two sources of changes, each measured on its own gateway:
 - the real controller (`veer controller`), whose analysis passes publish the changes. The
@@ -11,12 +12,13 @@ Two sources of changes, each measured on its own gateway:
   previous one waits for the next poll: this is what an operator sees.
 - the bench's table server (table_server.py), speaking the same long-poll contract, which
   publishes only while the gateway's poll is held: the filter's own share of the delay
-  (controller answer -> shared data -> every worker's tick)."""
+  (controller answer -> shared data -> a notice on every worker's queue)."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import re
 import statistics
@@ -30,6 +32,17 @@ from .table_server import TableServer
 
 HOST = "prop.example.com"
 GEN_RE = re.compile(r";g=(\d+)$")
+SOURCES = ("controller", "table-server")
+WORKER_COUNTS = (2, 4)
+
+
+def result_key(source: str, workers: int) -> str:
+    """Where a run's result sits in the section's results: `controller`, `table-server` at
+    --concurrency 2 (the keys of earlier runs), `controller-c4` etc. otherwise."""
+    return source if workers == 2 else f"{source}-c{workers}"
+
+
+RESULT_KEYS = tuple(result_key(s, w) for w in WORKER_COUNTS for s in SOURCES)
 
 
 def _table(generation: int) -> dict:
@@ -52,6 +65,7 @@ class Probe:
 
     def __init__(self, port: int):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        self.conn.connect()
 
     def generation(self) -> int:
         self.conn.request("GET", "/", headers={"Host": HOST})
@@ -78,7 +92,8 @@ def _percentile(xs: list[float], q: float) -> float:
 
 class TableServerSource:
     """Changes published through the bench's table server at random phases of the filter's
-    tick, each once the gateway's long-poll is held (the steady state with a live gateway)."""
+    1 s safety-net tick, each once the gateway's long-poll is held (the steady state with a
+    live gateway)."""
 
     name = "bench table server (long-poll contract)"
 
@@ -99,10 +114,10 @@ class TableServerSource:
         t_hold = time.perf_counter()
         procs.wait_until("gateway long-poll held", lambda: self.server.waiting > 0, 10)
         self.hold_waits_ms.append((time.perf_counter() - t_hold) * 1000)
-        # The poll is (re)issued from the poller's tick, so publishing as soon as it is held
-        # would always land just after a tick (the worst phase). A random offset within one
-        # tick period (100 ms) removes that bias; the poll stays held meanwhile.
-        time.sleep(self.rng.uniform(0, 0.1))
+        # A random offset within one tick period (1 s, `TICK_MS` in filter/wasm/src/root.rs)
+        # spreads the publishes over the phase of every worker's tick, so a delay that came
+        # from the tick instead of the notice would show as up to 1 s; the poll stays held.
+        time.sleep(self.rng.uniform(0, 1.0))
         gen = self.server.generation + 1
         return gen, self.server.publish(_table(gen))
 
@@ -221,10 +236,54 @@ spec:
         procs.stop(self.proc)
 
 
-def run(changes: int = 50, connections: int = 8, source: str = "controller", log=print) -> dict:
+# Each root context logs `applied table generation N` when it installs a table (root.rs).
+APPLIED_RE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]\[(\d+)\]\[info\]\[wasm\].*applied table generation (\d+)"
+)
+
+
+def applied_times(log_path: Path) -> dict[int, dict[str, float]]:
+    """generation -> {Envoy thread id: wall time it installed the table}, from the gateway's
+    log (millisecond timestamps, the machine's local time)."""
+    out: dict[int, dict[str, float]] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = APPLIED_RE.match(line)
+        if m:
+            stamp, thread, gen = m.groups()
+            t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:]) / 1000
+            out.setdefault(int(gen), {}).setdefault(thread, t)
+    return out
+
+
+def _summary(xs: list[float]) -> dict:
+    return {"p50_ms": statistics.median(xs), "p99_ms": _percentile(xs, 0.99), "max_ms": max(xs)} if xs else {}
+
+
+def pin_probes(gw, workers: int, port: int) -> list[Probe]:
+    """One probe connection on each worker: connections are opened one at a time, and the
+    per-worker `downstream_cx_total` that moved says which worker accepted each."""
+    pattern = r"^listener\.127\.0\.0\.1_\d+\.worker_\d+\.downstream_cx_total$"
+    by_worker: dict[str, Probe] = {}
+    for _ in range(50 * workers):
+        if len(by_worker) == workers:
+            return list(by_worker.values())
+        before = gw.counters(pattern)
+        probe = Probe(port)
+        probe.generation()  # the first request: the worker has accepted and decided it
+        after = gw.counters(pattern)
+        moved = [k.split(".")[-2] for k, v in after.items() if v > before.get(k, 0)]
+        if len(moved) == 1 and moved[0] not in by_worker:
+            by_worker[moved[0]] = probe
+        else:
+            probe.conn.close()
+    raise procs.BenchError(f"probe connections reached only {sorted(by_worker)} of {workers} workers")
+
+
+def run(changes: int = 50, source: str = "controller", workers: int = 2, log=print) -> dict:
     if not cpu.VEER_WASM.exists():
         raise procs.BenchError(f"{cpu.VEER_WASM} missing: make wasm")
-    work = procs.OUT / f"propagation-{source}"
+    procs.prioritise_self()
+    work = procs.OUT / f"propagation-{source}-c{workers}"
     work.mkdir(parents=True, exist_ok=True)
     src = ControllerSource(work) if source == "controller" else TableServerSource()
     backend = envoy.start_backend(work, None)
@@ -234,7 +293,6 @@ def run(changes: int = 50, connections: int = 8, source: str = "controller", log
     }
     if src.initial_table() is not None:
         config["table"] = src.initial_table()
-    workers = 2
     gw = None
     delays_ms: list[float] = []
     try:
@@ -245,8 +303,9 @@ def run(changes: int = 50, connections: int = 8, source: str = "controller", log
             cpus=None,
             concurrency=workers,
             workdir=work,
+            wasm_log_level="info",
         )
-        probes = [Probe(gw.ports["ingress"]) for _ in range(connections)]
+        probes = pin_probes(gw, workers, gw.ports["ingress"])
 
         def wait_all(gen: int, deadline_s: float) -> float:
             """Poll every probe until each has decided with `gen`; returns the instant the
@@ -268,30 +327,70 @@ def run(changes: int = 50, connections: int = 8, source: str = "controller", log
         covered = sorted(k.split(".")[-2] for k, v in per_worker.items() if v > 0)
         if len(covered) < workers:
             raise procs.BenchError(f"probe connections reach only {covered} of {workers} workers: {per_worker}")
+        load_start = os.getloadavg()
+        # perf_counter -> wall clock, to line the probes up with the gateway's log.
+        wall_offset = time.time() - time.perf_counter()
+        published: dict[int, tuple[float, float]] = {}
         for _ in range(changes):
             gen, t0 = src.next_change()
-            delays_ms.append((wait_all(gen, 10) - t0) * 1000)
+            t_seen = wait_all(gen, 10)
+            delays_ms.append((t_seen - t0) * 1000)
+            published[gen] = (t0 + wall_offset, t_seen + wall_offset)
         details = src.details()
     finally:
         if gw is not None:
             gw.stop()
+            log_path = gw.log
         backend.stop()
         src.close()
+    # Where each delay went, from the log (1 ms resolution): publish -> the poller applied it
+    # (controller answer, validation, compile), the poller -> the last thread to apply it (the
+    # notice and the other workers' compile), the last thread -> the probes saw it.
+    applied = applied_times(log_path)
+    to_poller, notice_hop, to_probe, to_all, threads = [], [], [], [], set()
+    for gen, (t_pub, t_seen) in published.items():
+        times = applied.get(gen, {})
+        if not times:
+            continue
+        threads.add(len(times))
+        first, last = min(times.values()), max(times.values())
+        to_poller.append((first - t_pub) * 1000)
+        notice_hop.append((last - first) * 1000)
+        to_probe.append((t_seen - last) * 1000)
+        to_all.append((last - t_pub) * 1000)
     result = {
         "source": src.name,
         "workers": workers,
-        "connections": connections,
+        "connections": len(probes),
         "workers_covered": covered,
+        "loadavg_at_start": load_start,
+        "loadavg_at_end": os.getloadavg(),
         "changes": len(delays_ms),
         "p50_ms": statistics.median(delays_ms),
         "p99_ms": _percentile(delays_ms, 0.99),
         "max_ms": max(delays_ms),
         "min_ms": min(delays_ms),
         "delays_ms": [round(d, 2) for d in delays_ms],
+        "threads_applying": sorted(threads),
+        "publish_to_poller_applied": _summary(to_poller),
+        "poller_to_last_thread_applied": _summary(notice_hop),
+        "last_thread_applied_to_probe": _summary(to_probe),
+        # The issue's measure without the probes' own HTTP round trips: from the publish until
+        # the last Envoy thread has installed the table (every later decision uses it).
+        "publish_to_last_thread_applied": _summary(to_all),
+        "publish_to_last_thread_applied_ms": [round(x, 1) for x in to_all],
+        "poller_to_last_thread_ms": [round(x, 1) for x in notice_hop],
         **details,
     }
     log(
-        f"  {src.name}: {result['changes']} changes: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"  --concurrency {workers}, {src.name}: {result['changes']} changes: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"max {result['max_ms']:.1f} ms (min {result['min_ms']:.1f})"
     )
+    for part in (
+        "publish_to_poller_applied", "poller_to_last_thread_applied", "last_thread_applied_to_probe",
+        "publish_to_last_thread_applied",
+    ):
+        x = result[part]
+        if x:
+            log(f"    {part.replace('_', ' ')}: p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms, max {x['max_ms']:.1f} ms")
     return result

@@ -503,7 +503,7 @@ fn plugin_config_reload_keeps_the_live_table_and_users_in_place() {
         )
         .unwrap();
         // An observation window, not a synchronisation: the probers keep going well past
-        // the new root contexts' first tick (50 ms).
+        // the new root contexts' first tick (10 ms after on_configure).
         std::thread::sleep(Duration::from_millis(1500));
         let results: Vec<_> = probers.into_iter().map(Prober::finish).collect();
         for (i, seen) in results.iter().enumerate() {

@@ -5,7 +5,9 @@
 //! Configuration: `request=CALL,CALL,...;response=CALL,...` with CALL one of `clock`
 //! (proxy_get_current_time_nanoseconds), `headers` (every header, one
 //! proxy_get_header_map_pairs), `route` (replace `x-veer-route: primary`), `status` (read
-//! the response's `:status`). A word it does not know fails `on_configure`, so a typo cannot
+//! the response's `:status`), `setcookie` (add a veer-sized `Set-Cookie` to the response),
+//! `get:<name>` (one request header's value, one
+//! proxy_get_header_map_value: the alternative to `headers` for a route that needs few). A word it does not know fails `on_configure`, so a typo cannot
 //! pass as a cheaper probe.
 
 use proxy_wasm::hostcalls;
@@ -20,12 +22,17 @@ proxy_wasm::main! {{
     });
 }}
 
-#[derive(Debug, Clone, Copy)]
+/// As long as the signed affinity cookie veer hands out in the benchmark, with its attributes.
+const SET_COOKIE: &str = "flagger-cookie=v1.0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef0123456789a; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax";
+
+#[derive(Debug, Clone)]
 enum Call {
     Clock,
     Headers,
     Route,
     Status,
+    SetCookie,
+    Get(String),
 }
 
 #[derive(Debug, Default)]
@@ -42,7 +49,11 @@ fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
             "headers" => Ok(Call::Headers),
             "route" => Ok(Call::Route),
             "status" => Ok(Call::Status),
-            other => Err(format!("unknown call {other:?}")),
+            "setcookie" => Ok(Call::SetCookie),
+            other => match other.strip_prefix("get:") {
+                Some(name) if !name.is_empty() => Ok(Call::Get(name.to_string())),
+                _ => Err(format!("unknown call {other:?}")),
+            },
         })
         .collect()
 }
@@ -78,6 +89,12 @@ fn run(calls: &[Call], headers: MapType) {
                 MapType::HttpResponseHeaders,
                 ":status",
             )),
+            Call::SetCookie => drop(hostcalls::add_map_value(
+                MapType::HttpResponseHeaders,
+                "set-cookie",
+                SET_COOKIE,
+            )),
+            Call::Get(name) => drop(hostcalls::get_map_value(headers, name)),
         }
     }
 }
@@ -147,5 +164,8 @@ mod tests {
         assert!(parse_plan("").unwrap().request.is_empty());
         assert!(parse_plan("request=clok").is_err());
         assert!(parse_plan("reqest=clock").is_err());
+        let plan = parse_plan("request=get::authority,get:cookie").unwrap();
+        assert!(matches!(&plan.request[0], Call::Get(n) if n == ":authority"));
+        assert!(parse_plan("request=get:").is_err());
     }
 }

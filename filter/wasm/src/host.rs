@@ -62,6 +62,7 @@ pub enum MetricType {
 
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
+const STATUS_EMPTY: u32 = 7;
 const STATUS_CAS_MISMATCH: u32 = 8;
 
 /// Outcome of a compare-and-swap write to shared data.
@@ -143,6 +144,21 @@ mod abi {
             return_id: *mut u32,
         ) -> u32;
         pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+        pub fn proxy_register_shared_queue(
+            name_data: *const u8,
+            name_size: usize,
+            return_id: *mut u32,
+        ) -> u32;
+        pub fn proxy_enqueue_shared_queue(
+            queue_id: u32,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_dequeue_shared_queue(
+            queue_id: u32,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
         pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     }
 
@@ -389,6 +405,75 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<CasWrite
     {
         let _ = (key, value, cas);
         unavailable("set_shared_data")
+    }
+}
+
+/// Registers (or re-registers) a shared queue of this VM's `vm_id` for the calling root
+/// context and returns its token. Registering a name again keeps the token and moves
+/// `on_queue_ready` to the caller's context and thread.
+pub fn register_queue(name: &str) -> HostResult<u32> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut token = 0u32;
+        // SAFETY: name is live; out-pointer is a valid local.
+        let status =
+            unsafe { abi::proxy_register_shared_queue(name.as_ptr(), name.len(), &mut token) };
+        check("register_shared_queue", status)?;
+        Ok(token)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = name;
+        unavailable("register_shared_queue")
+    }
+}
+
+/// Outcome of an enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued; the host calls `on_queue_ready` on the registering context's thread.
+    Queued,
+    /// No queue with that token (its VM is gone).
+    NoSuchQueue,
+}
+
+/// Appends `value` to the queue with `token`.
+pub fn enqueue(token: u32, value: &[u8]) -> HostResult<Enqueued> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        // SAFETY: value is live for the call.
+        let status = unsafe { abi::proxy_enqueue_shared_queue(token, value.as_ptr(), value.len()) };
+        if status == STATUS_NOT_FOUND {
+            return Ok(Enqueued::NoSuchQueue);
+        }
+        check("enqueue_shared_queue", status)?;
+        Ok(Enqueued::Queued)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (token, value);
+        unavailable("enqueue_shared_queue")
+    }
+}
+
+/// Takes the oldest item of the queue with `token`; `None` when it is empty or gone.
+pub fn dequeue(token: u32) -> HostResult<Option<Vec<u8>>> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut data = std::ptr::null_mut();
+        let mut size = 0usize;
+        // SAFETY: out-pointers are valid locals.
+        let status = unsafe { abi::proxy_dequeue_shared_queue(token, &mut data, &mut size) };
+        if status == STATUS_EMPTY || status == STATUS_NOT_FOUND {
+            return Ok(None);
+        }
+        check("dequeue_shared_queue", status)?;
+        Ok(Some(host_bytes(data, size)))
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = token;
+        unavailable("dequeue_shared_queue")
     }
 }
 

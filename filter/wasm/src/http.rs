@@ -1,6 +1,7 @@
-//! One HTTP exchange: on request headers, strip client-sent veer headers, decide with
-//! veer-core and set the route header; on response headers, add the affinity cookie and the
-//! decision header and, with `responseMetrics`, count and time the response. Any host error leaves the request as it is
+//! One HTTP exchange: on request headers, strip client-sent veer headers (only those present),
+//! decide with veer-core and set the route header on a canary decision only (its absence is
+//! primary); on response headers, add the affinity cookie and the decision header and, with
+//! `responseMetrics`, count and time the response. Any host error leaves the request as it is
 //! (the gateway's default route: primary) and counts `veer_errors_total`; nothing here panics.
 
 use crate::headers::HeaderBlock;
@@ -92,16 +93,23 @@ impl Exchange {
             return;
         };
         let decision = decide(route, &block, config.keys.as_ref(), self.entropy);
-        // Replacing also drops any client-sent value of the route header.
-        let routed = host::replace_header(
-            MapType::RequestHeaders,
-            &config.route_header,
-            decision.variant.as_str().as_bytes(),
-        );
-        if routed.is_err() {
-            config.count_error();
+        if decision.variant == Variant::Canary {
+            // Replacing also drops any client-sent value of the route header.
+            let routed = host::replace_header(
+                MapType::RequestHeaders,
+                &config.route_header,
+                Variant::Canary.as_str().as_bytes(),
+            );
+            if routed.is_err() {
+                config.count_error();
+                self.strip(&config.route_header);
+                return;
+            }
+        } else if block.contains(&config.route_header) {
+            // Primary is the header's absence (the gateway's default route). Writing a
+            // request header makes Envoy match the route again, so only a client-sent value
+            // costs a host call here.
             self.strip(&config.route_header);
-            return;
         }
         if decision.mirror
             && host::replace_header(

@@ -10,6 +10,7 @@ mod host;
 mod http;
 mod lease;
 mod metrics;
+mod notify;
 mod poll;
 mod root;
 mod shared;

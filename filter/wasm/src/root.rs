@@ -1,13 +1,15 @@
 //! The root context: one per Envoy thread running the plugin. It reads the plugin
-//! configuration, keeps the worker's compiled table, and on every tick picks up newer tables
-//! from shared data; the one root context holding the lease also long-polls the controller
-//! and publishes what it gets. HTTP contexts borrow the current table through an `Rc`, so a
-//! table change never disturbs requests in flight.
+//! configuration, keeps the worker's compiled table, and picks up newer tables from shared
+//! data when the poller's notice arrives on its queue (`notify`), or on its tick if a notice
+//! was lost; the one root context holding the lease also long-polls the controller, publishes
+//! what it gets and notifies the others. HTTP contexts borrow the current table through an
+//! `Rc`, so a table change never disturbs requests in flight.
 
 use crate::host::{self, BufferType, CasWrite, MapType};
 use crate::http::Exchange;
 use crate::lease::{self, LeaseStep};
 use crate::metrics::{MetricIds, RouteStats};
+use crate::notify::Registry;
 use crate::poll::{self, PollAnswer, PollSchedule, CALL_GRACE_MS};
 use crate::shared::{self, SharedKeys};
 use log::{error, info, warn};
@@ -21,16 +23,20 @@ use veer_core::{
     RoutingTable, SigningKeys, GATEWAY_GENERATION_HEADER, GATEWAY_ID_HEADER,
 };
 
-/// Tick period while a controller is configured: a table stored by the poller reaches every
-/// worker within one tick. 50 ms keeps propagation's worst case at about half of Istio's
-/// smallest push debounce (100 ms); a tick that finds no new generation costs one shared-data
-/// read per worker.
-const LIVE_TICK_MS: u32 = 50;
-/// Tick period with a static table: the age gauge and the counter flush need it. Counters
-/// therefore reach Envoy up to a second late, well inside any scrape interval.
-const STATIC_TICK_MS: u32 = 1_000;
-/// A poller that stops renewing loses the lease after this long.
+/// Tick period. A new table reaches the other workers by a notice on their queues
+/// (`notify`); the tick is the safety net that bounds a lost notice to this delay, and it
+/// flushes the counters and gauges, which therefore reach Envoy up to a second late, well
+/// inside any scrape interval. It also renews the poll lease and starts polls that are due.
+pub const TICK_MS: u32 = 1_000;
+/// The first tick after `on_configure` with a controller comes this soon, then `TICK_MS`:
+/// a root context can only list its queue from a tick, and until it has, notices miss it (a
+/// plugin reconfiguration would otherwise leave every worker a second without them).
+const FIRST_TICK_MS: u32 = 10;
+/// A poller that stops renewing loses the lease after this long (three ticks).
 const LEASE_TTL_MS: u64 = 3_000;
+/// Most notices taken from the queue per `on_queue_ready`: they all say "look at shared
+/// data", so one is enough; the rest are drained so the host's queue does not grow.
+const MAX_DRAIN: usize = 64;
 
 /// The configuration parts the request path needs, shared by every HTTP context.
 #[derive(Debug)]
@@ -86,6 +92,8 @@ struct LiveTable {
     failures: u32,
     /// A generation that failed to compile here; not retried every tick.
     rejected_generation: Option<u64>,
+    /// This root context's notice queue, once registered (on the first tick).
+    queue: Option<u32>,
 }
 
 pub struct VeerRoot {
@@ -99,6 +107,8 @@ pub struct VeerRoot {
     live: Option<LiveTable>,
     /// When the applied table was last fetched or confirmed (ms since the epoch).
     confirmed_ms: u64,
+    /// The tick period currently armed.
+    tick_ms: u32,
 }
 
 /// splitmix64: spreads a counter into uniform 64-bit values.
@@ -141,6 +151,7 @@ impl VeerRoot {
             requests: Cell::new(0),
             live: None,
             confirmed_ms: 0,
+            tick_ms: 0,
         }
     }
 
@@ -233,7 +244,50 @@ impl VeerRoot {
             leading: false,
             failures: 0,
             rejected_generation: None,
+            queue: None,
         });
+    }
+
+    /// Registers this root context's notice queue and keeps it listed in the registry. Run
+    /// from the tick, never from `on_configure` (a throwaway VM must not list itself). A lost
+    /// CAS race is retried on the next tick; until then the tick is this worker's only news.
+    fn keep_listed(&mut self, now: u64) {
+        let Some(live) = &mut self.live else { return };
+        let token = match live.queue {
+            Some(token) => token,
+            None => match host::register_queue(&live.keys.queue(live.me)) {
+                Ok(token) => *live.queue.insert(token),
+                Err(_) => return self.count_error(),
+            },
+        };
+        let (value, cas) = match host::shared_data(&live.keys.workers) {
+            Ok(v) => v,
+            Err(_) => return self.count_error(),
+        };
+        let listed = Registry::decode(value.as_deref().unwrap_or_default());
+        if let Some(next) = listed.refreshed(token, now) {
+            if host::set_shared_data(&live.keys.workers, next.encode().as_bytes(), cas).is_err() {
+                self.count_error();
+            }
+        }
+    }
+
+    /// After storing `generation`: a notice to every listed worker but this one. A queue
+    /// that is gone is skipped; a worker that misses its notice adopts on its tick.
+    fn notify_workers(&mut self, generation: u64, now: u64) {
+        let Some(live) = &self.live else { return };
+        let listed = match host::shared_data(&live.keys.workers) {
+            Ok((value, _)) => Registry::decode(value.as_deref().unwrap_or_default()),
+            Err(_) => return self.count_error(),
+        };
+        let notice = generation.to_string();
+        let failed = listed
+            .targets(now, live.queue)
+            .filter(|&token| host::enqueue(token, notice.as_bytes()).is_err())
+            .count();
+        if failed > 0 {
+            self.count_error();
+        }
     }
 
     /// Applies a newer table another root context stored, and tracks its confirmation time.
@@ -394,9 +448,12 @@ impl VeerRoot {
                 let active = self
                     .compile(&table, self.config.response_metrics)
                     .map_err(|e| format!("table rejected: {e}"))?;
-                shared::publish_table(&keys, table.generation, &body, now)
+                let stored = shared::publish_table(&keys, table.generation, &body, now)
                     .map_err(|e| e.to_string())?;
                 self.install(active, now);
+                if stored {
+                    self.notify_workers(table.generation, now);
+                }
                 Ok(PollAnswer::NewTable)
             }
             Some(other) => Err(format!(
@@ -433,11 +490,10 @@ impl Context for VeerRoot {
                 }
                 live.failures = 0;
                 live.schedule.succeeded(now, answer);
-                if answer == PollAnswer::NewTable {
-                    // Not on the next tick: that would add up to a tick to every change
-                    // published while this one was in flight.
-                    self.poll_if_leading(now);
-                }
+                // Not on the next tick: that would add up to a tick to every change published
+                // while this one was in flight, or after a held poll ended in a 304. A poll
+                // that is not due yet (pollMs after the last start) waits for a tick.
+                self.poll_if_leading(now);
             }
             Err(e) => {
                 let delay = live.schedule.failed(now);
@@ -452,8 +508,18 @@ impl Context for VeerRoot {
 
     fn on_done(&mut self) -> bool {
         self.flush_counts();
-        // Hand the lease back at once instead of making the next poller wait for expiry.
         if let Some(live) = &self.live {
+            // Unlist this root context's queue: its notices would go nowhere. (An entry left
+            // behind expires; the host keeps the queue itself until the VM goes.)
+            if let (Some(token), Ok((Some(value), cas))) =
+                (live.queue, host::shared_data(&live.keys.workers))
+            {
+                if let Some(next) = Registry::decode(&value).without(token) {
+                    let _ =
+                        host::set_shared_data(&live.keys.workers, next.encode().as_bytes(), cas);
+                }
+            }
+            // Hand the lease back at once instead of making the next poller wait for expiry.
             if let Ok((Some(value), cas)) = host::shared_data(&live.keys.lease) {
                 if lease::LeaseRecord::decode(&value).is_some_and(|r| r.owner == live.me) {
                     let _ = host::set_shared_data(&live.keys.lease, b"", cas);
@@ -485,14 +551,15 @@ impl RootContext for VeerRoot {
             self.adopt_shared();
         }
         let period = if self.controller.is_some() {
-            LIVE_TICK_MS
+            FIRST_TICK_MS
         } else {
-            STATIC_TICK_MS
+            TICK_MS
         };
         if let Err(e) = host::set_tick_period_ms(period) {
             error!("cannot start the table tick: {e}");
             return false;
         }
+        self.tick_ms = period;
         true
     }
 
@@ -500,16 +567,37 @@ impl RootContext for VeerRoot {
         if !self.configured {
             return;
         }
+        if self.tick_ms != TICK_MS && host::set_tick_period_ms(TICK_MS).is_ok() {
+            self.tick_ms = TICK_MS;
+        }
         self.flush_counts();
         let Some(now) = now_ms() else {
             return self.count_error();
         };
         if self.controller.is_some() {
             self.ensure_live();
+            self.keep_listed(now);
             self.adopt_shared();
             self.poll_if_leading(now);
         }
         self.record_gauges(now);
+    }
+
+    /// A notice from the poller: a newer table is in shared data.
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        for _ in 0..MAX_DRAIN {
+            match host::dequeue(queue_id) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    self.count_error();
+                    break;
+                }
+            }
+        }
+        if self.configured && self.controller.is_some() {
+            self.adopt_shared();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -1,6 +1,6 @@
 //! The live table in Envoy shared data, where the poller leaves it for every worker.
 //!
-//! Keys are `veer.<plugin name>.{lease,state,table}`: Istio runs all WasmPlugins of a proxy in
+//! Keys are `veer.<plugin name>.{lease,state,table,workers}`: Istio runs all WasmPlugins of a proxy in
 //! one `vm_id`, so the plugin name keeps two plugins' tables apart. `state` is small
 //! (`<generation> <confirmed at, ms>`), so each worker's tick reads only it, and reads the table
 //! itself only when the generation moved.
@@ -13,6 +13,9 @@ pub struct SharedKeys {
     pub lease: String,
     pub state: String,
     pub table: String,
+    /// The registry of notice queues (`notify`).
+    pub workers: String,
+    prefix: String,
 }
 
 impl SharedKeys {
@@ -21,7 +24,15 @@ impl SharedKeys {
             lease: format!("veer.{plugin}.lease"),
             state: format!("veer.{plugin}.state"),
             table: format!("veer.{plugin}.table"),
+            workers: format!("veer.{plugin}.workers"),
+            prefix: format!("veer.{plugin}"),
         }
+    }
+
+    /// The notice queue of the root context with seed `me` (shared queues are named within
+    /// the VM's `vm_id`, which Istio shares among plugins, so the plugin name is part of it).
+    pub fn queue(&self, me: u64) -> String {
+        format!("{}.notify.{me:016x}", self.prefix)
     }
 }
 
@@ -104,6 +115,11 @@ mod tests {
         assert_eq!(k.lease, "veer.istio-system.veer.lease");
         assert_eq!(k.state, "veer.istio-system.veer.state");
         assert_eq!(k.table, "veer.istio-system.veer.table");
+        assert_eq!(k.workers, "veer.istio-system.veer.workers");
+        assert_eq!(
+            k.queue(0xab),
+            "veer.istio-system.veer.notify.00000000000000ab"
+        );
     }
 
     #[test]
