@@ -90,6 +90,16 @@ mkdir -p "$dir/logs" "$dir/pki" "$dir/etcd"
 chmod 700 "$dir/pki" "$dir/etcd"
 : >"$dir/pids"
 
+if [[ -n "${VEER_KUBE_OWNER_PID:-}" ]]; then
+    # The watchdog execs kube-down.sh when the owner exits, also while this script is still
+    # starting things; its command line names DIR, so kube-down.sh (run by anyone else)
+    # recognises and stops it too.
+    setsid bash -c 'tail --pid="$1" -f /dev/null; exec "$2" "$3"' kube-watchdog \
+        "$VEER_KUBE_OWNER_PID" "$root/scripts/kube-down.sh" "$dir" \
+        </dev/null >>"$dir/logs/watchdog.log" 2>&1 &
+    echo "watchdog $!" >>"$dir/pids"
+fi
+
 # ---- stopping on failure --------------------------------------------------------------------
 ok=0
 failed_component=""
@@ -373,15 +383,6 @@ export KUBECTL=$kubectl
 export KUBE_VERSION=$KUBE_VERSION
 export ETCD_ENDPOINT=http://127.0.0.1:$p_etcd
 EOF
-
-if [[ -n "${VEER_KUBE_OWNER_PID:-}" ]]; then
-    # The watchdog execs kube-down.sh when the owner exits; its command line names DIR, so
-    # kube-down.sh (run by anyone else) recognises and stops it too.
-    setsid bash -c 'tail --pid="$1" -f /dev/null; exec "$2" "$3"' kube-watchdog \
-        "$VEER_KUBE_OWNER_PID" "$root/scripts/kube-down.sh" "$dir" \
-        </dev/null >>"$dir/logs/watchdog.log" 2>&1 &
-    echo "watchdog $!" >>"$dir/pids"
-fi
 
 ok=1
 say "up in $((SECONDS - started)) s: source $dir/env (KUBECONFIG=$dir/kubeconfig)"
