@@ -39,6 +39,18 @@ impl Drop for Took {
     }
 }
 
+/// A test's start: its turn (one test at a time), its timer, and a fresh control plane
+/// with the podinfo app (ConfigMap and Deployment at `podinfo:6.0.0`) applied.
+fn begin(test: &'static str) -> (MutexGuard<'static, ()>, Took, KubeCluster) {
+    let serial = one_at_a_time();
+    let took = Took(test, Instant::now());
+    let cluster = KubeCluster::up().unwrap();
+    cluster
+        .apply(&app_yaml("podinfo", "podinfo:6.0.0"))
+        .unwrap();
+    (serial, took, cluster)
+}
+
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
@@ -195,6 +207,36 @@ fn wait_canary(
     .unwrap()
 }
 
+/// `kubectl set image` on the target, as a user releases a new version.
+fn set_image(cluster: &KubeCluster, image: &str) {
+    let container = format!("podinfo={image}");
+    kubectl(
+        cluster,
+        &["set", "image", "deployment/podinfo", &container, "-n", NS],
+    );
+}
+
+/// Waits for the run to end (Succeeded or Failed) and returns the status.
+fn wait_run_end(cluster: &KubeCluster, what: &str) -> Value {
+    wait_canary(cluster, "podinfo", what, Duration::from_secs(120), |s| {
+        s["phase"] == "Succeeded" || s["phase"] == "Failed"
+    })
+}
+
+/// Waits until the target is scaled to zero (between runs).
+fn wait_target_at_zero(cluster: &KubeCluster) {
+    poll_until(
+        "the target to be scaled to 0",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || match replicas(cluster, "podinfo") {
+            0 => Ok(()),
+            n => Err(format!("{n} replicas")),
+        },
+    )
+    .unwrap();
+}
+
 fn phase_is(phase: &'static str) -> impl Fn(&Value) -> bool {
     move |s: &Value| s["phase"] == phase
 }
@@ -236,6 +278,25 @@ fn assert_event(events: &[String], text: &str) {
         "no event containing {text:?} in:\n{}",
         events.join("\n")
     );
+}
+
+/// The controller in Kubernetes mode without a gateway or Prometheus, for tests of the
+/// cluster side alone (its Canaries have no metrics to query).
+fn controller_alone(cluster: &KubeCluster, name: &str) -> veer_e2e::controller::Controller {
+    let dir = veer_e2e::process::work_dir(name).unwrap();
+    let listen = ([127, 0, 0, 1], veer_e2e::ports::free_port().unwrap()).into();
+    veer_e2e::controller::Controller::start(
+        &dir,
+        veer_e2e::controller::ControllerSpec {
+            canaries_dir: dir.clone(),
+            state_file: dir.join("unused"),
+            kubeconfig: Some(cluster.veer_kubeconfig()),
+            prometheus_url: "http://127.0.0.1:9".into(),
+            listen,
+            metrics_set: "veer".into(),
+        },
+    )
+    .unwrap()
 }
 
 fn start_stack(cluster: &KubeCluster, name: &str, canary: &str) -> Stack {
@@ -300,16 +361,7 @@ fn assert_initialized(cluster: &KubeCluster, stack: &Stack) -> Value {
         vs["spec"]["http"][0]["route"][0]["destination"]["host"],
         "podinfo-canary"
     );
-    poll_until(
-        "the target to be scaled to 0",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || match replicas(cluster, "podinfo") {
-            0 => Ok(()),
-            n => Err(format!("{n} replicas")),
-        },
-    )
-    .unwrap();
+    wait_target_at_zero(cluster);
     assert_eq!(status["conditions"][0]["type"], "Promoted");
     assert_eq!(status["conditions"][0]["status"], "True");
     // `kubectl get canaries` shows the run through Flagger's printer columns.
@@ -330,15 +382,8 @@ fn assert_initialized(cluster: &KubeCluster, stack: &Stack) -> Value {
 /// primary's `-primary` copy.
 #[test]
 fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
-    let _serial = one_at_a_time();
-    let _took = Took(
-        "new_image_is_released_through_the_filter_and_survives_a_controller_kill",
-        Instant::now(),
-    );
-    let cluster = KubeCluster::up().unwrap();
-    cluster
-        .apply(&app_yaml("podinfo", "podinfo:6.0.0"))
-        .unwrap();
+    let (_serial, _took, cluster) =
+        begin("new_image_is_released_through_the_filter_and_survives_a_controller_kill");
     let mut stack = start_stack(&cluster, "k8s-release", &canary_yaml("podinfo", ""));
     cluster.apply(&stack.canary_yaml).unwrap();
     let initialized = assert_initialized(&cluster, &stack);
@@ -349,17 +394,7 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
     let load = users(&stack);
 
     let started = Instant::now();
-    kubectl(
-        &cluster,
-        &[
-            "set",
-            "image",
-            "deployment/podinfo",
-            "podinfo=podinfo:6.1.0",
-            "-n",
-            NS,
-        ],
-    );
+    set_image(&cluster, "podinfo:6.1.0");
     let progressing = wait_canary(
         &cluster,
         "podinfo",
@@ -430,27 +465,12 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
     )
     .unwrap();
 
-    let end = wait_canary(
-        &cluster,
-        "podinfo",
-        "the run to succeed",
-        Duration::from_secs(120),
-        |s| s["phase"] == "Succeeded" || s["phase"] == "Failed",
-    );
+    let end = wait_run_end(&cluster, "the run to succeed");
     assert_eq!(end["phase"], "Succeeded", "{end}");
     assert_eq!(end["lastPromotedSpec"], revision.as_str());
     assert_eq!(end["canaryWeight"], 0.0);
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.1.0");
-    poll_until(
-        "the target to be back at 0",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || match replicas(&cluster, "podinfo") {
-            0 => Ok(()),
-            n => Err(format!("{n} replicas")),
-        },
-    )
-    .unwrap();
+    wait_target_at_zero(&cluster);
     // The weights the table served for this revision rose step by step.
     let weights: Vec<u32> = {
         let mut out: Vec<u32> = Vec::new();
@@ -519,13 +539,7 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
             .collect::<Vec<_>>(),
         ["configmap/podinfo-config"]
     );
-    let end = wait_canary(
-        &cluster,
-        "podinfo",
-        "the ConfigMap run to end",
-        Duration::from_secs(120),
-        |s| s["phase"] == "Succeeded" || s["phase"] == "Failed",
-    );
+    let end = wait_run_end(&cluster, "the ConfigMap run to end");
     assert_eq!(end["phase"], "Succeeded", "{end}");
     let copy = json(
         &cluster,
@@ -540,15 +554,7 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
 /// `progressDeadlineSeconds` (20s here).
 #[test]
 fn failing_metrics_and_an_unready_canary_roll_back() {
-    let _serial = one_at_a_time();
-    let _took = Took(
-        "failing_metrics_and_an_unready_canary_roll_back",
-        Instant::now(),
-    );
-    let cluster = KubeCluster::up().unwrap();
-    cluster
-        .apply(&app_yaml("podinfo", "podinfo:6.0.0"))
-        .unwrap();
+    let (_serial, _took, cluster) = begin("failing_metrics_and_an_unready_canary_roll_back");
     let stack = start_stack(&cluster, "k8s-rollback", &canary_yaml("podinfo", ""));
     cluster.apply(&stack.canary_yaml).unwrap();
     assert_initialized(&cluster, &stack);
@@ -559,40 +565,15 @@ fn failing_metrics_and_an_unready_canary_roll_back() {
         percent: 30,
         delay_ms: 0,
     });
-    kubectl(
-        &cluster,
-        &[
-            "set",
-            "image",
-            "deployment/podinfo",
-            "podinfo=podinfo:6.1.0",
-            "-n",
-            NS,
-        ],
-    );
-    let end = wait_canary(
-        &cluster,
-        "podinfo",
-        "the faulty run to end",
-        Duration::from_secs(120),
-        |s| s["phase"] == "Succeeded" || s["phase"] == "Failed",
-    );
+    set_image(&cluster, "podinfo:6.1.0");
+    let end = wait_run_end(&cluster, "the faulty run to end");
     assert_eq!(end["phase"], "Failed", "{end}");
     assert_eq!(end["canaryWeight"], 0.0);
     assert_eq!(end["conditions"][0]["status"], "False");
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.0.0");
     let seen = events(&cluster, "podinfo");
     assert_event(&seen, "failed checks threshold reached");
-    poll_until(
-        "the target to be back at 0",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || match replicas(&cluster, "podinfo") {
-            0 => Ok(()),
-            n => Err(format!("{n} replicas")),
-        },
-    )
-    .unwrap();
+    wait_target_at_zero(&cluster);
 
     // A canary whose pods never become Ready (kwok's stage skips the annotation).
     stack.canary.set_fault(Fault::default());
@@ -642,15 +623,8 @@ fn failing_metrics_and_an_unready_canary_roll_back() {
 /// Deployment and a `-primary` owned by someone else are refused with who owns it.
 #[test]
 fn an_invalid_canary_is_reported_and_does_not_stop_the_others() {
-    let _serial = one_at_a_time();
-    let _took = Took(
-        "an_invalid_canary_is_reported_and_does_not_stop_the_others",
-        Instant::now(),
-    );
-    let cluster = KubeCluster::up().unwrap();
-    cluster
-        .apply(&app_yaml("podinfo", "podinfo:6.0.0"))
-        .unwrap();
+    let (_serial, _took, cluster) =
+        begin("an_invalid_canary_is_reported_and_does_not_stop_the_others");
     let mut stack = start_stack(&cluster, "k8s-invalid", &canary_yaml("podinfo", ""));
     // stepWeight above 100 passes the CRD's schema but not veer's checks.
     let invalid = canary_yaml("broken", "").replace("stepWeight: 20", "stepWeight: 120");
@@ -691,24 +665,8 @@ fn an_invalid_canary_is_reported_and_does_not_stop_the_others() {
 
     assert_initialized(&cluster, &stack);
     let _load = users(&stack);
-    kubectl(
-        &cluster,
-        &[
-            "set",
-            "image",
-            "deployment/podinfo",
-            "podinfo=podinfo:6.1.0",
-            "-n",
-            NS,
-        ],
-    );
-    let end = wait_canary(
-        &cluster,
-        "podinfo",
-        "the valid Canary's run to end",
-        Duration::from_secs(120),
-        |s| s["phase"] == "Succeeded" || s["phase"] == "Failed",
-    );
+    set_image(&cluster, "podinfo:6.1.0");
+    let end = wait_run_end(&cluster, "the valid Canary's run to end");
     assert_eq!(end["phase"], "Succeeded", "{end}");
     assert!(stack.controller.is_running(), "the controller kept running");
 }
@@ -804,20 +762,7 @@ fn a_hundred_canaries_initialize() {
         ));
     }
     cluster.apply(&yaml).unwrap();
-    let dir = veer_e2e::process::work_dir("k8s-hundred").unwrap();
-    let listen = ([127, 0, 0, 1], veer_e2e::ports::free_port().unwrap()).into();
-    let controller = veer_e2e::controller::Controller::start(
-        &dir,
-        veer_e2e::controller::ControllerSpec {
-            canaries_dir: dir.clone(),
-            state_file: dir.join("unused"),
-            kubeconfig: Some(cluster.veer_kubeconfig()),
-            prometheus_url: "http://127.0.0.1:9".into(),
-            listen,
-            metrics_set: "veer".into(),
-        },
-    )
-    .unwrap();
+    let controller = controller_alone(&cluster, "k8s-hundred");
     let started = Instant::now();
     poll_until(
         "every Canary to be Initialized",
@@ -891,20 +836,7 @@ fn a_release_runs_under_flaggers_own_crd() {
         .replace("interval: 3s", "interval: 2s")
         .to_string();
     cluster.apply(&canary).unwrap();
-    let dir = veer_e2e::process::work_dir("k8s-flagger-crd").unwrap();
-    let listen = ([127, 0, 0, 1], veer_e2e::ports::free_port().unwrap()).into();
-    let mut controller = veer_e2e::controller::Controller::start(
-        &dir,
-        veer_e2e::controller::ControllerSpec {
-            canaries_dir: dir.clone(),
-            state_file: dir.join("unused"),
-            kubeconfig: Some(cluster.veer_kubeconfig()),
-            prometheus_url: "http://127.0.0.1:9".into(),
-            listen,
-            metrics_set: "veer".into(),
-        },
-    )
-    .unwrap();
+    let mut controller = controller_alone(&cluster, "k8s-flagger-crd");
     let initialized = wait_canary(
         &cluster,
         "podinfo",
@@ -916,17 +848,7 @@ fn a_release_runs_under_flaggers_own_crd() {
         initialized["veerState"].is_null(),
         "Flagger's CRD keeps no veerState"
     );
-    kubectl(
-        &cluster,
-        &[
-            "set",
-            "image",
-            "deployment/podinfo",
-            "podinfo=podinfo:6.1.0",
-            "-n",
-            NS,
-        ],
-    );
+    set_image(&cluster, "podinfo:6.1.0");
     let at_kill = wait_canary(
         &cluster,
         "podinfo",
@@ -951,13 +873,7 @@ fn a_release_runs_under_flaggers_own_crd() {
     )
     .unwrap();
     assert!(resumed["weight"].as_f64().unwrap() >= at_kill["canaryWeight"].as_f64().unwrap());
-    let end = wait_canary(
-        &cluster,
-        "podinfo",
-        "the run to end",
-        Duration::from_secs(120),
-        |s| s["phase"] == "Succeeded" || s["phase"] == "Failed",
-    );
+    let end = wait_run_end(&cluster, "the run to end");
     assert_eq!(end["phase"], "Succeeded", "{end}");
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.1.0");
 }
