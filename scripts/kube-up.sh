@@ -30,7 +30,7 @@
 # (sigs.k8s.io/gateway-api), at the versions in scripts/kube/versions.env; the Flagger
 # Canary/MetricTemplate CRDs from manifests/crds/flagger.app.yaml, or from
 # $VEER_FLAGGER_CRDS; and the controller's namespace, ServiceAccount and RBAC from
-# manifests/istio/controller/ (rbac.yaml, or $VEER_RBAC).
+# manifests/kubernetes/ (rbac.yaml, or $VEER_RBAC).
 #
 # What it writes:
 #   DIR/kubeconfig        cluster-admin (client cert CN=admin, O=system:masters)
@@ -76,7 +76,7 @@ if [[ ! -f "$flagger_crds" ]]; then
     fi
     exit 1
 fi
-rbac="${VEER_RBAC:-$root/manifests/istio/controller/rbac.yaml}"
+rbac="${VEER_RBAC:-$root/manifests/kubernetes/rbac.yaml}"
 [[ -f "$rbac" ]] || { say "RBAC file '$rbac' does not exist"; exit 1; }
 
 started=$SECONDS
@@ -307,8 +307,8 @@ say "CRDs: Istio $ISTIO_API_VERSION, Gateway API $GATEWAY_API_VERSION, Flagger (
 k apply --server-side --force-conflicts -f "$cache/crds/istio/" -f "$cache/crds/gateway-api/" \
     -f "$flagger_crds" >"$dir/logs/crds.log" 2>&1 || fail "installing the CRDs failed" crds
 say "RBAC: namespace veer-system, ServiceAccount veer-controller, $rbac"
-k apply --server-side -f "$root/manifests/istio/controller/namespace.yaml" \
-    -f "$root/manifests/istio/controller/serviceaccount.yaml" -f "$rbac" \
+k apply --server-side -f "$root/manifests/kubernetes/namespace.yaml" \
+    -f "$root/manifests/kubernetes/serviceaccount.yaml" -f "$rbac" \
     >"$dir/logs/rbac.log" 2>&1 || fail "installing the RBAC manifests failed" rbac
 
 say "waiting for kube-controller-manager, kube-scheduler, Node kwok-node-0, the CRDs"

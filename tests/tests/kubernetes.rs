@@ -682,7 +682,7 @@ fn a_verb_missing_from_the_cluster_role_fails_with_a_clear_error() {
         Instant::now(),
     );
     let cluster = KubeCluster::up().unwrap();
-    let role_file = veer_e2e::workspace_root().join("manifests/istio/controller/rbac.yaml");
+    let role_file = veer_e2e::workspace_root().join("manifests/kubernetes/rbac.yaml");
     let role = std::fs::read_to_string(&role_file).unwrap();
     let rule = "resources: [\"canaries/status\"]\n    verbs: [\"get\", \"patch\"]";
     assert!(
