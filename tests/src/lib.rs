@@ -8,6 +8,7 @@ pub mod demo;
 pub mod envoy;
 pub mod http_server;
 pub mod kube;
+pub mod kube_release;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
