@@ -14,10 +14,10 @@
 //! The tests run one at a time, like the full-loop tests: each brings up its own control
 //! plane and runs ~8 processes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use veer_e2e::backend::Fault;
+use veer_e2e::kube::KubeCluster;
 use veer_e2e::kube_release::*;
 use veer_e2e::process::poll_until;
 
