@@ -115,7 +115,7 @@ async fn start(
 
 fn status(runner: &Runner, key: &str) -> Value {
     let (ns, name) = key.split_once('/').unwrap();
-    runner.get(ns, name).unwrap_or(Value::Null)
+    runner.get(ns, name).unwrap().unwrap_or(Value::Null)
 }
 
 fn command(runner: &Runner, key: &str, cmd: Command) -> Result<Value, CommandError> {

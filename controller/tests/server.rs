@@ -27,12 +27,14 @@ struct FakeRunner {
 }
 
 impl CanaryControl for FakeRunner {
-    fn list(&self) -> Value {
-        json!([{"name": "test/podinfo", "phase": "Progressing", "weight": 10}, {"name": "test/busy"}])
+    fn list(&self) -> Result<Value, CommandError> {
+        Ok(
+            json!([{"name": "test/podinfo", "phase": "Progressing", "weight": 10}, {"name": "test/busy"}]),
+        )
     }
-    fn get(&self, ns: &str, name: &str) -> Option<Value> {
-        (ns == "test" && name == "podinfo")
-            .then(|| json!({"name": "test/podinfo", "phase": "Progressing", "weight": 10}))
+    fn get(&self, ns: &str, name: &str) -> Result<Option<Value>, CommandError> {
+        Ok((ns == "test" && name == "podinfo")
+            .then(|| json!({"name": "test/podinfo", "phase": "Progressing", "weight": 10})))
     }
     fn command(&self, ns: &str, name: &str, cmd: Command) -> Result<Value, CommandError> {
         match (ns, name) {

@@ -363,4 +363,3 @@ pub fn assert_initialized(cluster: &KubeCluster, stack: &Stack) -> Value {
     stack.wait_gateway_applied(Duration::from_secs(20)).unwrap();
     status
 }
-

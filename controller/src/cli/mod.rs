@@ -25,11 +25,13 @@ use serde_json::Value;
 use crate::checks::prometheus::{MetricsSet, PrometheusClient};
 use crate::cli::explain::{explain, ExplainOptions};
 use crate::platform::kubernetes::cluster::Scope;
+use crate::platform::kubernetes::leader::LeaseTimings;
 use crate::platform::kubernetes::{KubeMode, KubeOptions};
 use crate::platform::local::{load_state_file, log_problems, LocalPlatform, SpecDir};
 use crate::render::{render, render_all, RenderOptions};
 use crate::runner::{Runner, RunnerConfig};
 use crate::serve::api::{self, ServerState};
+use crate::serve::table_hub::TableHub;
 use crate::spec::{self, MetricSource, SpecSet};
 
 /// The controller's default API address, for the client commands.
@@ -126,8 +128,8 @@ pub struct ControllerArgs {
     /// `team=shop`).
     #[arg(long, value_name = "SELECTOR", requires = "kubernetes")]
     pub selector: Option<String>,
-    /// Kubernetes mode: namespace of the Lease that keeps the routing table's generation
-    /// (the controller's own namespace).
+    /// Kubernetes mode: namespace of the leader Lease and of the ConfigMap that holds the
+    /// routing table (the controller's own namespace).
     #[arg(
         long,
         value_name = "NS",
@@ -135,6 +137,19 @@ pub struct ControllerArgs {
         default_value = "veer-system"
     )]
     pub lease_namespace: String,
+    /// Kubernetes mode: run as one of several replicas. The holder of the Lease
+    /// `veer-leader-election` runs the canaries; every replica serves the routing table.
+    #[arg(long, requires = "kubernetes")]
+    pub leader_election: bool,
+    /// How long followers wait, from the last renewal they saw, before taking the Lease.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub leader_election_lease_duration: Duration,
+    /// How long the leader keeps acting without renewing the Lease (below the lease duration).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_election_renew_deadline: Duration,
+    /// How often candidates try to take the Lease and the leader renews it.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub leader_election_retry_period: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -421,18 +436,34 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
                 .unwrap_or_else(|_| "veer".into()),
             load: args.spec.load_options(),
         };
-        let mode = KubeMode::start(options, config, &mut registry)
+        let election = args.leader_election.then_some(LeaseTimings {
+            lease_duration: args.leader_election_lease_duration,
+            renew_deadline: args.leader_election_renew_deadline,
+            retry_period: args.leader_election_retry_period,
+        });
+        let mut mode = KubeMode::start(options, config, election)
             .await
             .map_err(fail)?;
-        let server = ApiServer::start(listener, mode.runner.clone(), registry, token);
+        let server = ApiServer::start(listener, mode.hub(), mode.control(), registry, token);
         tracing::info!(%listen, metrics_set = %args.metrics_set, "veer controller running (Kubernetes mode)");
         let mut signals = Signals::new()?;
-        while signals.next().await != Signal::Stop {}
+        let ended = loop {
+            tokio::select! {
+                signal = signals.next() => if signal == Signal::Stop { break None },
+                why = mode.ended() => break Some(why),
+            }
+        };
         server.stop();
         mode.shutdown().await;
         server.join().await;
-        tracing::info!("stopped");
-        return Ok(());
+        return match ended {
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            // As Flagger does: exit, and let the pod restart as a follower.
+            Some(why) => Err(fail(format!("{why}: exiting"))),
+        };
     }
 
     let (Some(dir), Some(state_file)) = (args.canaries.clone(), args.state.clone()) else {
@@ -469,7 +500,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), CliError> {
     let runner = Runner::start(config, platform, restored, set.canaries, &mut registry)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let server = ApiServer::start(listener, runner.clone(), registry, token);
+    let server = ApiServer::start(listener, runner.hub(), runner.clone(), registry, token);
     tracing::info!(
         %listen,
         canaries = loaded,
@@ -524,12 +555,11 @@ struct ApiServer {
 impl ApiServer {
     fn start(
         listener: tokio::net::TcpListener,
-        runner: Arc<Runner>,
+        hub: Arc<TableHub>,
+        control: Arc<dyn api::CanaryControl>,
         registry: prometheus_client::registry::Registry,
         token: Option<String>,
     ) -> ApiServer {
-        let hub = runner.hub();
-        let control: Arc<dyn api::CanaryControl> = runner;
         let app = api::router(ServerState::new(hub.clone(), control, registry, token));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server_stop = {

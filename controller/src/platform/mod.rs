@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::engine::{Action, CanaryState, PassKind};
+use crate::serve::table_hub::PublishedTable;
 use crate::spec::CanarySpec;
 
 /// A boxed future, so that [`Platform`] can be a trait object.
@@ -36,6 +37,8 @@ pub struct CommittedCanary {
 /// is served as.
 pub struct Commit<'a> {
     pub generation: u64,
+    /// The new table, when this commit publishes one (`None`: the served table stays).
+    pub table: Option<&'a PublishedTable>,
     pub canaries: &'a BTreeMap<String, CommittedCanary>,
     pub orphans: &'a BTreeMap<String, CanaryState>,
 }
@@ -78,6 +81,12 @@ pub trait Platform: Send + Sync + 'static {
         state: &'a CanaryState,
         action: &'a Action,
     ) -> BoxFuture<'a, ()>;
+
+    /// Whether this process may act on the world now (call webhooks, write): `Err` says
+    /// why not (Kubernetes mode: another replica leads).
+    fn may_act(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// How long the runner waits before planning again after [`Gate::Wait`].
     fn gate_retry(&self) -> std::time::Duration {

@@ -41,7 +41,7 @@ use crate::engine::{
 use crate::platform::{Commit, CommittedCanary, Gate, Platform};
 use crate::serve::api::{CanaryControl, Command, CommandError};
 use crate::serve::observe::{CanaryGauges, GaugeSource, PassOutcome, RunnerMetrics};
-use crate::serve::table_hub::TableHub;
+use crate::serve::table_hub::{PublishedTable, TableHub};
 use crate::spec::{CanarySpec, MetricSource, Severity, SpecSet};
 
 /// How long shutdown waits for canary tasks to leave their pass before aborting them.
@@ -234,22 +234,23 @@ impl Committer {
             .map(|(key, s)| (key.clone(), s.canary.clone()))
             .collect();
         let platform = &self.shared.platform;
-        let save = |generation: u64| {
+        let save = |generation: u64, table: Option<&PublishedTable>| {
             platform.save(&Commit {
                 generation,
+                table,
                 canaries: &canaries,
                 orphans: &orphans,
             })
         };
         let routes: Vec<Route> = staged.values().map(|s| (*s.route).clone()).collect();
         let mut saved = false;
-        let published = self.shared.hub.publish_checked(routes, |generation| {
-            save(generation)?;
+        let published = self.shared.hub.publish_checked(routes, |table| {
+            save(table.table().generation, Some(table))?;
             saved = true;
             Ok::<(), String>(())
         });
         let result = match published {
-            Ok(generation) if !saved => save(generation).map(|()| generation),
+            Ok(generation) if !saved => save(generation, None).map(|()| generation),
             other => other.map_err(|e| e.to_string()),
         };
         let generation = match result {
@@ -433,8 +434,22 @@ impl Runner {
         specs: Vec<CanarySpec>,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Arc<Runner>, StartError> {
+        let hub = Arc::new(TableHub::new(restored.table_generation));
+        Runner::start_on(hub, config, platform, restored, specs, registry).await
+    }
+
+    /// As [`start`](Runner::start), publishing on `hub`, which may already serve a table
+    /// (a follower that became the leader keeps serving what it served, and the first table
+    /// it publishes is above it).
+    pub async fn start_on(
+        hub: Arc<TableHub>,
+        config: RunnerConfig,
+        platform: Arc<dyn Platform>,
+        restored: Restored,
+        specs: Vec<CanarySpec>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Arc<Runner>, StartError> {
         let saved = restored;
-        let hub = Arc::new(TableHub::new(saved.table_generation));
         let shared = Arc::new(Shared {
             hub,
             book: Mutex::new(BTreeMap::new()),
@@ -758,6 +773,19 @@ impl Runner {
     async fn rollback_hooks(&self, spec: &CanarySpec, identity: &CanaryIdentity) -> StepResult {
         let mut checks = Vec::new();
         for hook in spec.hooks(HookType::Rollback) {
+            if let Err(e) = self.shared.platform.may_act() {
+                return StepResult {
+                    step: PassStep::RollbackHooks,
+                    ok: true,
+                    checks: vec![CheckResult {
+                        name: hook.name.clone(),
+                        kind: CheckKind::Hook(HookType::Rollback),
+                        passed: true,
+                        value: None,
+                        message: e,
+                    }],
+                };
+            }
             let payload = identity.payload(hook.metadata.clone());
             let answer = self.caller.call(&hook, &payload).await;
             let rollback = answer.is_ok();
@@ -800,6 +828,20 @@ impl Runner {
         identity: &CanaryIdentity,
     ) -> StepResult {
         let hooks = spec.hooks(hook_type);
+        // A replica that may not act (it lost the leadership) calls no webhook.
+        if let (Err(e), Some(first)) = (self.shared.platform.may_act(), hooks.first()) {
+            return StepResult {
+                step: PassStep::Hooks(hook_type),
+                ok: false,
+                checks: vec![CheckResult {
+                    name: first.name.clone(),
+                    kind: CheckKind::Hook(hook_type),
+                    passed: false,
+                    value: None,
+                    message: e,
+                }],
+            };
+        }
         let outcome = self.caller.run_in_order(hook_type, &hooks, identity).await;
         let failed_at = outcome.as_ref().err().map(|f| f.index);
         let checks = hooks
@@ -1130,14 +1172,14 @@ fn command(
 }
 
 impl CanaryControl for Runner {
-    fn list(&self) -> Value {
+    fn list(&self) -> Result<Value, CommandError> {
         let gateways = self.live_gateways();
         let book = lock(&self.shared.book);
         let canaries: Vec<Value> = book
             .iter()
             .map(|(key, e)| self.status(key, e, &gateways, false))
             .collect();
-        json!({
+        Ok(json!({
             "tableGeneration": self.shared.hub.generation(),
             "gateways": gateways.iter().map(|(id, seen)| json!({
                 "id": id,
@@ -1145,11 +1187,11 @@ impl CanaryControl for Runner {
                 "lastSeen": humantime::format_rfc3339_millis(seen.last_seen).to_string(),
             })).collect::<Vec<_>>(),
             "canaries": canaries,
-        })
+        }))
     }
 
-    fn get(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.get_by_key(&Runner::key_of(namespace, name))
+    fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, CommandError> {
+        Ok(self.get_by_key(&Runner::key_of(namespace, name)))
     }
 
     fn command(&self, namespace: &str, name: &str, cmd: Command) -> Result<Value, CommandError> {

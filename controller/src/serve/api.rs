@@ -75,10 +75,11 @@ impl CommandError {
 /// What the server needs from the canary runner. Calls are short and synchronous: the
 /// runner answers from its in-memory state and queues commands for its analysis loop.
 pub trait CanaryControl: Send + Sync + 'static {
-    /// All canaries, as the JSON `GET /v1/canaries` returns.
-    fn list(&self) -> serde_json::Value;
+    /// All canaries, as the JSON `GET /v1/canaries` returns; `Err` when this replica
+    /// cannot answer (a follower: the leader runs the canaries).
+    fn list(&self) -> Result<serde_json::Value, CommandError>;
     /// One canary, or `None` if there is none by that name.
-    fn get(&self, namespace: &str, name: &str) -> Option<serde_json::Value>;
+    fn get(&self, namespace: &str, name: &str) -> Result<Option<serde_json::Value>, CommandError>;
     /// Applies a manual command; the JSON is the answer body.
     fn command(
         &self,
@@ -329,7 +330,10 @@ async fn get_table(
 }
 
 async fn list_canaries(State(state): State<ServerState>) -> Response {
-    Json(state.control.list()).into_response()
+    match state.control.list() {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error_response(e.status(), e.to_string()),
+    }
 }
 
 async fn get_canary(
@@ -337,8 +341,9 @@ async fn get_canary(
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
     match state.control.get(&ns, &name) {
-        Some(canary) => Json(canary).into_response(),
-        None => error_response(StatusCode::NOT_FOUND, format!("no canary {ns}/{name}")),
+        Ok(Some(canary)) => Json(canary).into_response(),
+        Ok(None) => error_response(StatusCode::NOT_FOUND, format!("no canary {ns}/{name}")),
+        Err(e) => error_response(e.status(), e.to_string()),
     }
 }
 
@@ -486,11 +491,11 @@ mod tests {
     struct NoCanaries;
 
     impl CanaryControl for NoCanaries {
-        fn list(&self) -> serde_json::Value {
-            json!([])
+        fn list(&self) -> Result<serde_json::Value, CommandError> {
+            Ok(json!([]))
         }
-        fn get(&self, _: &str, _: &str) -> Option<serde_json::Value> {
-            None
+        fn get(&self, _: &str, _: &str) -> Result<Option<serde_json::Value>, CommandError> {
+            Ok(None)
         }
         fn command(
             &self,

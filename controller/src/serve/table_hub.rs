@@ -152,13 +152,13 @@ impl TableHub {
         }
     }
 
-    /// As [`publish`](TableHub::publish), but encodes the table and calls
-    /// `persist(new_generation)` before serving it, when the generation changes; only if
-    /// both succeed is the new table served. On error the served table stays as it was.
+    /// As [`publish`](TableHub::publish), but encodes the table and calls `persist` with it
+    /// before serving it, when the generation changes; only if both succeed is the new table
+    /// served. On error the served table stays as it was.
     pub fn publish_checked<E>(
         &self,
         routes: Vec<Route>,
-        persist: impl FnOnce(u64) -> Result<(), E>,
+        persist: impl FnOnce(&PublishedTable) -> Result<(), E>,
     ) -> Result<u64, PublishError<E>> {
         let _serialized = lock(&self.publish_lock);
         let current = self.served.borrow().clone();
@@ -170,11 +170,27 @@ impl TableHub {
         let generation = current.generation() + 1;
         let published = PublishedTable::encode(RoutingTable { generation, routes })
             .map_err(PublishError::Encode)?;
-        persist(generation).map_err(PublishError::Persist)?;
+        persist(&published).map_err(PublishError::Persist)?;
         let published = Arc::new(published);
         self.served
             .send_modify(|served| served.published = Some(published));
         Ok(generation)
+    }
+
+    /// Serves `table` exactly as another replica published it (generation included), if
+    /// its generation is above the served one; returns whether it was taken. A replica
+    /// that follows the leader serves what the leader persisted, so the same generation
+    /// is the same table whichever replica answers.
+    pub fn adopt(&self, table: RoutingTable) -> Result<bool, TableEncodeError> {
+        let _serialized = lock(&self.publish_lock);
+        let served = self.generation();
+        if table.generation < served || (table.generation == served && self.is_ready()) {
+            return Ok(false);
+        }
+        let published = Arc::new(PublishedTable::encode(table)?);
+        self.served
+            .send_modify(|served| served.published = Some(published));
+        Ok(true)
     }
 
     /// The served table (generation and routes). Before the first publish this is the
@@ -302,10 +318,29 @@ mod tests {
     }
 
     #[test]
+    fn adopt_serves_another_replicas_table_only_when_newer() {
+        let hub = TableHub::new(0);
+        let table = |generation, weight| RoutingTable {
+            generation,
+            routes: vec![route("a/b", weight)],
+        };
+        assert!(hub.adopt(table(7, 100)).unwrap());
+        assert_eq!(hub.current().generation, 7);
+        // Older or the same generation: kept as it is, whatever the routes say.
+        assert!(!hub.adopt(table(6, 900)).unwrap());
+        assert!(!hub.adopt(table(7, 900)).unwrap());
+        assert_eq!(hub.current().routes[0].weight, 100);
+        assert!(hub.adopt(table(9, 300)).unwrap());
+        // A leader publishing on the same hub continues above the adopted generation.
+        assert_eq!(hub.publish(vec![route("a/b", 400)]), 10);
+    }
+
+    #[test]
     fn failed_persist_serves_nothing_new() {
         let hub = TableHub::new(0);
         hub.publish(vec![route("a/b", 0)]);
-        let err = hub.publish_checked(vec![route("a/b", 500)], |g| {
+        let err = hub.publish_checked(vec![route("a/b", 500)], |p| {
+            let g = p.table().generation;
             Err(format!("disk full at {g}"))
         });
         assert!(
@@ -315,7 +350,8 @@ mod tests {
         assert_eq!(hub.generation(), 1);
         assert_eq!(hub.current().routes[0].weight, 0);
         let mut persisted = None;
-        let ok = hub.publish_checked(vec![route("a/b", 500)], |g| {
+        let ok = hub.publish_checked(vec![route("a/b", 500)], |p| {
+            let g = p.table().generation;
             persisted = Some(g);
             Ok::<(), String>(())
         });

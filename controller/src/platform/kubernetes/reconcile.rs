@@ -96,6 +96,10 @@ impl Reconciler {
     }
 
     async fn reconcile_all(&mut self) {
+        // A replica that lost the leadership changes nothing (it exits shortly).
+        if !self.platform.leadership.holds() {
+            return;
+        }
         let templates: Vec<(PathBuf, String)> = self
             .cluster
             .templates
