@@ -77,6 +77,10 @@ pub struct ControllerSpec {
     pub listen: SocketAddr,
     /// `--metrics-set`: istio, veer or envoy.
     pub metrics_set: String,
+    /// More arguments (e.g. `--leader-election` and its timings).
+    pub extra_args: Vec<String>,
+    /// `POD_NAME`: names the replica in its events and its leader Lease identity.
+    pub instance: Option<String>,
 }
 
 /// A running controller; it can be killed (`kill -9`) and started again on the same port.
@@ -126,9 +130,13 @@ impl Controller {
             .args(["--listen", &self.spec.listen.to_string()])
             .args(["--metrics-set", &self.spec.metrics_set])
             .arg(format!("--min-interval={}ms", MIN_INTERVAL.as_millis()))
+            .args(&self.spec.extra_args)
             .env("RUST_LOG", "info")
             // The log is read by people after a failure; no colour codes in it.
             .env("NO_COLOR", "1");
+        if let Some(instance) = &self.spec.instance {
+            cmd.env("POD_NAME", instance);
+        }
         let mut process = ChildProcess::spawn("veer-controller", cmd, &self.log_path)?;
         self.starts += 1;
         let api = self.spec.listen;
@@ -151,6 +159,45 @@ impl Controller {
         .map_err(|e| format!("{e}\n--- controller log ---\n{}", process.log_tail(30)))?;
         self.process = Some(process);
         Ok(())
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`, `TERM`) with kill(1).
+    pub fn signal(&self, signal: &str) -> Result<(), String> {
+        let pid = self.pid().ok_or("the controller was never started")?;
+        let out = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .output()
+            .map_err(|e| format!("kill -{signal} {pid}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "kill -{signal} {pid}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Waits until the process has exited, returning how it ended.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<String, String> {
+        let process = self
+            .process
+            .as_mut()
+            .ok_or("the controller was never started")?;
+        poll_until(
+            "the controller to exit",
+            timeout,
+            Duration::from_millis(20),
+            || match process.try_exit() {
+                Some(status) => Ok(status.to_string()),
+                None => Err("still running".into()),
+            },
+        )
+    }
+
+    /// The instance name (`POD_NAME`) it runs as.
+    pub fn instance(&self) -> Option<&str> {
+        self.spec.instance.as_deref()
     }
 
     /// SIGKILL, as `kill -9`: nothing is flushed, nothing is handed over.

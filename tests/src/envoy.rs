@@ -122,6 +122,8 @@ pub struct GatewaySpec {
     pub canary: SocketAddr,
     /// The controller (or stub); a closed port when absent.
     pub controller: Option<SocketAddr>,
+    /// More controller replicas behind the same cluster (round robin, as a Service).
+    pub more_controllers: Vec<SocketAddr>,
     pub node_id: String,
     /// Extra environment for the Envoy process (e.g. `VEER_COOKIE_KEYS`).
     pub env: Vec<(String, String)>,
@@ -135,6 +137,7 @@ impl GatewaySpec {
             primary,
             canary,
             controller: None,
+            more_controllers: Vec::new(),
             node_id: "veer-e2e-gateway".into(),
             env: Vec::new(),
             concurrency: 2,
@@ -146,7 +149,7 @@ impl GatewaySpec {
         let wasm = filter_wasm()?;
         // Port 1 on loopback is closed: a gateway without a controller gets connection refused.
         let controller_port = self.controller.map_or(1, |a| a.port());
-        render(
+        let bootstrap = render(
             &gateway_template()?,
             &[
                 ("ADMIN_PORT", "0".into()),
@@ -162,7 +165,25 @@ impl GatewaySpec {
                     serde_json::Value::String(self.plugin_config.clone()).to_string(),
                 ),
             ],
-        )
+        )?;
+        // The template has one controller endpoint; replicas are more endpoints of it.
+        let endpoint = |port: u16| {
+            format!("        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}")
+        };
+        let first = endpoint(controller_port);
+        if self.more_controllers.is_empty() {
+            return Ok(bootstrap);
+        }
+        if bootstrap.matches(&first).count() != 1 {
+            return Err(format!(
+                "the gateway template's controller endpoint is not the one line {first:?}"
+            ));
+        }
+        let all: Vec<String> = std::iter::once(controller_port)
+            .chain(self.more_controllers.iter().map(SocketAddr::port))
+            .map(endpoint)
+            .collect();
+        Ok(bootstrap.replace(&first, &all.join("\n")))
     }
 }
 

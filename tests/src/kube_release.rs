@@ -284,6 +284,8 @@ pub fn controller_alone(cluster: &KubeCluster, name: &str) -> crate::controller:
             prometheus_url: "http://127.0.0.1:9".into(),
             listen,
             metrics_set: "veer".into(),
+            extra_args: Vec::new(),
+            instance: None,
         },
     )
     .unwrap()

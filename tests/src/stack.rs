@@ -38,6 +38,11 @@ pub struct StackSpec {
     /// Run the controller in Kubernetes mode with this kubeconfig. The test then applies
     /// the Canary to the cluster itself ([`Stack::canary_yaml`] has it rendered).
     pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: this many controller replicas with `--leader-election` and
+    /// [`StackSpec::controller_args`], all behind the gateway's controller cluster.
+    pub replicas: usize,
+    /// More controller arguments, for every replica.
+    pub controller_args: Vec<String>,
 }
 
 impl StackSpec {
@@ -52,6 +57,8 @@ impl StackSpec {
             concurrency: 2,
             poll_ms: 200,
             kubeconfig: None,
+            replicas: 1,
+            controller_args: Vec::new(),
         }
     }
 }
@@ -61,6 +68,8 @@ pub struct Stack {
     pub status_log: StatusLog,
     pub table_log: TableLog,
     pub controller: Controller,
+    /// The other replicas (Kubernetes mode with leader election).
+    pub replicas: Vec<Controller>,
     pub prometheus: Prometheus,
     pub gateway: Envoy,
     pub webhooks: WebhookReceiver,
@@ -90,6 +99,9 @@ impl Stack {
         // The gateway's bootstrap names the controller's port, so it is picked first; a
         // restarted controller binds it again.
         let controller_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let replica_addrs: Vec<SocketAddr> = (1..spec.replicas)
+            .map(|_| free_port().map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
+            .collect::<Result<_, _>>()?;
 
         let plugin_config = serde_json::json!({
             "decisionHeader": true,
@@ -101,6 +113,7 @@ impl Stack {
         });
         let mut gateway_spec = GatewaySpec::new(&plugin_config, primary.addr(), canary.addr());
         gateway_spec.controller = Some(controller_addr);
+        gateway_spec.more_controllers = replica_addrs.clone();
         gateway_spec.node_id = format!("{}-gateway", spec.name);
         gateway_spec.concurrency = spec.concurrency;
         // Envoy merges histograms into what /stats/prometheus shows only at each stats
@@ -134,17 +147,37 @@ impl Stack {
         if spec.kubeconfig.is_none() {
             std::fs::write(canaries_dir.join("canary.yaml"), &yaml).map_err(|e| e.to_string())?;
         }
-        let controller = Controller::start(
-            &dir,
-            ControllerSpec {
-                canaries_dir,
-                state_file: dir.join("state.json"),
-                kubeconfig: spec.kubeconfig.clone(),
-                prometheus_url: prometheus.url(),
-                listen: controller_addr,
-                metrics_set: "veer".into(),
-            },
-        )?;
+        let replica = |index: usize, listen: SocketAddr| {
+            let mut extra_args = spec.controller_args.clone();
+            if spec.replicas > 1 {
+                extra_args.push("--leader-election".into());
+            }
+            let replica_dir = if index == 0 {
+                dir.clone()
+            } else {
+                dir.join(format!("replica-{index}"))
+            };
+            std::fs::create_dir_all(&replica_dir).map_err(|e| e.to_string())?;
+            Controller::start(
+                &replica_dir,
+                ControllerSpec {
+                    canaries_dir: canaries_dir.clone(),
+                    state_file: dir.join("state.json"),
+                    kubeconfig: spec.kubeconfig.clone(),
+                    prometheus_url: prometheus.url(),
+                    listen,
+                    metrics_set: "veer".into(),
+                    extra_args,
+                    instance: (spec.replicas > 1).then(|| format!("replica-{index}")),
+                },
+            )
+        };
+        let controller = replica(0, controller_addr)?;
+        let replicas = replica_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| replica(i + 1, *addr))
+            .collect::<Result<Vec<_>, _>>()?;
         if spec.kubeconfig.is_none() {
             controller.wait_for_canary(&spec.key)?;
         }
@@ -154,6 +187,7 @@ impl Stack {
             status_log,
             table_log,
             controller,
+            replicas,
             prometheus,
             gateway,
             webhooks,

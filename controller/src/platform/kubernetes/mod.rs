@@ -424,7 +424,7 @@ impl Leading {
         *lock(&replica.control.leading) = Some((runner.clone(), Arc::new(registry)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let reconciler = tokio::spawn(
-            Reconciler::new(cluster, runner.clone(), platform, options.load.clone()).run(stopped),
+            Reconciler::new(cluster, runner.clone(), platform, options.load).run(stopped),
         );
         tracing::info!(
             generation = replica.hub.generation(),
