@@ -273,6 +273,15 @@ pub fn assert_event(events: &[String], text: &str) {
 /// The controller in Kubernetes mode without a gateway or Prometheus, for tests of the
 /// cluster side alone (its Canaries have no metrics to query).
 pub fn controller_alone(cluster: &KubeCluster, name: &str) -> crate::controller::Controller {
+    controller_alone_with(cluster, name, &[])
+}
+
+/// As [`controller_alone`], with more arguments (e.g. `--namespace`).
+pub fn controller_alone_with(
+    cluster: &KubeCluster,
+    name: &str,
+    args: &[&str],
+) -> crate::controller::Controller {
     let dir = crate::process::work_dir(name).unwrap();
     let listen = ([127, 0, 0, 1], crate::ports::free_port().unwrap()).into();
     crate::controller::Controller::start(
@@ -284,7 +293,7 @@ pub fn controller_alone(cluster: &KubeCluster, name: &str) -> crate::controller:
             prometheus_url: "http://127.0.0.1:9".into(),
             listen,
             metrics_set: "veer".into(),
-            extra_args: Vec::new(),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
             instance: None,
         },
     )

@@ -524,3 +524,70 @@ fn a_release_runs_under_flaggers_own_crd() {
     assert_eq!(end["phase"], "Succeeded", "{end}");
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.1.0");
 }
+
+/// `--namespace a --namespace b`: the Canaries of both namespaces are run, those of a third
+/// are not touched. (Each namespace has its own watch and store: one store fed by two
+/// watches would lose one namespace's objects whenever the other's watch lists.)
+#[test]
+fn a_controller_scoped_to_two_namespaces_runs_both_and_no_other() {
+    let _serial = one_at_a_time();
+    let _took = Took(
+        "a_controller_scoped_to_two_namespaces_runs_both_and_no_other",
+        Instant::now(),
+    );
+    let cluster = KubeCluster::up().unwrap();
+    let in_namespace = |yaml: &str, ns: &str| {
+        yaml.replace(&format!("namespace: {NS}"), &format!("namespace: {ns}"))
+            .replace(
+                &format!("kind: Namespace\nmetadata:\n  name: {NS}"),
+                &format!("kind: Namespace\nmetadata:\n  name: {ns}"),
+            )
+    };
+    for ns in ["team-a", "team-b", "team-c"] {
+        cluster
+            .apply(&in_namespace(&app_yaml("podinfo", "podinfo:6.0.0"), ns))
+            .unwrap();
+        cluster
+            .apply(&in_namespace(&canary_yaml("podinfo", ""), ns))
+            .unwrap();
+    }
+    let _controller = controller_alone_with(
+        &cluster,
+        "k8s-two-namespaces",
+        &["--namespace", "team-a", "--namespace", "team-b"],
+    );
+    for ns in ["team-a", "team-b"] {
+        poll_until(
+            &format!("the Canary in {ns} to be Initialized"),
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || {
+                let c = cluster
+                    .kubectl(&["get", "canary", "podinfo", "-n", ns, "-o", "json"])
+                    .map_err(|e| e.to_string())?;
+                let c: serde_json::Value = serde_json::from_str(&c).unwrap();
+                if c["status"]["phase"] == "Initialized" {
+                    Ok(())
+                } else {
+                    Err(format!("status {}", c["status"]))
+                }
+            },
+        )
+        .unwrap();
+        cluster
+            .kubectl(&["get", "deployment", "podinfo-primary", "-n", ns])
+            .unwrap();
+    }
+    // Out of scope: no status, no primary (both namespaces above were already done, so the
+    // controller has had its chance at this one).
+    let c: serde_json::Value = serde_json::from_str(
+        &cluster
+            .kubectl(&["get", "canary", "podinfo", "-n", "team-c", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(c["status"].is_null(), "team-c was touched: {}", c["status"]);
+    assert!(cluster
+        .kubectl(&["get", "deployment", "podinfo-primary", "-n", "team-c"])
+        .is_err());
+}

@@ -1,5 +1,5 @@
-//! The controller's view of the cluster: one watch (kube-rs reflector) per kind it reads,
-//! each keeping an in-memory store that the reconciler and the readiness gate read without
+//! The controller's view of the cluster: watches (kube-rs reflectors) of each kind it reads,
+//! one per namespace in scope, each keeping an in-memory store that the reconciler and the readiness gate read without
 //! calling the API server. Any change wakes the reconciler.
 
 use std::sync::Arc;
@@ -38,15 +38,48 @@ pub fn metric_template_resource() -> ApiResource {
     )
 }
 
+/// One kind's objects in scope: one reflector store per watch (per namespace with
+/// `--namespace`, else one over all namespaces). Each watch needs its own store: a store
+/// replaces its whole content when its watch (re)lists, so two watches sharing one would
+/// erase each other's objects.
+#[derive(Clone)]
+pub struct Stores<K: kube::Resource + Clone + 'static>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    stores: Vec<Store<K>>,
+}
+
+impl<K: kube::Resource + Clone + 'static> Stores<K>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    /// Every object, across the watches.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        self.stores.iter().flat_map(Store::state).collect()
+    }
+
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.stores.iter().find_map(|store| store.get(key))
+    }
+
+    async fn wait_until_ready(&self) -> Result<(), String> {
+        for store in &self.stores {
+            store.wait_until_ready().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// The stores, filled by the watches.
 #[derive(Clone)]
 pub struct Cluster {
     pub client: Client,
-    pub canaries: Store<DynamicObject>,
-    pub templates: Store<DynamicObject>,
-    pub deployments: Store<Deployment>,
-    pub configmaps: Store<ConfigMap>,
-    pub secrets: Store<Secret>,
+    pub canaries: Stores<DynamicObject>,
+    pub templates: Stores<DynamicObject>,
+    pub deployments: Stores<Deployment>,
+    pub configmaps: Stores<ConfigMap>,
+    pub secrets: Stores<Secret>,
     /// Notified on every change the watches see.
     pub changed: Arc<Notify>,
 }
@@ -64,23 +97,11 @@ impl Cluster {
         let configmaps = watch_typed::<ConfigMap>(&client, scope, &changed);
         let secrets = watch_typed::<Secret>(&client, scope, &changed);
         let ready = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            canaries
-                .wait_until_ready()
-                .await
-                .map_err(|e| e.to_string())?;
-            templates
-                .wait_until_ready()
-                .await
-                .map_err(|e| e.to_string())?;
-            deployments
-                .wait_until_ready()
-                .await
-                .map_err(|e| e.to_string())?;
-            configmaps
-                .wait_until_ready()
-                .await
-                .map_err(|e| e.to_string())?;
-            secrets.wait_until_ready().await.map_err(|e| e.to_string())
+            canaries.wait_until_ready().await?;
+            templates.wait_until_ready().await?;
+            deployments.wait_until_ready().await?;
+            configmaps.wait_until_ready().await?;
+            secrets.wait_until_ready().await
         })
         .await;
         match ready {
@@ -127,7 +148,7 @@ fn streams<K>(
     }
 }
 
-fn watch_typed<K>(client: &Client, scope: &Scope, changed: &Arc<Notify>) -> Store<K>
+fn watch_typed<K>(client: &Client, scope: &Scope, changed: &Arc<Notify>) -> Stores<K>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -137,24 +158,24 @@ where
         + Sync
         + 'static,
 {
-    let writer = reflector::store::Writer::<K>::new(());
-    let reader = writer.as_reader();
     let apis = streams(
         || Api::<K>::all(client.clone()),
         |ns| Api::<K>::namespaced(client.clone(), ns),
         scope,
     );
-    let stream = futures::stream::select_all(apis.into_iter().map(|api| {
-        watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .boxed()
-    }));
-    drive(
-        stream.reflect(writer),
-        changed.clone(),
-        K::kind(&()).to_string(),
-    );
-    reader
+    let stores = apis
+        .into_iter()
+        .map(|api| {
+            let writer = reflector::store::Writer::<K>::new(());
+            let reader = writer.as_reader();
+            let stream = watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .reflect(writer);
+            drive(stream, changed.clone(), K::kind(&()).to_string());
+            reader
+        })
+        .collect();
+    Stores { stores }
 }
 
 fn watch_dynamic(
@@ -163,9 +184,7 @@ fn watch_dynamic(
     resource: &ApiResource,
     selector: Option<String>,
     changed: &Arc<Notify>,
-) -> Store<DynamicObject> {
-    let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
-    let reader = writer.as_reader();
+) -> Stores<DynamicObject> {
     let apis = streams(
         || Api::<DynamicObject>::all_with(client.clone(), resource),
         |ns| Api::<DynamicObject>::namespaced_with(client.clone(), ns, resource),
@@ -175,16 +194,19 @@ fn watch_dynamic(
     if let Some(selector) = &selector {
         config = config.labels(selector);
     }
-    let stream = futures::stream::select_all(
-        apis.into_iter()
-            .map(|api| watcher(api, config.clone()).default_backoff().boxed()),
-    );
-    drive(
-        stream.reflect(writer),
-        changed.clone(),
-        resource.kind.clone(),
-    );
-    reader
+    let stores = apis
+        .into_iter()
+        .map(|api| {
+            let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+            let reader = writer.as_reader();
+            let stream = watcher(api, config.clone())
+                .default_backoff()
+                .reflect(writer);
+            drive(stream, changed.clone(), resource.kind.clone());
+            reader
+        })
+        .collect();
+    Stores { stores }
 }
 
 fn drive<S, T>(stream: S, changed: Arc<Notify>, kind: String)
