@@ -447,16 +447,30 @@ fn plugin_config_reload_keeps_the_live_table_and_users_in_place() {
     let mut spec = GatewaySpec::new(&config(200), primary.addr(), canary.addr());
     spec.controller = Some(stub.addr());
     let dir = work_dir("filter-faults-reload").unwrap();
-    let lds = LdsGateway::new(&dir, &spec);
-    lds.publish(&spec);
-    let envoy = Envoy::start(&dir, &lds.bootstrap, 2, &[]).unwrap();
-    let gw = poll_until(
-        "the LDS listener",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || envoy.gateway_addr(),
-    )
-    .unwrap();
+    // The listener's port is picked free before Envoy binds it; on a busy machine another
+    // process can take it in between, so a bind failure picks a new port (three tries).
+    let mut attempt = 0;
+    let (lds, envoy, gw) = loop {
+        attempt += 1;
+        let lds = LdsGateway::new(&dir, &spec);
+        lds.publish(&spec);
+        let envoy = Envoy::start(&dir, &lds.bootstrap, 2, &[]).unwrap();
+        match poll_until(
+            "the LDS listener",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || envoy.gateway_addr(),
+        ) {
+            Ok(gw) => break (lds, envoy, gw),
+            Err(e) if attempt < 3 && envoy.log().contains("Address already in use") => {
+                eprintln!(
+                    "port {} was taken before Envoy bound it; retrying: {e}",
+                    lds.port
+                );
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     assert_eq!(gw.port(), lds.port);
     wait_generation(gw, 5, Duration::from_secs(10));
     // The log file is flushed every 100 ms.

@@ -206,9 +206,12 @@ impl GenerationSampler {
     }
 }
 
-/// The run from Initialized to Progressing, with sticky users through the gateway; returns
-/// the leader's name.
-fn initialize_and_release(cluster: &KubeCluster, stack: &Stack) -> String {
+/// The Canary applied and Initialized, sticky users through the gateway, then the new
+/// image and the run Progressing; returns the users and the leader's name.
+fn initialize_and_release(
+    cluster: &KubeCluster,
+    stack: &Stack,
+) -> (veer_e2e::users::UserLoad, String) {
     cluster.apply(&stack.canary_yaml).unwrap();
     wait_canary(
         cluster,
@@ -218,6 +221,7 @@ fn initialize_and_release(cluster: &KubeCluster, stack: &Stack) -> String {
         phase_is("Initialized"),
     );
     let leader = wait_holder(cluster, "a leader", |_| true);
+    let load = users(stack);
     set_image(cluster, "podinfo:6.1.0");
     wait_canary(
         cluster,
@@ -226,7 +230,7 @@ fn initialize_and_release(cluster: &KubeCluster, stack: &Stack) -> String {
         Duration::from_secs(30),
         phase_is("Progressing"),
     );
-    leader
+    (load, leader)
 }
 
 fn assert_once_per_run_hooks(stack: &Stack) {
@@ -249,9 +253,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn a_killed_leader_is_replaced_and_the_run_continues() {
     let (_serial, _took, cluster) = begin("a_killed_leader_is_replaced_and_the_run_continues");
     let mut stack = start_replicas(&cluster, "k8s-ha-kill");
-    let load = users(&stack);
     let sampler = GenerationSampler::start(&stack);
-    let mut leader = initialize_and_release(&cluster, &stack);
+    let (load, mut leader) = initialize_and_release(&cluster, &stack);
     let (mut w, _) = wait_weight_above(&cluster, 0.0, Duration::from_secs(30));
     let mut failovers = Vec::new();
     // Weights 10 to 50: each kill comes just after a step, so the next step needs the new
@@ -306,9 +309,8 @@ fn a_killed_leader_is_replaced_and_the_run_continues() {
 fn a_paused_leader_resumes_writes_nothing_and_exits() {
     let (_serial, _took, cluster) = begin("a_paused_leader_resumes_writes_nothing_and_exits");
     let mut stack = start_replicas(&cluster, "k8s-ha-pause");
-    let load = users(&stack);
     let sampler = GenerationSampler::start(&stack);
-    let paused = initialize_and_release(&cluster, &stack);
+    let (load, paused) = initialize_and_release(&cluster, &stack);
     let (w, _) = wait_weight_above(&cluster, 0.0, Duration::from_secs(30));
     replica(&mut stack, &paused).signal("STOP").unwrap();
     let successor = wait_holder(&cluster, "the follower to take the Lease", |h| {
@@ -385,9 +387,8 @@ fn a_paused_leader_resumes_writes_nothing_and_exits() {
 fn a_rolling_restart_of_the_controller_completes_the_run() {
     let (_serial, _took, cluster) = begin("a_rolling_restart_of_the_controller_completes_the_run");
     let mut stack = start_replicas(&cluster, "k8s-ha-rolling");
-    let load = users(&stack);
     let sampler = GenerationSampler::start(&stack);
-    let leader = initialize_and_release(&cluster, &stack);
+    let (load, leader) = initialize_and_release(&cluster, &stack);
     let (w, _) = wait_weight_above(&cluster, 0.0, Duration::from_secs(30));
     for name in [other(&leader), leader.as_str()] {
         let stopping = Instant::now();
