@@ -27,49 +27,30 @@ use veer_e2e::stack::{Stack, StackSpec};
 const LEASE: &str = "veer-leader-election";
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 
-/// A Canary of six 10% steps every 2s, with the once-per-run webhooks (pre-rollout and
-/// post-rollout) and a rollout webhook at the receiver.
+/// The release Canary of the Kubernetes tests ([`canary_yaml`]) with six 10% steps every 2s,
+/// a longer progress deadline and threshold (a takeover costs a few seconds), and the
+/// once-per-run webhooks (pre-rollout and post-rollout) at the receiver.
 fn ha_canary() -> String {
-    format!(
-        r#"apiVersion: flagger.app/v1beta1
-kind: Canary
-metadata:
-  name: podinfo
-  namespace: {NS}
-spec:
-  targetRef:
-    apiVersion: apps/v1
-    kind: Deployment
-    name: podinfo
-  progressDeadlineSeconds: 60
-  service:
-    port: 9898
-    hosts:
-      - app.example.com
-    gateways:
-      - public-gateway.istio-system.svc.cluster.local
-  analysis:
-    interval: 2s
-    threshold: 3
-    maxWeight: 60
-    stepWeight: 10
-    sessionAffinity:
-      cookieName: flagger-cookie
-      maxAge: 3600
-    metrics:
-      - name: request-success-rate
-        interval: 10s
-        thresholdRange:
-          min: 99
-    webhooks:
+    let webhooks = "    webhooks:
       - name: pre
         type: pre-rollout
-        url: ${{WEBHOOK_URL}}/pre
+        url: ${WEBHOOK_URL}/pre
       - name: post
         type: post-rollout
-        url: ${{WEBHOOK_URL}}/post
-"#
-    )
+        url: ${WEBHOOK_URL}/post
+";
+    let yaml = canary_yaml("podinfo", webhooks);
+    let mut out = yaml.clone();
+    for (from, to) in [
+        ("progressDeadlineSeconds: 20", "progressDeadlineSeconds: 60"),
+        ("interval: 3s", "interval: 2s"),
+        ("threshold: 2", "threshold: 3"),
+        ("stepWeight: 20", "stepWeight: 10"),
+    ] {
+        assert_eq!(yaml.matches(from).count(), 1, "canary_yaml changed: {from}");
+        out = out.replace(from, to);
+    }
+    out
 }
 
 fn start_replicas(cluster: &KubeCluster, name: &str) -> Stack {

@@ -163,8 +163,8 @@ impl LeaderElection {
         &self.identity
     }
 
-    /// Tries every retry period until this replica holds the Lease; `leader` names the
-    /// holder each time it changes, for the log.
+    /// Tries every retry period until this replica holds the Lease, logging the holder
+    /// each time it changes.
     pub async fn acquire(&mut self, leadership: &Leadership) {
         let mut last_holder = String::new();
         loop {

@@ -511,8 +511,12 @@ impl KubeMode {
         })?;
         let table_map = Arc::new(TableMap::new(client.clone(), &options.lease_namespace));
         let hub = Arc::new(TableHub::new(0));
-        if let Some(stored) = table_map.read().await? {
-            hub.adopt(stored).map_err(|e| e.to_string())?;
+        // A follower serves the stored table at once; a leader reads it as it starts leading
+        // (`Leading::start`), so a sole replica does not read it twice.
+        if election.is_some() {
+            if let Some(stored) = table_map.read().await? {
+                hub.adopt(stored).map_err(|e| e.to_string())?;
+            }
         }
         let identity = replica_identity(&options.instance);
         let control = Arc::new(KubeControl {
