@@ -621,25 +621,25 @@ fn more_bad_plugin_configs_are_rejected_naming_the_field_not_the_key() {
         (
             "empty-key",
             serde_json::json!({ "cookieSigning": { "keys": [""] } }).to_string(),
-            vec!["cookieSigning.keys[0]"],
+            vec!["cookieSigning.keys[0]: key must decode to at least 16 bytes, got 0"],
             vec![],
         ),
         (
             "short-key",
             serde_json::json!({ "cookieSigning": { "keys": [KEY_A, KEY_SHORT] } }).to_string(),
-            vec!["cookieSigning.keys[1]", "at least 16 bytes"],
+            vec!["cookieSigning.keys[1]: key must decode to at least 16 bytes, got 8"],
             vec![],
         ),
         (
             "no-keys",
             serde_json::json!({ "cookieSigning": { "keys": [] } }).to_string(),
-            vec!["cookieSigning"],
+            vec!["cookieSigning: needs keys or keysEnv"],
             vec![],
         ),
         (
             "short-key-from-env",
             serde_json::json!({ "cookieSigning": { "keysEnv": "VEER_COOKIE_KEYS" } }).to_string(),
-            vec!["cookieSigning.keysEnv", "at least 16 bytes"],
+            vec!["cookieSigning.keysEnv[1]: key must decode to at least 16 bytes, got 8"],
             vec![(
                 "VEER_COOKIE_KEYS".to_string(),
                 format!("{KEY_A},{KEY_SHORT}"),
