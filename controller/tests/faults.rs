@@ -28,9 +28,10 @@ use serde_json::{json, Value};
 use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::{Gate, TestServer};
 use support::immutable_dir::ImmutableDir;
-use support::poll_until;
 use support::prometheus::counted_query_route;
 use support::veer::{canaries_dir, write_spec, Controller};
+use support::POLL;
+use veer_testkit::poll_until_async;
 
 const KEY: &str = "test/podinfo";
 
@@ -273,12 +274,18 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
         seen.push(target);
         assert_eq!(st["phase"], "Progressing", "{st}");
         if target < 30 {
-            poll_until("a refused gate call", Duration::from_secs(10), || async {
-                (fakes.traffic_calls.load(Ordering::SeqCst) > calls + 1)
-                    .then_some(())
-                    .ok_or_else(|| "not yet".to_string())
-            })
-            .await;
+            poll_until_async(
+                "a refused gate call",
+                Duration::from_secs(10),
+                POLL,
+                || async {
+                    (fakes.traffic_calls.load(Ordering::SeqCst) > calls + 1)
+                        .then_some(())
+                        .ok_or_else(|| "not yet".to_string())
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         }
         let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
         c = c2;
@@ -348,12 +355,18 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
         st["phase"] == "Succeeded"
     })
     .await;
-    poll_until("the post-rollout hook", Duration::from_secs(10), || async {
-        (!fakes.post_rollout.lock().unwrap().is_empty())
-            .then_some(())
-            .ok_or_else(|| "not called".to_string())
-    })
-    .await;
+    poll_until_async(
+        "the post-rollout hook",
+        Duration::from_secs(10),
+        POLL,
+        || async {
+            (!fakes.post_rollout.lock().unwrap().is_empty())
+                .then_some(())
+                .ok_or_else(|| "not called".to_string())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let promotion_calls = fakes.promotion.calls.load(Ordering::SeqCst);
     let queries = fakes.queries.load(Ordering::SeqCst);
     let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
@@ -481,9 +494,10 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
     };
     let name = fault.name();
     // Passes keep running and keep failing to save: each is counted and retried.
-    poll_until(
+    poll_until_async(
         &format!("{name}: two passes not saved"),
         Duration::from_secs(15),
+        POLL,
         || async {
             let n = not_saved_passes(&c).await - not_saved_before;
             // What the API shows never runs ahead of the file.
@@ -499,7 +513,8 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
             (n >= 2.0).then_some(()).ok_or(format!("{n} not saved"))
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         std::fs::read(&s.state_file).unwrap(),
         file_before,

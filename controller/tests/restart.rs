@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::canary::{canary_yaml, canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::{Gate, TestServer};
-use support::poll_until;
 use support::process::text;
 use support::prometheus::counted_query_route;
 use support::veer::{canaries_dir, run_veer, write_spec, Controller};
+use support::POLL;
+use veer_testkit::poll_until_async;
 
 const KEY: &str = "test/podinfo";
-const POLL: Duration = Duration::from_millis(50);
 
 /// Counts the fake Prometheus' queries and the gate's calls; the gate answers 200 when
 /// open, 503 when closed.
@@ -38,11 +38,12 @@ impl Fakes {
     /// Waits (20 s deadline) until the gate has been called twice more than it had been.
     async fn two_more_gate_calls(&self, what: &str) {
         let since = self.gate.calls.load(Ordering::SeqCst);
-        poll_until(what, Duration::from_secs(20), || async {
+        poll_until_async(what, Duration::from_secs(20), POLL, || async {
             let calls = self.gate.calls.load(Ordering::SeqCst) - since;
             (calls >= 2).then_some(()).ok_or(format!("{calls} calls"))
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -335,19 +336,21 @@ async fn sighup_rescans_and_sigterm_stops_with_a_consistent_state_file() {
     let mut controller = Controller::start(&args, dir.path().join("first.log")).await;
     controller.revision("test/app", "v1").await;
     controller.revision("test/app", "v2").await;
-    poll_until("weight 10", Duration::from_secs(30), || async {
+    poll_until_async("weight 10", Duration::from_secs(30), POLL, || async {
         let s = controller.canary("test/app").await;
         (weight(&s) >= 10)
             .then_some(())
             .ok_or(format!("{} at {}", phase(&s), weight(&s)))
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     write_spec(&canaries, "web.yaml", &plain_canary("web"));
     controller.signal("HUP");
-    poll_until(
+    poll_until_async(
         "test/web loaded after SIGHUP",
         Duration::from_secs(30),
+        POLL,
         || async {
             let table = controller.table().await.unwrap();
             let names: Vec<String> = table["routes"]
@@ -361,7 +364,8 @@ async fn sighup_rescans_and_sigterm_stops_with_a_consistent_state_file() {
                 .ok_or(format!("{names:?}"))
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(phase(&controller.canary("test/web").await), "Initializing");
 
     // Paused, so the weight after the restart is a fixed value, not a race with a pass.

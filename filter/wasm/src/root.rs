@@ -648,7 +648,10 @@ mod tests {
         for bit in 0..64 {
             let set = (0..n).filter(|&i| splitmix64(i) >> bit & 1 == 1).count() as u64;
             // Binomial(n, 1/2): sigma = 50; 5 sigma over 64 bits.
-            assert!(set.abs_diff(n / 2) <= 250, "bit {bit} set {set} times in {n}");
+            assert!(
+                set.abs_diff(n / 2) <= 250,
+                "bit {bit} set {set} times in {n}"
+            );
         }
     }
 }

@@ -140,6 +140,12 @@ fn fresh_seeds_differ_for_different_entropy() {
         }
     }
     let mean = total as f64 / 12_800.0;
-    assert!((mean - 64.0).abs() <= 0.2, "mean {mean} of 128 bits flipped");
-    assert!(fewest >= 32, "one bit of entropy flipped only {fewest} seed bits");
+    assert!(
+        (mean - 64.0).abs() <= 0.2,
+        "mean {mean} of 128 bits flipped"
+    );
+    assert!(
+        fewest >= 32,
+        "one bit of entropy flipped only {fewest} seed bits"
+    );
 }

@@ -288,7 +288,10 @@ fn the_format_oracle_agrees_with_the_vector_and_with_minted_cookies() {
     let vector = b"v1.MDEyMzQ1Njc4OWFiY2RlZg.-gCJV8NMSnvOaRv2YdHSoQ";
     assert_eq!(genuine_seed(&key_a, "test/podinfo", vector), Some(seed));
     let minted = encode_cookie_value("a/b", &[7; 16], Some(&keys(&[KEY_A])));
-    assert_eq!(genuine_seed(&key_a, "a/b", minted.as_bytes()), Some([7; 16]));
+    assert_eq!(
+        genuine_seed(&key_a, "a/b", minted.as_bytes()),
+        Some([7; 16])
+    );
     assert_eq!(genuine_seed(&key_a, "a/c", minted.as_bytes()), None);
     let mut bad = vector.to_vec();
     bad[30] ^= 1;
