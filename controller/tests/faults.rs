@@ -674,9 +674,13 @@ async fn prometheus_stopping_mid_run_fails_checks_then_rolls_back() {
     assert_eq!(failed["primaryRevision"], "v1");
     assert_eq!(failed["failedRevision"], "v2");
     let log = c.log_text();
+    // The rollback's event (engine: roll_back), logged as a warning.
+    let rollback =
+        "Rolling back test/podinfo revision v2: failed checks threshold reached (2 of 2)";
     assert!(
-        log.contains("metric availability") || log.contains("Failed"),
-        "the rollback is logged:\n{log}"
+        log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains(rollback)),
+        "the rollback is logged as {rollback:?}:\n{log}"
     );
     // No crash, and the API still answers.
     c.assert_running();

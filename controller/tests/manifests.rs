@@ -1228,13 +1228,30 @@ fn a_weight_over_10000_in_plugin_config_is_rejected_by_the_filter() {
         "generation": 1,
         "routes": [{ "name": "test/podinfo", "hosts": ["app.example.com"], "weight": 10001 }]
     });
+    // The real filter in real Envoy refuses it, naming the field.
+    let (ok, log) = envoy_validate(&[(doc.origin.clone(), istio_filter_for(&doc))], None);
+    assert!(!ok, "Envoy accepted a weight of 10001:\n{log}");
+    assert_rejection_line(
+        &log,
+        "route \"test/podinfo\": table.routes[0].weight: must be between 0 and 10000 basis points, got 10001",
+    );
+    // The CRD schema accepts any pluginConfig; only the filter's own check catches it, and
+    // the manifest check runs that same check in process.
     let problems = validate_docs(&[doc], &mut CrdSchemas::load());
-    // The CRD schema accepts any pluginConfig; only the filter's own check catches it.
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
         problems[0].contains("rejected by the filter") && problems[0].contains("weight"),
         "{problems:?}"
     );
+}
+
+/// Envoy's log has the filter's rejection line, and it carries `want`.
+fn assert_rejection_line(log: &str, want: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("invalid plugin configuration"))
+        .unwrap_or_else(|| panic!("no rejection line in Envoy's log:\n{log}"));
+    assert!(line.contains(want), "{want:?} not in {line:?}");
 }
 
 #[test]
@@ -1245,6 +1262,10 @@ fn an_unknown_plugin_config_field_in_the_envoyfilter_is_rejected_by_the_filter()
     let mut parsed: Value = serde_json::from_str(cfg.as_str().unwrap()).unwrap();
     parsed["routeHeadr"] = json!("x-typo");
     *cfg = json!(parsed.to_string());
+    // The EnvoyFilter's HTTP filter, as written, with the real filter in real Envoy.
+    let (ok, log) = envoy_validate(&[(doc.origin.clone(), envoyfilter_filter(&doc))], None);
+    assert!(!ok, "Envoy accepted an unknown pluginConfig field:\n{log}");
+    assert_rejection_line(&log, "routeHeadr: unknown field");
     let problems = validate_docs(&[doc], &mut CrdSchemas::load());
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("routeHeadr"), "{problems:?}");
