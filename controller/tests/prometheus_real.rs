@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::http::{HangingServer, TestServer};
-use support::poll_until;
 use support::prometheus::{Exporter, Prometheus};
+use support::POLL;
 use veer_controller::checks::prometheus::{
     builtin_query, BuiltinMetric, MetricError, MetricsSet, PrometheusClient, QueryVars,
     ThresholdRange,
 };
+use veer_testkit::poll_until_async;
 
 /// Per-second rates of one route/variant and where its latencies fall.
 struct Traffic {
@@ -197,16 +198,18 @@ async fn builtin_veer_and_istio_queries_against_real_prometheus() {
         &vars("test", "podinfo"),
     );
     // Ready once the exporter is scraped and the 10s rate window holds two samples.
-    let rate = poll_until(
+    let rate = poll_until_async(
         "the canary success rate in Prometheus",
         Duration::from_secs(40),
+        POLL,
         || {
             let client = client.clone();
             let q = success.clone();
             async move { client.query_value(&q).await.map_err(|e| e.to_string()) }
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let min99 = ThresholdRange {
         min: Some(99.0),
         max: None,
@@ -219,12 +222,13 @@ async fn builtin_veer_and_istio_queries_against_real_prometheus() {
         BuiltinMetric::RequestDuration,
         &vars("test", "podinfo"),
     );
-    let p99 = poll_until("the canary p99", Duration::from_secs(20), || {
+    let p99 = poll_until_async("the canary p99", Duration::from_secs(20), POLL, || {
         let client = client.clone();
         let q = duration.clone();
         async move { client.query_value(&q).await.map_err(|e| e.to_string()) }
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let max500 = ThresholdRange {
         min: None,
         max: Some(500.0),
@@ -560,9 +564,10 @@ async fn builtin_envoy_queries_against_real_envoy_stats() {
     // (every 5s). Ready when the p99 has data and the 10s window holds ten scrapes of
     // canary traffic, so the ratio is measured over a full window.
     let samples_in_window = r#"count_over_time(envoy_cluster_upstream_rq{cluster_name="outbound|9898||podinfo-canary.test.svc.cluster.local", response_code_class="2xx"}[10s])"#;
-    poll_until(
+    poll_until_async(
         "a full window of Envoy canary stats",
         Duration::from_secs(60),
+        POLL,
         || {
             let client = client.clone();
             let d = duration.clone();
@@ -578,7 +583,8 @@ async fn builtin_envoy_queries_against_real_envoy_stats() {
             }
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let rate = client.query_value(&success).await.unwrap();
     let p99 = client.query_value(&duration).await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

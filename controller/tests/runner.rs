@@ -19,14 +19,15 @@ use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use support::canary::quick_canary_yaml;
 use support::http::{Recorder, TestServer};
-use support::poll_until;
 use support::prometheus::one_sample_answer;
+use support::POLL;
 use tokio::sync::Semaphore;
 use veer_controller::checks::prometheus::{MetricsSet, PrometheusClient};
 use veer_controller::platform::local::{load_state_file, LocalPlatform};
 use veer_controller::runner::{Runner, RunnerConfig};
 use veer_controller::serve::api::{CanaryControl, Command, CommandError};
 use veer_controller::spec::{load_texts, LoadOptions, SpecSet};
+use veer_testkit::poll_until_async;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -138,7 +139,7 @@ fn sample(text: &str, prefix: &str) -> f64 {
 }
 
 async fn wait_for(runner: &Runner, key: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    poll_until(what, DEADLINE, || {
+    poll_until_async(what, DEADLINE, POLL, || {
         let s = status(runner, key);
         let ok = pred(&s);
         async move {
@@ -153,6 +154,7 @@ async fn wait_for(runner: &Runner, key: &str, what: &str, pred: impl Fn(&Value) 
         }
     })
     .await
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn read_state(path: &Path) -> Value {
@@ -180,11 +182,12 @@ async fn a_failed_state_write_takes_no_transition_and_the_run_resumes_after() {
     let prefix = "veer_analysis_passes_total{canary=\"test/app\",outcome=\"not_saved\"}";
     let frozen = status(&runner, key);
     let generation = runner.hub().generation();
-    poll_until("two passes not saved", DEADLINE, || {
+    poll_until_async("two passes not saved", DEADLINE, POLL, || {
         let n = sample(&metrics_text(&registry), prefix);
         async move { (n >= 2.0).then_some(()).ok_or(format!("{n}")) }
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let still = status(&runner, key);
     assert_eq!(
         still["weight"], frozen["weight"],
@@ -240,7 +243,7 @@ async fn a_command_during_a_pass_wins_and_the_pass_is_dropped() {
     command(&runner, key, Command::Revision("v1".into())).unwrap();
     command(&runner, key, Command::Revision("v2".into())).unwrap();
     // The pre-rollout pass is now waiting in the hook.
-    poll_until("the pre-rollout hook is called", DEADLINE, || {
+    poll_until_async("the pre-rollout hook is called", DEADLINE, POLL, || {
         let n = fakes
             .calls
             .all()
@@ -249,16 +252,18 @@ async fn a_command_during_a_pass_wins_and_the_pass_is_dropped() {
             .count();
         async move { (n >= 1).then_some(()).ok_or("not yet".to_string()) }
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let rolled_back = command(&runner, key, Command::Rollback).unwrap();
     assert_eq!(rolled_back["phase"], "Failed");
     fakes.release.add_permits(1);
     let prefix = "veer_analysis_passes_total{canary=\"test/app\",outcome=\"stale\"}";
-    poll_until("the pass is dropped as stale", DEADLINE, || {
+    poll_until_async("the pass is dropped as stale", DEADLINE, POLL, || {
         let n = sample(&metrics_text(&registry), prefix);
         async move { (n >= 1.0).then_some(()).ok_or(format!("{n}")) }
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let after = status(&runner, key);
     assert_eq!(after["phase"], "Failed", "{after}");
     assert_eq!(
@@ -317,7 +322,7 @@ async fn a_failing_metric_rolls_back_at_the_threshold_with_flagger_payloads() {
         2.0,
         "{text}"
     );
-    poll_until("post-rollout hook", DEADLINE, || {
+    poll_until_async("post-rollout hook", DEADLINE, POLL, || {
         let n = fakes
             .calls
             .all()
@@ -326,7 +331,8 @@ async fn a_failing_metric_rolls_back_at_the_threshold_with_flagger_payloads() {
             .count();
         async move { (n >= 1).then_some(()).ok_or("not yet".to_string()) }
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let calls = fakes.calls.all();
     let rollout = &calls.iter().find(|(p, _)| p == "rollout").unwrap().1;
     assert_eq!(

@@ -192,13 +192,19 @@ async fn token_from_the_environment_guards_writes_and_keys_never_leak() {
     )
     .await;
     // Let the run publish a few tables with the signed-cookie route.
-    support::poll_until("weight 20", Duration::from_secs(20), || async {
-        let s = c.canary(KEY).await;
-        (s["weight"].as_u64().unwrap() >= 20)
-            .then_some(())
-            .ok_or(format!("{s}"))
-    })
-    .await;
+    veer_testkit::poll_until_async(
+        "weight 20",
+        Duration::from_secs(20),
+        support::POLL,
+        || async {
+            let s = c.canary(KEY).await;
+            (s["weight"].as_u64().unwrap() >= 20)
+                .then_some(())
+                .ok_or(format!("{s}"))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let key_bytes_b64 = &COOKIE_KEY[..20];
     for path in ["/v1/table", "/v1/canaries", "/metrics"] {
         let (_, body) = raw(&c, "GET", path, None).await;

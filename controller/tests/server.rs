@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::poll_until;
+use support::POLL;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use veer_controller::serve::api::{self, CanaryControl, Command, CommandError, ServerState};
 use veer_controller::serve::table_hub::TableHub;
 use veer_core::Route;
+use veer_testkit::poll_until_async;
 
 const TOKEN: &str = "s3cret-token-for-tests";
 
@@ -88,9 +89,10 @@ impl Running {
     /// A long poll is held by the server once the hub has a waiter.
     async fn wait_until_one_poll_waits(&self) {
         let hub = self.hub.clone();
-        poll_until(
+        poll_until_async(
             "the long-poll to be waiting",
             Duration::from_secs(5),
+            POLL,
             || {
                 let hub = hub.clone();
                 async move {
@@ -100,7 +102,8 @@ impl Running {
                 }
             },
         )
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

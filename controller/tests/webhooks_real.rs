@@ -49,7 +49,6 @@ async fn record(
             "load test failed: 12% errors",
         )
             .into_response(),
-        "/huge" => (StatusCode::OK, vec![b'x'; 20 * 1024 * 1024]).into_response(),
         "/huge-fail" => (StatusCode::BAD_REQUEST, vec![b'y'; 20 * 1024 * 1024]).into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
@@ -275,18 +274,139 @@ async fn an_unreachable_hook_is_a_transport_error() {
     assert!(matches!(err, HookError::InvalidUrl { .. }), "{err:?}");
 }
 
+/// How large a body the counting receiver offers: far more than any bound below.
+const HUGE_BODY: usize = 20 * 1024 * 1024;
+/// The receiver's send buffer, set explicitly so the kernel does not grow it (autotuning
+/// could otherwise park megabytes of the body in the receiver's own socket).
+const RECEIVER_SNDBUF: libc::c_int = 32 * 1024;
+
+/// A one-request HTTP receiver on a plain socket: it answers `status_line` with a
+/// `HUGE_BODY`-byte body written in 16 KiB pieces, and returns how many body bytes the kernel
+/// took from it before the client went away, with its send buffer's real size.
+fn counting_receiver(
+    status_line: &'static str,
+) -> (String, std::thread::JoinHandle<(usize, usize)>) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let fd = stream.as_raw_fd();
+        let mut sndbuf = RECEIVER_SNDBUF;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: fd is this stream's open socket; the option values are live c_ints.
+        unsafe {
+            let set = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&sndbuf as *const libc::c_int).cast(),
+                len,
+            );
+            assert_eq!(set, 0, "setsockopt SO_SNDBUF");
+            let got = libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut sndbuf as *mut libc::c_int).cast(),
+                &mut len,
+            );
+            assert_eq!(got, 0, "getsockopt SO_SNDBUF");
+        }
+        // A client that stopped reading but kept the connection would block the writes: the
+        // timeout ends the count then (the bound is checked all the same).
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The request: its head, then Content-Length bytes of payload.
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "the client closed before sending its request");
+            request.extend_from_slice(&buf[..n]);
+            if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while request.len() < head_end + length {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "the client closed inside its request body");
+            request.extend_from_slice(&buf[..n]);
+        }
+        write!(
+            stream,
+            "HTTP/1.1 {status_line}\r\ncontent-type: text/plain\r\ncontent-length: {HUGE_BODY}\r\n\r\n"
+        )
+        .unwrap();
+        let piece = [b'x'; 16 * 1024];
+        let mut sent = 0;
+        while sent < HUGE_BODY {
+            match stream.write(&piece[..piece.len().min(HUGE_BODY - sent)]) {
+                Ok(0) | Err(_) => break, // the client is gone (EPIPE, ECONNRESET) or stalled
+                Ok(n) => sent += n,
+            }
+        }
+        (sent, usize::try_from(sndbuf).unwrap())
+    });
+    (url, handle)
+}
+
+/// The body is read only up to the cap, measured on the wire: the receiver counts the bytes
+/// it could hand to its kernel before the client closed. A client that read everything and
+/// truncated afterwards would take all 20 MiB.
 #[tokio::test]
 async fn huge_bodies_are_read_only_up_to_the_cap() {
-    let (server, _rec) = hook_server().await;
+    use veer_controller::checks::webhooks::MAX_HOOK_RESPONSE_BYTES;
     let caller = WebhookCaller::new().unwrap();
     let payload = canary().payload(BTreeMap::new());
-    caller
-        .call(
-            &hook_at("big", &server.url("/huge"), Duration::from_secs(5)),
-            &payload,
-        )
-        .await
+    // What may leave the receiver's process without the client reading past the cap: the
+    // cap; the client's own read-ahead (hyper reads the socket in pieces of up to its
+    // buffer's limit, 8 KiB + 400 KiB); the client's socket receive buffer, which starts at
+    // tcp_rmem's default and which the kernel grows only while the application drains it
+    // (it stops at the cap), so at most twice that; and the receiver's send buffer as the
+    // kernel reports it. Measured here: 288,256 bytes against a bound of 811,008 (64 KiB
+    // + 408 KiB + 2 x 128 KiB + 64 KiB), where a client that read it all would take 20 MiB.
+    let rmem_default: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
         .unwrap();
+    let hyper_read_ahead = 8 * 1024 + 400 * 1024;
+    for (status_line, passes) in [("200 OK", true), ("400 Bad Request", false)] {
+        let (url, receiver) = counting_receiver(status_line);
+        let answer = caller
+            .call(&hook_at("big", &url, Duration::from_secs(5)), &payload)
+            .await;
+        assert_eq!(answer.is_ok(), passes, "{status_line}: {answer:?}");
+        let (sent, sndbuf) = tokio::task::spawn_blocking(move || receiver.join().unwrap())
+            .await
+            .unwrap();
+        let bound = MAX_HOOK_RESPONSE_BYTES + hyper_read_ahead + 2 * rmem_default + sndbuf;
+        eprintln!(
+            "{status_line}: the receiver sent {sent} body bytes before the client went away \
+             (bound {bound}: cap {MAX_HOOK_RESPONSE_BYTES} + read-ahead {hyper_read_ahead} + \
+             2 x rmem {rmem_default} + sndbuf {sndbuf})"
+        );
+        assert!(
+            sent >= MAX_HOOK_RESPONSE_BYTES,
+            "{status_line}: the client stopped before the cap ({sent} bytes)"
+        );
+        assert!(
+            sent <= bound && bound < HUGE_BODY / 10,
+            "{status_line}: {sent} bytes left the receiver; the client reads at most {bound}"
+        );
+    }
+    // The error of a failing hook quotes only an excerpt of the body.
+    let (server, _rec) = hook_server().await;
     let err = caller
         .call(
             &hook_at("big", &server.url("/huge-fail"), Duration::from_secs(5)),

@@ -256,9 +256,10 @@ async fn the_controller_calls_hooks_with_their_retries_and_disable_tls() {
     let c = Controller::start(&args, dir.path().join("controller.log")).await;
     c.revision("test/app", "v1").await;
     c.revision("test/app", "v2").await;
-    let status = support::poll_until(
+    let status = veer_testkit::poll_until_async(
         "the canary to take its first step",
         Duration::from_secs(30),
+        support::POLL,
         || async {
             let s = c.canary("test/app").await;
             if s["weight"].as_u64().unwrap_or(0) >= 10 {
@@ -268,7 +269,8 @@ async fn the_controller_calls_hooks_with_their_retries_and_disable_tls() {
             }
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status["failedChecks"], 0, "{status}");
     assert_eq!(calls.of("/flaky/1").len(), 2, "one call, two attempts");
     let log = c.log_text();

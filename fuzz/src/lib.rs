@@ -3,10 +3,6 @@
 //! routing-table contract (docs/routing-table.md, "The decision, per request"), so a
 //! target that finds a violation has found a contract bug, not just a panic.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use veer_core::{
     bucket, CompiledRoute, Decision, OwnedRequest, Reason, SigningKeys, Variant, BUCKETS,
     MAX_WEIGHT,
@@ -171,54 +167,14 @@ pub fn request(authority: &str, path: &str, headers: &[(&str, Vec<u8>)]) -> Owne
     req
 }
 
-/// The seed of `value` if it is a cookie for `route` correctly signed with `key` (raw key
-/// bytes), per the documented format: `v1.<seed>.<mac>`, unpadded base64url, MAC =
-/// HMAC-SHA256(key, "veer-affinity-v1\0" ‖ u64le(len(route)) ‖ route ‖ seed)[..16].
-/// Written from the format, not from veer-core's code, to judge its verdicts.
-pub fn genuine_seed(key: &[u8], route: &str, value: &[u8]) -> Option<[u8; 16]> {
-    let rest = value.strip_prefix(b"v1.")?;
-    if rest.len() != 45 || rest[22] != b'.' {
-        return None;
-    }
-    let seed: [u8; 16] = URL_SAFE_NO_PAD.decode(&rest[..22]).ok()?.try_into().ok()?;
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).ok()?;
-    mac.update(b"veer-affinity-v1\0");
-    mac.update(&(route.len() as u64).to_le_bytes());
-    mac.update(route.as_bytes());
-    mac.update(&seed);
-    let tag = mac.finalize().into_bytes();
-    let want = URL_SAFE_NO_PAD.encode(&tag[..16]);
-    (&rest[23..] == want.as_bytes()).then_some(seed)
-}
+/// The independent cookie-format oracle, shared with veer-core's tests, which check it on
+/// every `cargo test` (this crate is outside the root workspace, so its own tests would not
+/// run there).
+#[path = "../../filter/core/tests/behaviour/oracle.rs"]
+mod oracle;
+pub use oracle::genuine_seed;
 
 /// `KEY_A` decoded.
 pub fn key_a_bytes() -> Vec<u8> {
     (1..=32).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use veer_core::encode_cookie_value;
-
-    /// The oracle agrees with veer-core's fixed vector (filter/core/tests/behaviour/vectors.rs)
-    /// and with what veer-core mints, and rejects a one-character change.
-    #[test]
-    fn oracle_matches_the_cookie_format() {
-        let seed = *b"0123456789abcdef";
-        let vector = b"v1.MDEyMzQ1Njc4OWFiY2RlZg.-gCJV8NMSnvOaRv2YdHSoQ";
-        assert_eq!(
-            genuine_seed(&key_a_bytes(), "test/podinfo", vector),
-            Some(seed)
-        );
-        let minted = encode_cookie_value("a/b", &[7; 16], Some(&keys(KEY_A)));
-        assert_eq!(
-            genuine_seed(&key_a_bytes(), "a/b", minted.as_bytes()),
-            Some([7; 16])
-        );
-        assert_eq!(genuine_seed(&key_a_bytes(), "a/c", minted.as_bytes()), None);
-        let mut bad = vector.to_vec();
-        bad[30] ^= 1;
-        assert_eq!(genuine_seed(&key_a_bytes(), "test/podinfo", &bad), None);
-    }
 }

@@ -151,9 +151,13 @@ fn handle(name: &str, counters: &Counters, fault: &Mutex<Fault>, req: &Request) 
     if f.delay_ms > 0 {
         std::thread::sleep(Duration::from_millis(f.delay_ms));
     }
-    // Deterministic spread: percent/100 of consecutive requests fail.
+    // Deterministic and evenly spread: request n fails when floor((n + 1) p / 100) steps
+    // past floor(n p / 100), so any run of N consecutive requests holds p N / 100 failures,
+    // give or take one (a block of failures, e.g. 30 in a row per 100, would make a short
+    // metric window read anywhere from 0% to 60% errors).
     let n = counters.seq.fetch_add(1, Ordering::SeqCst);
-    let failing = f.status != 0 && (n % 100) < u64::from(f.percent);
+    let p = u64::from(f.percent);
+    let failing = f.status != 0 && (n + 1) * p / 100 != n * p / 100;
     let status = if failing { f.status } else { 200 };
     let mut reply = Reply::text(status, name.to_string())
         .with_header("x-backend", name)

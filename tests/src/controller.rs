@@ -7,7 +7,7 @@
 
 use crate::client::HttpClient;
 use crate::process::{poll_until, ChildProcess};
-use crate::workspace_root;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,32 +37,13 @@ pub fn controller_binary() -> Result<PathBuf, String> {
             ))
         };
     }
-    let path = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join("debug/veer");
-    let built = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .map_err(|_| {
-            format!(
-                "the controller is not built: {} is missing. Build it with: {build}",
-                path.display()
-            )
-        })?;
     // As for the filter: an old build would test old code.
-    let root = workspace_root();
-    let newer = ["controller/src", "controller/Cargo.toml", "filter/core/src"]
-        .iter()
-        .filter_map(|p| crate::envoy::newest_mtime(&root.join(p)))
-        .max()
-        .is_some_and(|newest| newest > built);
-    if newer {
-        return Err(format!(
-            "the controller build is older than its sources ({}). Rebuild it with: {build}",
-            path.display()
-        ));
-    }
-    Ok(path)
+    veer_testkit::tools::fresh_build(
+        "the controller",
+        veer_testkit::tools::target_dir().join("debug/veer"),
+        &["controller/src", "controller/Cargo.toml", "filter/core/src"],
+        build,
+    )
 }
 
 /// How to run the controller.

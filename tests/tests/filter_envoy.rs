@@ -14,6 +14,7 @@ use veer_core::{bucket, encode_cookie_value, fresh_seed, SigningKeys};
 use veer_e2e::backend::Backend;
 use veer_e2e::client::{HttpClient, Response};
 use veer_e2e::envoy::{gateway_tools, prometheus_value, Envoy, GatewaySpec};
+use veer_e2e::filter::{decision, generation_seen, live_table, veer_cookie};
 use veer_e2e::process::{poll_until, work_dir};
 use veer_e2e::table_stub::TableStub;
 
@@ -35,27 +36,6 @@ fn backends() -> (Backend, Backend) {
 
 fn variant(r: &Response) -> &str {
     r.header("x-backend").unwrap_or("none")
-}
-
-/// `(route, variant, reason, generation)` from `x-veer-decision`.
-fn decision(r: &Response) -> Option<(String, String, String, u64)> {
-    let v = r.header("x-veer-decision")?;
-    let parts: Vec<&str> = v.split(';').collect();
-    let generation = parts.get(3)?.strip_prefix("g=")?.parse().ok()?;
-    Some((
-        parts.first()?.to_string(),
-        parts.get(1)?.to_string(),
-        parts.get(2)?.to_string(),
-        generation,
-    ))
-}
-
-/// The `name=value` part of the veer cookie in a response, if it set one.
-fn veer_cookie<'a>(r: &'a Response, cookie_name: &str) -> Option<&'a str> {
-    r.headers_named("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with(&format!("{cookie_name}=")))
-        .map(|c| c.split(';').next().unwrap_or(c))
 }
 
 fn share(n: usize, of: usize) -> f64 {
@@ -133,7 +113,12 @@ fn static_table_routes_splits_and_counts_in_envoy() {
     for _ in 0..n {
         let r = client.get("app.example.com", "/", &[]).unwrap();
         assert_eq!(r.status, 200);
-        let (route, v, reason, generation) = decision(&r).expect("decision header");
+        let veer_e2e::filter::Decision {
+            route,
+            variant: v,
+            reason,
+            generation,
+        } = decision(&r).expect("decision header");
         assert_eq!(
             (route.as_str(), reason.as_str(), generation),
             ("test/podinfo", "weight", 7)
@@ -173,7 +158,7 @@ fn static_table_routes_splits_and_counts_in_envoy() {
                 .get("app.example.com", "/", &[("x-canary", value)])
                 .unwrap();
             assert_eq!(variant(&r), want, "x-canary: {value}");
-            assert_eq!(decision(&r).unwrap().2, "override");
+            assert_eq!(decision(&r).unwrap().reason, "override");
         }
     }
 
@@ -187,7 +172,7 @@ fn static_table_routes_splits_and_counts_in_envoy() {
             .get("ab.example.com", "/", &[("x-user-group", "alpha")])
             .unwrap();
         assert_eq!(variant(&r), "primary");
-        assert_eq!(decision(&r).unwrap().2, "unmatched");
+        assert_eq!(decision(&r).unwrap().reason, "unmatched");
         let r = client.get("ab.example.com", "/", &[]).unwrap();
         assert_eq!(variant(&r), "primary");
     }
@@ -322,7 +307,7 @@ fn static_table_routes_splits_and_counts_in_envoy() {
         let first = client
             .get("key.example.com", "/", &[("x-user-id", &user)])
             .unwrap();
-        assert_eq!(decision(&first).unwrap().2, "key");
+        assert_eq!(decision(&first).unwrap().reason, "key");
         for _ in 0..3 {
             let again = client
                 .get("key.example.com", "/", &[("x-user-id", &user)])
@@ -454,7 +439,7 @@ fn static_table_routes_splits_and_counts_in_envoy() {
             .get("cookie.example.com", "/app", &[("cookie", &cookie)])
             .unwrap();
         assert_eq!(variant(&r), first_variant, "cookie keeps the user in place");
-        assert_eq!(decision(&r).unwrap().2, "cookie");
+        assert_eq!(decision(&r).unwrap().reason, "cookie");
         assert!(
             veer_cookie(&r, "veer-cookie").is_none(),
             "valid cookie is not re-issued"
@@ -477,7 +462,7 @@ fn static_table_routes_splits_and_counts_in_envoy() {
         .get("cookie.example.com", "/app", &[("cookie", &honest)])
         .unwrap();
     assert_eq!(
-        (variant(&r), decision(&r).unwrap().2.as_str()),
+        (variant(&r), decision(&r).unwrap().reason.as_str()),
         ("canary", "cookie")
     );
     let mut forged_canary = 0;
@@ -492,7 +477,7 @@ fn static_table_routes_splits_and_counts_in_envoy() {
             .get("cookie.example.com", "/app", &[("cookie", &forged)])
             .unwrap();
         assert_eq!(
-            decision(&r).unwrap().2,
+            decision(&r).unwrap().reason,
             "weight",
             "forged cookie must not be used"
         );
@@ -516,7 +501,7 @@ fn static_table_routes_splits_and_counts_in_envoy() {
     let r = client
         .get("cookie.example.com", "/app", &[("cookie", &tampered)])
         .unwrap();
-    assert_eq!(decision(&r).unwrap().2, "weight");
+    assert_eq!(decision(&r).unwrap().reason, "weight");
     assert!(veer_cookie(&r, "veer-cookie").is_some_and(|c| c != tampered));
 
     let prom = envoy.prometheus().unwrap();
@@ -526,14 +511,6 @@ fn static_table_routes_splits_and_counts_in_envoy() {
         "hostile input is not an error"
     );
     assert_no_crash(&envoy);
-}
-
-/// `x-veer-decision` generation seen on a request through `client`.
-fn generation_seen(client: &mut HttpClient) -> Result<u64, String> {
-    let r = client.get("app.example.com", "/", &[])?;
-    decision(&r)
-        .map(|d| d.3)
-        .ok_or_else(|| format!("no decision header (status {})", r.status))
 }
 
 fn worker_connections(envoy: &Envoy) -> (u64, u64) {
@@ -863,7 +840,11 @@ fn response_metrics_off_counts_requests_only() {
             veer_cookie(&r, "flagger-cookie").is_some(),
             "Set-Cookie still added"
         );
-        assert_eq!(decision(&r).unwrap().3, 3, "decision header still added");
+        assert_eq!(
+            decision(&r).unwrap().generation,
+            3,
+            "decision header still added"
+        );
         if variant(&r) == "canary" {
             canary_hits += 1;
         }
@@ -889,16 +870,6 @@ fn response_metrics_off_counts_requests_only() {
     assert!(!prom.contains("veer_request_duration_ms"), "{prom}");
     assert_eq!(prometheus_value(&prom, "veer_errors_total", &[]), Some(0.0));
     assert_no_crash(&envoy);
-}
-
-fn live_table(generation: u64, weight: u32) -> serde_json::Value {
-    serde_json::json!({
-        "generation": generation,
-        "routes": [{
-            "name": "test/podinfo", "hosts": ["*"], "weight": weight, "revision": "run-1",
-            "sessionAffinity": { "cookieName": "flagger-cookie", "maxAge": 86400 }
-        }]
-    })
 }
 
 /// One Envoy polling a controller stub: propagation, sticky users, single poller, a bad
@@ -957,7 +928,7 @@ fn live_table_propagates_keeps_users_sticky_and_survives_controller_loss() {
         .get("app.example.com", "/", &[("cookie", &old_cookie)])
         .unwrap();
     assert_eq!(
-        decision(&r).unwrap().2,
+        decision(&r).unwrap().reason,
         "cookie",
         "a cookie signed by a verifying key is honoured"
     );
@@ -976,7 +947,8 @@ fn live_table_propagates_keeps_users_sticky_and_survives_controller_loss() {
                 let r = pool[u % 8]
                     .get("app.example.com", "/", &[("cookie", &jar[u])])
                     .unwrap();
-                let (_, v, reason, g) = decision(&r).unwrap();
+                let d = decision(&r).unwrap();
+                let (v, reason, g) = (d.variant, d.reason, d.generation);
                 assert_eq!(
                     (reason.as_str(), g),
                     ("cookie", generation),
@@ -1102,7 +1074,7 @@ fn live_table_propagates_keeps_users_sticky_and_survives_controller_loss() {
     for _ in 0..n {
         let r = client.get("app.example.com", "/", &[]).unwrap();
         assert_eq!(r.status, 200, "request failed while the controller is down");
-        assert_eq!(decision(&r).unwrap().3, 7);
+        assert_eq!(decision(&r).unwrap().generation, 7);
         if variant(&r) == "canary" {
             canary_hits += 1;
         }
@@ -1270,7 +1242,10 @@ fn two_plugins_sharing_a_vm_keep_their_tables_apart() {
         for c in &mut clients {
             for _ in 0..20 {
                 let r = c.get("app.example.com", "/", &[]).unwrap();
-                assert_eq!((variant(&r), decision(&r).unwrap().3), (want, generation));
+                assert_eq!(
+                    (variant(&r), decision(&r).unwrap().generation),
+                    (want, generation)
+                );
             }
         }
     }

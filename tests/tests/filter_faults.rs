@@ -21,49 +21,15 @@ use std::time::{Duration, Instant};
 use veer_e2e::backend::Backend;
 use veer_e2e::client::{HttpClient, Response};
 use veer_e2e::envoy::{gateway_tools, prometheus_value, Envoy, GatewaySpec};
+use veer_e2e::filter::{decision, generation_seen, live_table, veer_cookie};
 use veer_e2e::ports::free_port;
 use veer_e2e::process::{poll_until, work_dir};
 use veer_e2e::table_stub::TableStub;
 
 const CONTROLLER_CLUSTER: &str = "outbound|8080||veer-controller.veer-system.svc.cluster.local";
 
-fn live_table(generation: u64, weight: u32) -> serde_json::Value {
-    serde_json::json!({
-        "generation": generation,
-        "routes": [{
-            "name": "test/podinfo", "hosts": ["*"], "weight": weight, "revision": "run-1",
-            "sessionAffinity": { "cookieName": "flagger-cookie", "maxAge": 86400 }
-        }]
-    })
-}
-
-/// `(variant, reason, generation)` from `x-veer-decision`.
-fn decision(r: &Response) -> Option<(String, String, u64)> {
-    let v = r.header("x-veer-decision")?;
-    let parts: Vec<&str> = v.split(';').collect();
-    Some((
-        parts.get(1)?.to_string(),
-        parts.get(2)?.to_string(),
-        parts.get(3)?.strip_prefix("g=")?.parse().ok()?,
-    ))
-}
-
 fn backend_variant(r: &Response) -> &str {
     r.header("x-backend").unwrap_or("none")
-}
-
-fn veer_cookie(r: &Response) -> Option<String> {
-    r.headers_named("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with("flagger-cookie="))
-        .map(|c| c.split(';').next().unwrap_or(c).to_string())
-}
-
-fn generation_seen(client: &mut HttpClient) -> Result<u64, String> {
-    let r = client.get("app.example.com", "/", &[])?;
-    decision(&r)
-        .map(|d| d.2)
-        .ok_or_else(|| format!("no decision header (HTTP {})", r.status))
 }
 
 fn wait_generation(gw: SocketAddr, want: u64, timeout: Duration) -> Duration {
@@ -89,7 +55,9 @@ fn enroll(gw: SocketAddr, count: usize) -> Vec<(String, String)> {
         .map(|_| {
             let r = client.get("app.example.com", "/", &[]).unwrap();
             assert_eq!(r.status, 200);
-            let cookie = veer_cookie(&r).expect("a first visit gets the affinity cookie");
+            let cookie = veer_cookie(&r, "flagger-cookie")
+                .map(str::to_string)
+                .expect("a first visit gets the affinity cookie");
             (cookie, backend_variant(&r).to_string())
         })
         .collect()
@@ -223,7 +191,8 @@ fn unreachable_controller_keeps_the_last_table_backs_off_and_recovers() {
                 r.status, 200,
                 "a request failed while the controller is away"
             );
-            let (variant, reason, generation) = decision(&r).unwrap();
+            let d = decision(&r).unwrap();
+            let (variant, reason, generation) = (d.variant, d.reason, d.generation);
             assert_eq!(
                 (reason.as_str(), generation),
                 ("cookie", 2),
@@ -301,7 +270,8 @@ fn unreachable_controller_keeps_the_last_table_backs_off_and_recovers() {
         let r = client
             .get("app.example.com", "/", &[("cookie", cookie)])
             .unwrap();
-        let (variant, _, generation) = decision(&r).unwrap();
+        let d = decision(&r).unwrap();
+        let (variant, generation) = (d.variant, d.generation);
         assert_eq!(generation, 3);
         assert!(
             was == "primary" || variant == "canary",
@@ -397,8 +367,10 @@ impl Prober {
                 let r = client
                     .get("app.example.com", "/", &[("cookie", &cookie)])
                     .unwrap();
-                let (variant, reason, generation) =
-                    decision(&r).unwrap_or(("none".into(), "none".into(), 0));
+                let (variant, reason, generation) = decision(&r)
+                    .map_or(("none".into(), "none".into(), 0), |d| {
+                        (d.variant, d.reason, d.generation)
+                    });
                 seen.push((variant, reason, generation, r.status));
             }
             seen
@@ -570,7 +542,7 @@ fn plugin_config_reload_keeps_the_live_table_and_users_in_place() {
         let r = HttpClient::new(gw)
             .get("app.example.com", "/", &[("cookie", cookie)])
             .unwrap();
-        let (variant, _, _) = decision(&r).unwrap();
+        let variant = decision(&r).unwrap().variant;
         assert!(was == "primary" || variant == "canary");
     }
     assert_no_crash(&envoy);

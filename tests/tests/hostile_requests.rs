@@ -287,9 +287,11 @@ fn hostile_requests_never_fail_never_pick_the_canary_and_get_a_valid_cookie() {
             ("primary", "cookie")
         );
     }
-    // Two Cookie header lines, which RFC 6265 forbids user agents to send (HTTP/2 crumbs are
-    // joined by Envoy): the filter reads them as one list, so the forged seat in the first
-    // line is skipped and the valid seat in the second keeps this user on primary.
+    // Two Cookie header lines. RFC 6265 forbids a user agent to send them over HTTP/1, but an
+    // HTTP/2 or HTTP/3 client sends its cookies as separate crumbs (RFC 9113 section 8.2.3)
+    // and Envoy may hand them to the filter unjoined, so the filter reads every line as one
+    // list: the forged seat in the first line is skipped and the valid seat in the second
+    // keeps this user on primary. Reading only the first line would reshuffle such users.
     let o = judge_response(
         &get(
             &mut client,
@@ -619,25 +621,25 @@ fn more_bad_plugin_configs_are_rejected_naming_the_field_not_the_key() {
         (
             "empty-key",
             serde_json::json!({ "cookieSigning": { "keys": [""] } }).to_string(),
-            vec!["cookieSigning.keys[0]"],
+            vec!["cookieSigning.keys[0]: key must decode to at least 16 bytes, got 0"],
             vec![],
         ),
         (
             "short-key",
             serde_json::json!({ "cookieSigning": { "keys": [KEY_A, KEY_SHORT] } }).to_string(),
-            vec!["cookieSigning.keys[1]", "at least 16 bytes"],
+            vec!["cookieSigning.keys[1]: key must decode to at least 16 bytes, got 8"],
             vec![],
         ),
         (
             "no-keys",
             serde_json::json!({ "cookieSigning": { "keys": [] } }).to_string(),
-            vec!["cookieSigning"],
+            vec!["cookieSigning: needs keys or keysEnv"],
             vec![],
         ),
         (
             "short-key-from-env",
             serde_json::json!({ "cookieSigning": { "keysEnv": "VEER_COOKIE_KEYS" } }).to_string(),
-            vec!["cookieSigning.keysEnv", "at least 16 bytes"],
+            vec!["cookieSigning.keysEnv[1]: key must decode to at least 16 bytes, got 8"],
             vec![(
                 "VEER_COOKIE_KEYS".to_string(),
                 format!("{KEY_A},{KEY_SHORT}"),

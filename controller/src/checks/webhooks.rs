@@ -584,10 +584,31 @@ mod tests {
 
     #[test]
     fn hook_types_use_flagger_names() {
-        for t in HookType::ALL {
-            let yaml_name = serde_json::to_value(t).unwrap();
-            assert_eq!(yaml_name, serde_json::Value::String(t.as_str().to_string()));
-            assert_eq!(t.as_str().parse::<HookType>().unwrap(), t);
+        // Flagger's names, spelled out (pkg/apis/flagger/v1beta1/canary.go): each type
+        // serialises to, parses from and prints as exactly this literal.
+        let flagger = [
+            (HookType::ConfirmRollout, "confirm-rollout"),
+            (HookType::PreRollout, "pre-rollout"),
+            (HookType::Rollout, "rollout"),
+            (HookType::ConfirmTrafficIncrease, "confirm-traffic-increase"),
+            (HookType::ConfirmPromotion, "confirm-promotion"),
+            (HookType::PostRollout, "post-rollout"),
+            (HookType::Rollback, "rollback"),
+            (HookType::Event, "event"),
+        ];
+        assert_eq!(
+            HookType::ALL.to_vec(),
+            flagger.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            "ALL lists every hook type once"
+        );
+        for (t, name) in flagger {
+            assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!(name));
+            assert_eq!(
+                serde_json::from_value::<HookType>(serde_json::json!(name)).unwrap(),
+                t
+            );
+            assert_eq!(t.as_str(), name);
+            assert_eq!(name.parse::<HookType>().unwrap(), t);
         }
         assert_eq!(
             serde_json::from_str::<HookType>("\"confirm-traffic-increase\"").unwrap(),

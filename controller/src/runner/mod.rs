@@ -691,6 +691,8 @@ impl Runner {
                 Gate::Fail(why) => Some(engine::on_not_ready(&spec, &state, &why, now)),
             };
             let started = Instant::now();
+            let (pass_kind, planned_steps) = (*kind, steps.len());
+            let executed = gated_transition.is_none();
             let (observations, transition) = match gated_transition {
                 Some(transition) => (PassObservations::default(), transition),
                 None => {
@@ -708,6 +710,20 @@ impl Runner {
             };
             let took = started.elapsed();
             let new_state = transition.state.clone();
+            // The controller's own record of each pass, written before its transition is
+            // saved: a weight anyone sees (API, table, gateway) was preceded by this line,
+            // even if the process is killed right after the save. `passed`: every planned
+            // step ran and was ok. The kill -9 tests read it to check that each raise of the
+            // weight followed a passing analysis at the previous weight.
+            let passed = executed
+                && observations.results.len() == planned_steps
+                && observations.results.iter().all(|r| r.ok);
+            tracing::info!(
+                canary = %key, kind = ?pass_kind, passed,
+                weight = state.weight, next_weight = new_state.weight,
+                phase = %state.phase, next_phase = %new_state.phase,
+                "pass concluded; saving its transition"
+            );
             match self
                 .submit(Change::State {
                     key: key.clone(),

@@ -1,6 +1,7 @@
-//! Shared support for the controller's integration tests: free ports and polling with a
-//! deadline (never fixed sleeps) here; child processes, test HTTP servers, a real
-//! Prometheus, a real Envoy and the real `veer` binary in the submodules.
+//! Shared support for the controller's integration tests: free ports and the polling
+//! interval here; child processes, test HTTP servers, a real Prometheus, a real Envoy and
+//! the real `veer` binary in the submodules. Polling with a deadline, finding the tools and
+//! the child-process setup are `veer_testkit`'s, shared with the end-to-end tests.
 #![allow(dead_code)]
 
 pub mod canary;
@@ -13,7 +14,7 @@ pub mod tls;
 pub mod veer;
 
 use std::net::TcpListener as StdTcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A port nobody listens on right now (the OS picks it).
 pub fn free_port() -> u16 {
@@ -23,20 +24,5 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// Polls `probe` every 50 ms until it returns `Some`, or panics with `what` at the deadline.
-pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    let mut last = String::from("never probed");
-    while start.elapsed() < deadline {
-        match probe().await {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not reached within {deadline:?}; last: {last}");
-}
+/// How often the tests poll (`veer_testkit::poll_until_async`) for an effect.
+pub const POLL: Duration = Duration::from_millis(50);

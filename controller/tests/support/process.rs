@@ -1,5 +1,6 @@
 //! Child processes for the tests: killed (and reaped) on drop even when the test panics,
-//! and commands run to their exit with a deadline.
+//! and, through `veer_testkit::process::die_with_parent`, also when the test binary dies
+//! first; and commands run to their exit with a deadline.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,7 +8,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::poll_until;
+use super::POLL;
+use veer_testkit::poll_until_async;
 
 /// A child process that is killed (and reaped) when dropped.
 pub struct ChildGuard {
@@ -25,6 +27,7 @@ enum Log {
 
 impl ChildGuard {
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> ChildGuard {
+        veer_testkit::process::die_with_parent(&mut cmd);
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -40,6 +43,7 @@ impl ChildGuard {
 
     /// As `spawn`, with the output captured in memory instead of a file.
     pub fn spawn_captured(name: &str, mut cmd: Command) -> ChildGuard {
+        veer_testkit::process::die_with_parent(&mut cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -89,7 +93,7 @@ impl ChildGuard {
     /// Polls `GET url` (with a 30 s deadline) until it answers 2xx; fails the test, with the
     /// log, as soon as the process exits. `what` names the wait in the failure.
     pub async fn wait_http_ready(&mut self, what: &str, http: &reqwest::Client, url: &str) {
-        poll_until(what, Duration::from_secs(30), || {
+        poll_until_async(what, Duration::from_secs(30), POLL, || {
             self.assert_running();
             let request = http.get(url);
             async move {
@@ -100,7 +104,8 @@ impl ChildGuard {
                 }
             }
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn log_text(&self) -> String {
@@ -119,7 +124,7 @@ impl Drop for ChildGuard {
 }
 
 pub fn run_to_exit(cmd: &mut Command, deadline: Duration) -> Output {
-    let mut child = cmd
+    let mut child = veer_testkit::process::die_with_parent(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,7 +1,6 @@
 //! A real Prometheus in a temp dir, and a scrape target whose text the test computes.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,8 +9,6 @@ use super::free_port;
 use serde_json::{json, Value};
 
 use super::process::ChildGuard;
-
-pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
 
 /// A real Prometheus scraping the given targets every second, with its data in a temp dir.
 pub struct Prometheus {
@@ -30,10 +27,7 @@ impl Prometheus {
 
     /// As `start`, with a metrics path per target (e.g. Envoy's `/stats/prometheus`).
     pub async fn start_jobs(targets: &[(SocketAddr, &str)]) -> Prometheus {
-        assert!(
-            Path::new(PROMETHEUS_BIN).exists(),
-            "{PROMETHEUS_BIN} is missing: apt-get install -y prometheus"
-        );
+        let binary = veer_testkit::tools::prometheus_binary().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = String::from(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
@@ -47,7 +41,7 @@ impl Prometheus {
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
         let port = free_port();
-        let mut cmd = Command::new(PROMETHEUS_BIN);
+        let mut cmd = Command::new(binary);
         cmd.arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",

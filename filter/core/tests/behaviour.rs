@@ -17,6 +17,8 @@ mod decision;
 mod lookup;
 #[path = "behaviour/matcher.rs"]
 mod matcher;
+#[path = "behaviour/oracle.rs"]
+mod oracle;
 #[path = "behaviour/validate.rs"]
 mod validate;
 #[path = "behaviour/vectors.rs"]
