@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::revision::{primary_template, ConfigRef};
 use crate::engine::{CanaryState, Phase};
-use crate::render::{render_documents, RenderOptions};
+use crate::render::{render_documents, RenderOptions, HTTPROUTE_API, NETWORKING_API};
 use crate::spec::CanarySpec;
 
 /// Annotation on the primary Deployment: the revision its template was copied from.
@@ -127,10 +127,11 @@ pub fn primary_revision(primary: &Deployment) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// The Services, DestinationRules and static VirtualService of the Canary: exactly what
-/// `veer render` prints for it (one code path), with the Services selecting the target's
-/// pods by its own selector label, and every object owned by the Canary. The WasmPlugin is
-/// the gateway's, installed once, not per Canary.
+/// The Services and the static routes of the Canary (DestinationRules and VirtualService, or
+/// the HTTPRoute with `provider: gatewayapi:v1`): exactly what `veer render` prints for it
+/// (one code path), with the Services selecting the target's pods by its own selector
+/// label, and every object owned by the Canary. The WasmPlugin is the gateway's, installed
+/// once, not per Canary.
 pub fn routing_objects(
     spec: &CanarySpec,
     selector: &(String, String),
@@ -167,6 +168,18 @@ pub fn routing_objects(
         out.push(doc);
     }
     Ok(out)
+}
+
+/// Every routing object a Canary may own under either provider, as (apiVersion, kind, name):
+/// what the reconciler deletes when the Canary's provider no longer uses it.
+pub fn owned_routing_objects(spec: &CanarySpec) -> Vec<(&'static str, &'static str, String)> {
+    let apex = spec.service_name();
+    vec![
+        (NETWORKING_API, "VirtualService", apex.to_string()),
+        (NETWORKING_API, "DestinationRule", format!("{apex}-primary")),
+        (NETWORKING_API, "DestinationRule", format!("{apex}-canary")),
+        (HTTPROUTE_API, "HTTPRoute", apex.to_string()),
+    ]
 }
 
 /// How the target (the canary Deployment) should be scaled.
