@@ -31,7 +31,7 @@ pub use gateway_api::{gateway_api_parents, GatewayParent, GATEWAY_API_GROUP, HTT
 pub use veer_core::MIRROR_HEADER_VALUE;
 
 /// The istio.io API versions written. `networking.istio.io/v1` needs Istio 1.22 or newer.
-pub const NETWORKING_API: &str = "networking.istio.io/v1";
+const NETWORKING_API: &str = "networking.istio.io/v1";
 const WASMPLUGIN_API: &str = "extensions.istio.io/v1alpha1";
 
 /// Everything about the cluster that the Canary spec does not say. The defaults are the

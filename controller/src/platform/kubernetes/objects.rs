@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::revision::{primary_template, ConfigRef};
 use crate::engine::{CanaryState, Phase};
-use crate::render::{render_documents, RenderOptions, HTTPROUTE_API, NETWORKING_API};
+use crate::render::{render_documents, RenderOptions};
 use crate::spec::CanarySpec;
 
 /// Annotation on the primary Deployment: the revision its template was copied from.
@@ -168,18 +168,6 @@ pub fn routing_objects(
         out.push(doc);
     }
     Ok(out)
-}
-
-/// Every routing object a Canary may own under either provider, as (apiVersion, kind, name):
-/// what the reconciler deletes when the Canary's provider no longer uses it.
-pub fn owned_routing_objects(spec: &CanarySpec) -> Vec<(&'static str, &'static str, String)> {
-    let apex = spec.service_name();
-    vec![
-        (NETWORKING_API, "VirtualService", apex.to_string()),
-        (NETWORKING_API, "DestinationRule", format!("{apex}-primary")),
-        (NETWORKING_API, "DestinationRule", format!("{apex}-canary")),
-        (HTTPROUTE_API, "HTTPRoute", apex.to_string()),
-    ]
 }
 
 /// How the target (the canary Deployment) should be scaled.

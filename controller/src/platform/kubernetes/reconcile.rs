@@ -3,8 +3,7 @@
 //! 1. parses the spec exactly as local mode parses a file ([`crate::spec::load_texts`]);
 //! 2. creates `<target>-primary`, the Services, and the DestinationRules and VirtualService
 //!    (or, with `provider: gatewayapi:v1`, the HTTPRoute) ([`super::objects`]), refusing to
-//!    adopt objects something else controls, and deleting the routing objects it owns that
-//!    the Canary's provider no longer uses;
+//!    adopt objects something else controls;
 //! 3. initializes the primary, then reports new revisions of the target to the runner
 //!    (the same `on_revision` that local mode's API calls);
 //! 4. on promotion, copies the target's template and tracked configs into the primary;
@@ -28,9 +27,8 @@ use serde_json::{json, Value};
 
 use super::cluster::Cluster;
 use super::objects::{
-    controlled_by, owned_routing_objects, owner_description, owner_reference, primary_deployment,
-    primary_revision, routing_objects, scale_up_replicas, selector_label, target_scale,
-    TargetScale,
+    controlled_by, owner_description, owner_reference, primary_deployment, primary_revision,
+    routing_objects, scale_up_replicas, selector_label, target_scale, TargetScale,
 };
 use super::readiness::{readiness, Readiness};
 use super::revision::{
@@ -473,53 +471,9 @@ impl Reconciler {
             .await
             .map_err(|e| format!("cannot apply {what}: {e}"))?;
         }
-        self.delete_unused_routing(spec, &docs, owner).await?;
         let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
         tracing::info!(canary = %key, objects = docs.len(), kinds = ?kinds, "routing objects applied");
         self.applied.insert(key, fingerprint);
-        Ok(())
-    }
-
-    /// Deletes what this Canary owns of the other provider's routing objects: a Canary
-    /// switched from `istio` to `gatewayapi:v1` leaves no VirtualService or DestinationRules
-    /// behind, nor the other way round an HTTPRoute. Objects of other owners are left alone,
-    /// and a cluster without one of the two APIs just has nothing to delete.
-    async fn delete_unused_routing(
-        &self,
-        spec: &CanarySpec,
-        docs: &[Value],
-        owner: &OwnerReference,
-    ) -> Result<(), String> {
-        let wanted: BTreeSet<(String, String)> = docs
-            .iter()
-            .filter_map(|d| {
-                Some((
-                    d["kind"].as_str()?.to_string(),
-                    d["metadata"]["name"].as_str()?.to_string(),
-                ))
-            })
-            .collect();
-        for (api_version, kind, name) in owned_routing_objects(spec) {
-            if wanted.contains(&(kind.to_string(), name.clone())) {
-                continue;
-            }
-            let doc =
-                json!({ "apiVersion": api_version, "kind": kind, "metadata": { "name": name } });
-            let (resource, name) = dynamic_resource(&doc)?;
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.cluster.client.clone(), &spec.namespace, &resource);
-            let what = format!("{kind} {}/{name}", spec.namespace);
-            match api.get_opt(&name).await {
-                Ok(Some(existing)) if controlled_by(&existing.metadata, &owner.uid) => {
-                    api.delete(&name, &Default::default())
-                        .await
-                        .map_err(|e| format!("cannot delete {what}, which this Canary's provider no longer uses: {e}"))?;
-                    tracing::info!(canary = %spec.key(), "{what} deleted: the Canary's provider does not use it");
-                }
-                Ok(_) => {}
-                Err(e) => return Err(format!("cannot read {what}: {e}")),
-            }
-        }
         Ok(())
     }
 
