@@ -189,7 +189,7 @@ fn spec_service_is_mapped_as_flagger_maps_it() {
         {"type": "URLRewrite", "urlRewrite": {
             "hostname": "backend.example.com",
             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}},
-        {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "podinfo-shadow", "port": 9898}}},
+        {"type": "RequestMirror", "requestMirror": {"backendRef": {"group": "", "kind": "Service", "name": "podinfo-shadow", "port": 9898}}},
         {"type": "CORS", "cors": {
             "allowOrigins": ["https://app.example.com"],
             "allowMethods": ["GET", "POST"],

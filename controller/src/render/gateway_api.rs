@@ -404,13 +404,17 @@ fn service_filters(spec: &CanarySpec) -> Result<Vec<Value>, RenderError> {
         filters.push(json!({ "type": "URLRewrite", "urlRewrite": url_rewrite(spec, rewrite)? }));
     }
     for (i, mirror) in s.mirror.iter().enumerate() {
-        if mirror.get("backendRef").is_none() {
+        let mut mirror = mirror.clone();
+        let Some(to) = mirror.get_mut("backendRef").and_then(Value::as_object_mut) else {
             return Err(invalid(
                 spec,
                 format!("spec.service.mirror[{i}].backendRef"),
-                "is required (a Gateway API HTTPRequestMirrorFilter)",
+                "is required: a mapping (a Gateway API HTTPRequestMirrorFilter)",
             ));
-        }
+        };
+        // Written out as the API server defaults them.
+        to.entry("group").or_insert_with(|| json!(""));
+        to.entry("kind").or_insert_with(|| json!("Service"));
         filters.push(json!({ "type": "RequestMirror", "requestMirror": mirror }));
     }
     if let Some(cors) = &s.cors_policy {
