@@ -46,7 +46,7 @@ pub fn route_config(route: &Value) -> Result<Value, String> {
             routes.push((precedence(http_match, r, m), Value::Object(envoy_route)));
         }
     }
-    routes.sort_by(|a, b| a.0.cmp(&b.0));
+    routes.sort_by_key(|r| r.0);
     Ok(json!({
         "name": "gateway",
         "virtual_hosts": [{
