@@ -206,8 +206,14 @@ pub fn render_all(specs: &[CanarySpec], opts: &RenderOptions) -> Result<String, 
             )
         })
         .collect();
+    // The WasmPlugin is Istio's either way; the routes are Istio's or Gateway API's.
+    let what = if specs.iter().any(CanarySpec::gateway_api) {
+        "Gateway API and Istio"
+    } else {
+        "Istio"
+    };
     let mut out = format!(
-        "# veer render: resources for {}.\n\
+        "# veer render: {what} resources for {}.\n\
          # The WasmPlugin {} is gateway-wide (one per gateway, shared by every\n\
          # canary); its table only holds routes until the first poll of the controller.\n",
         keys.join(", "),
