@@ -113,7 +113,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("test/gw-canary", &[
         "15s  pass  2: pre-rollout hook smoke-test; no metrics at weight 0 → weight 0 → 10",
         "1m30s  pass  7: rollout hook load-test; metrics error-rate, latency → weight 50 ≥ maxWeight 50",
-        "spec.service.gatewayRefs: accepted but not used by veer",
+        "Gateway API: an HTTPRoute attached to the Gateways istio-ingress/gateway.",
     ]),
     ("test/gw-ab", &[
         "A/B testing: requests matching analysis.match all go to the canary for 5 passing iterations",

@@ -142,6 +142,17 @@ spec:
     )
 }
 
+/// [`canary_yaml`] with `provider: gatewayapi:v1`: the route attaches to the Gateway API
+/// Gateway `istio-ingress/public-gateway` (`gatewayRefs`) instead of Istio's gateway.
+pub fn gateway_api_canary_yaml(name: &str, extra: &str) -> String {
+    let istio = "    gateways:\n      - public-gateway.istio-system.svc.cluster.local\n";
+    let gateway_api =
+        "    gatewayRefs:\n      - name: public-gateway\n        namespace: istio-ingress\n";
+    let yaml = canary_yaml(name, &format!("  provider: gatewayapi:v1\n{extra}"));
+    assert!(yaml.contains(istio), "canary_yaml changed its gateways");
+    yaml.replace(istio, gateway_api)
+}
+
 pub fn kubectl(cluster: &KubeCluster, args: &[&str]) -> String {
     cluster
         .kubectl(args)
@@ -301,10 +312,15 @@ pub fn controller_alone_with(
 }
 
 pub fn start_stack(cluster: &KubeCluster, name: &str, canary: &str) -> Stack {
+    Stack::start(&stack_spec(cluster, name, canary)).unwrap()
+}
+
+/// The stack of a Kubernetes-mode test: the controller on the cluster, Canary `test/podinfo`.
+pub fn stack_spec(cluster: &KubeCluster, name: &str, canary: &str) -> StackSpec {
     let mut spec = StackSpec::new(name, canary);
     spec.key = format!("{NS}/podinfo");
     spec.kubeconfig = Some(cluster.veer_kubeconfig());
-    Stack::start(&spec).unwrap()
+    spec
 }
 
 pub fn users(stack: &Stack) -> UserLoad {
@@ -318,6 +334,22 @@ pub fn users(stack: &Stack) -> UserLoad {
 /// Initialization: the primary, the Services and the VirtualService exist (accepted under
 /// Istio's real CRD validation), the target is at 0, the phase is Initialized.
 pub fn assert_initialized(cluster: &KubeCluster, stack: &Stack) -> Value {
+    let status = assert_workloads_initialized(cluster, stack);
+    let vs = json(cluster, &["get", "virtualservice", "podinfo", "-n", NS]);
+    assert_eq!(
+        vs["spec"]["http"][0]["match"][0]["headers"]["x-veer-route"]["exact"],
+        "canary"
+    );
+    assert_eq!(
+        vs["spec"]["http"][0]["route"][0]["destination"]["host"],
+        "podinfo-canary"
+    );
+    status
+}
+
+/// Initialization apart from the routing objects: the primary and the Services exist, the
+/// target is at 0, the phase is Initialized and the gateway applied the table.
+pub fn assert_workloads_initialized(cluster: &KubeCluster, stack: &Stack) -> Value {
     let status = wait_canary(
         cluster,
         "podinfo",
@@ -353,15 +385,6 @@ pub fn assert_initialized(cluster: &KubeCluster, stack: &Stack) -> Value {
         };
         assert_eq!(s["spec"]["selector"]["app"], want, "{svc}");
     }
-    let vs = json(cluster, &["get", "virtualservice", "podinfo", "-n", NS]);
-    assert_eq!(
-        vs["spec"]["http"][0]["match"][0]["headers"]["x-veer-route"]["exact"],
-        "canary"
-    );
-    assert_eq!(
-        vs["spec"]["http"][0]["route"][0]["destination"]["host"],
-        "podinfo-canary"
-    );
     wait_target_at_zero(cluster);
     assert_eq!(status["conditions"][0]["type"], "Promoted");
     assert_eq!(status["conditions"][0]["status"], "True");

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod demo;
 pub mod envoy;
 pub mod filter;
+pub mod gateway_api;
 pub mod http_server;
 pub mod kube;
 pub mod kube_release;

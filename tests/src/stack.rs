@@ -43,6 +43,10 @@ pub struct StackSpec {
     pub replicas: usize,
     /// More controller arguments, for every replica.
     pub controller_args: Vec<String>,
+    /// The gateway listener's Envoy `route_config`, in place of the template's hand-written
+    /// one (which imitates Istio's rendering of the VirtualService); e.g. what
+    /// [`crate::gateway_api::route_config`] makes of an HTTPRoute.
+    pub route_config: Option<serde_json::Value>,
 }
 
 impl StackSpec {
@@ -59,6 +63,7 @@ impl StackSpec {
             kubeconfig: None,
             replicas: 1,
             controller_args: Vec::new(),
+            route_config: None,
         }
     }
 }
@@ -118,9 +123,12 @@ impl Stack {
         gateway_spec.concurrency = spec.concurrency;
         // Envoy merges histograms into what /stats/prometheus shows only at each stats
         // flush (5s by default); with a 1s scrape the P99 would lag by up to 5s.
+        let mut bootstrap = gateway_spec.bootstrap()?;
+        if let Some(routes) = &spec.route_config {
+            bootstrap = with_route_config(&bootstrap, routes)?;
+        }
         let bootstrap = format!(
-            "{}\nstats_flush_interval: {}s\n",
-            gateway_spec.bootstrap()?,
+            "{bootstrap}\nstats_flush_interval: {}s\n",
             spec.scrape_interval.as_secs().max(1)
         );
         let gateway_dir = dir.join("gateway");
@@ -276,4 +284,17 @@ impl Stack {
         let text = self.gateway.prometheus()?;
         Ok(crate::envoy::prometheus_value(&text, "veer_errors_total", &[]).unwrap_or(0.0))
     }
+}
+
+/// The bootstrap with the gateway listener's `route_config` replaced.
+fn with_route_config(bootstrap: &str, routes: &serde_json::Value) -> Result<String, String> {
+    let mut doc: serde_json::Value =
+        serde_norway::from_str(bootstrap).map_err(|e| format!("the gateway bootstrap: {e}"))?;
+    let slot = doc
+        .pointer_mut(
+            "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config",
+        )
+        .ok_or("the gateway template has no route_config in its first listener")?;
+    *slot = routes.clone();
+    serde_norway::to_string(&doc).map_err(|e| format!("the gateway bootstrap: {e}"))
 }

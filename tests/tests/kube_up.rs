@@ -288,6 +288,62 @@ metadata:
         .kubectl(&["get", "virtualservice", "bad-timeout", "-n", NS])
         .is_err());
 
+    // The Gateway API CRDs are the pinned release's standard channel, CEL rules included: a
+    // filter repeated in one rule is rejected by the API server itself. veer may write
+    // HTTPRoutes (provider gatewayapi:v1).
+    let crd = cluster
+        .kubectl(&[
+            "get",
+            "crd",
+            "httproutes.gateway.networking.k8s.io",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let crd: serde_json::Value = serde_json::from_str(&crd).unwrap();
+    let pinned = fs::read_to_string(workspace_root().join("scripts/kube/versions.env")).unwrap();
+    let bundle = crd["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"]
+        .as_str()
+        .unwrap();
+    assert!(
+        pinned.contains(&format!("GATEWAY_API_VERSION={bundle}\n")),
+        "installed Gateway API {bundle}, pinned: {pinned}"
+    );
+    assert_eq!(
+        crd["metadata"]["annotations"]["gateway.networking.k8s.io/channel"],
+        "standard"
+    );
+    assert!(crd.to_string().contains("x-kubernetes-validations"));
+    assert!(can_veer(
+        &cluster,
+        "create",
+        "httproutes.gateway.networking.k8s.io"
+    ));
+    assert!(!can_veer(
+        &cluster,
+        "delete",
+        "httproutes.gateway.networking.k8s.io"
+    ));
+    let modifier =
+        "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: '1'}]}}";
+    let repeated = cluster
+        .apply(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: repeated, namespace: {NS}}}
+spec:
+  parentRefs: [{{name: public-gateway}}]
+  rules:
+    - filters: [{modifier}, {modifier}]
+      backendRefs: [{{name: podinfo-primary, port: 9898}}]
+"
+        ))
+        .unwrap_err();
+    assert!(
+        repeated.contains("RequestHeaderModifier filter cannot be repeated"),
+        "{repeated}"
+    );
+
     // Stopping: every process kube-up started goes, and kube-down.sh is idempotent.
     let pids = cluster.pids().unwrap();
     let names: Vec<&str> = pids.iter().map(|(n, _)| n.as_str()).collect();

@@ -554,12 +554,31 @@ pub fn explain_canary(
         route.path_prefix
     );
     // What `veer render` does with the gateways, from its own rule, so the two agree.
-    match crate::render::virtual_service_gateways(spec) {
-        Ok(gateways) => {
-            let _ = writeln!(out, "  Gateways: {}.", gateways.join(", "));
+    if spec.gateway_api() {
+        match crate::render::gateway_api_parents(spec) {
+            Ok(parents) => {
+                let names: Vec<String> = parents
+                    .iter()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  Gateway API: an HTTPRoute attached to the Gateways {}.",
+                    names.join(", ")
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  veer render refuses this Canary: {e}.");
+            }
         }
-        Err(e) => {
-            let _ = writeln!(out, "  veer render refuses this Canary: {e}.");
+    } else {
+        match crate::render::virtual_service_gateways(spec) {
+            Ok(gateways) => {
+                let _ = writeln!(out, "  Gateways: {}.", gateways.join(", "));
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  veer render refuses this Canary: {e}.");
+            }
         }
     }
     if !spec.routes_traffic() {

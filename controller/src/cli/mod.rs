@@ -265,7 +265,8 @@ pub struct RenderArgs {
     /// sha256 digest pinning the filter image.
     #[arg(long, value_name = "HEX")]
     pub filter_sha256: Option<String>,
-    /// Namespace of the ingress gateway (and of the WasmPlugin).
+    /// Namespace of Istio's ingress gateway (and of the WasmPlugin). With provider
+    /// gatewayapi:v1 the WasmPlugin goes to the namespace of the Canary's Gateway instead.
     #[arg(long, value_name = "NS")]
     pub gateway_namespace: Option<String>,
     /// The controller's Service as NAME.NAMESPACE:PORT, where the filter pulls the table.

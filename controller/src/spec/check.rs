@@ -12,7 +12,7 @@ use super::raw::{RawAnalysis, RawCanary, RawMetric, RawWebhook};
 use super::{
     route_for, AnalysisSpec, CanarySpec, GoDuration, LoadOptions, MetricSource, MetricSpec,
     MetricTemplate, SpecSource, VeerSpec, WebhookSpec, DEFAULT_COOKIE_MAX_AGE,
-    DEFAULT_METRIC_INTERVAL, DEFAULT_MIN_INTERVAL, KUBERNETES_PROVIDER,
+    DEFAULT_METRIC_INTERVAL, DEFAULT_MIN_INTERVAL, GATEWAY_API_PROVIDER, KUBERNETES_PROVIDER,
     KUBERNETES_PROVIDER_ITERATIONS, VEER_API_VERSION,
 };
 use crate::checks::prometheus::{render_query, BuiltinMetric, ThresholdRange};
@@ -360,6 +360,7 @@ fn apply_provider(spec: &mut CanarySpec, report: &mut Report<'_>) {
             );
         }
     }
+    unused_routing_fields(spec, report);
     let Some(provider) = spec.provider.clone() else {
         return;
     };
@@ -401,6 +402,17 @@ fn apply_provider(spec: &mut CanarySpec, report: &mut Report<'_>) {
         }
         return;
     }
+    if spec.gateway_api() {
+        if provider != GATEWAY_API_PROVIDER {
+            report.warn(
+                "spec.provider",
+                format!(
+                    "{provider:?}: read as {GATEWAY_API_PROVIDER:?} (as Flagger reads any gatewayapi:v1* provider); veer writes a gateway.networking.k8s.io/v1 HTTPRoute"
+                ),
+            );
+        }
+        return;
+    }
     if provider != "istio" && !provider.is_empty() {
         report.warn(
             "spec.provider",
@@ -408,6 +420,48 @@ fn apply_provider(spec: &mut CanarySpec, report: &mut Report<'_>) {
                 "{provider:?}: veer does not drive this provider; veer's filter in the Istio/Envoy gateway splits the traffic, and the builtin metrics use veer's query set (--metrics-set, default istio), not {provider}'s metrics"
             ),
         );
+    }
+}
+
+/// The `spec.service` fields of the routing API the canary does not use: Gateway API fields
+/// on a VirtualService canary, Istio's `gateways` on an HTTPRoute canary. Each is accepted
+/// with a warning naming it, as an unread field would be.
+fn unused_routing_fields(spec: &CanarySpec, report: &mut Report<'_>) {
+    let s = &spec.service;
+    let unused: &[(&str, bool, &str)] = if spec.gateway_api() {
+        &[(
+            "spec.service.gateways",
+            !s.gateways.is_empty(),
+            "an Istio field; with provider gatewayapi:v1 the HTTPRoute attaches to spec.service.gatewayRefs",
+        )]
+    } else {
+        &[
+            (
+                "spec.service.match",
+                !s.r#match.is_empty(),
+                "the route covers the whole host (spec.veer.pathPrefix narrows it)",
+            ),
+            (
+                "spec.service.mirror",
+                !s.mirror.is_empty(),
+                "a Gateway API field; use analysis.mirror",
+            ),
+            (
+                "spec.service.gatewayRefs",
+                !s.gateway_refs.is_empty(),
+                "a Gateway API field, read with provider gatewayapi:v1; the VirtualService binds to spec.service.gateways",
+            ),
+            (
+                "spec.service.backendTimeout",
+                s.backend_timeout.is_some(),
+                "a Gateway API field, read with provider gatewayapi:v1; spec.service.timeout sets the VirtualService's timeout",
+            ),
+        ]
+    };
+    for (path, present, why) in unused {
+        if *present {
+            report.warn(path, format!("accepted but not used by veer ({why})"));
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub const FLAGGER_API_VERSION: &str = "flagger.app/v1beta1";
 pub const VEER_API_VERSION: &str = "veer.dev/v1alpha1";
 /// `spec.provider` of Flagger's Blue/Green without traffic routing.
 pub const KUBERNETES_PROVIDER: &str = "kubernetes";
+/// `spec.provider` of Flagger's Gateway API router: the canary is routed by an `HTTPRoute`
+/// instead of a VirtualService. Flagger takes any provider starting with it
+/// (`gatewayapi:v1beta1` included) for Gateway API, and so does veer.
+pub const GATEWAY_API_PROVIDER: &str = "gatewayapi:v1";
 
 /// Default `analysis.interval` (Flagger's).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -143,6 +147,18 @@ pub struct ServiceSpec {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub gateways: Vec<String>,
+    /// Gateway API: the Gateways the HTTPRoute attaches to (its `parentRefs`).
+    #[serde(default)]
+    pub gateway_refs: Vec<serde_json::Value>,
+    /// Istio `HTTPMatchRequest`s; the HTTPRoute's matches (Gateway API only).
+    #[serde(default, rename = "match")]
+    pub r#match: Vec<serde_json::Value>,
+    /// Gateway API `RequestMirror` filters (Gateway API only).
+    #[serde(default)]
+    pub mirror: Vec<serde_json::Value>,
+    /// The HTTPRoute's `timeouts.backendRequest` (Gateway API only).
+    #[serde(default)]
+    pub backend_timeout: Option<String>,
     #[serde(default)]
     pub traffic_policy: Option<serde_json::Value>,
     #[serde(default)]
@@ -339,6 +355,14 @@ impl CanarySpec {
     /// gets no share of the apex traffic before promotion.
     pub fn routes_traffic(&self) -> bool {
         self.provider.as_deref() != Some(KUBERNETES_PROVIDER)
+    }
+
+    /// Whether the canary is routed by a Gateway API `HTTPRoute` (`provider: gatewayapi:v1`)
+    /// rather than an Istio VirtualService.
+    pub fn gateway_api(&self) -> bool {
+        self.provider
+            .as_deref()
+            .is_some_and(|p| p.starts_with(GATEWAY_API_PROVIDER))
     }
 
     /// Failed checks that trigger a rollback: `analysis.threshold`, default 1 as Flagger.

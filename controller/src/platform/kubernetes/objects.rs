@@ -127,10 +127,11 @@ pub fn primary_revision(primary: &Deployment) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// The Services, DestinationRules and static VirtualService of the Canary: exactly what
-/// `veer render` prints for it (one code path), with the Services selecting the target's
-/// pods by its own selector label, and every object owned by the Canary. The WasmPlugin is
-/// the gateway's, installed once, not per Canary.
+/// The Services and the static routes of the Canary (DestinationRules and VirtualService, or
+/// the HTTPRoute with `provider: gatewayapi:v1`): exactly what `veer render` prints for it
+/// (one code path), with the Services selecting the target's pods by its own selector
+/// label, and every object owned by the Canary. The WasmPlugin is the gateway's, installed
+/// once, not per Canary.
 pub fn routing_objects(
     spec: &CanarySpec,
     selector: &(String, String),

@@ -1,8 +1,9 @@
 //! The reconciler: brings the cluster in line with each Canary and its run. On every change
 //! the watches see (and every few seconds), for each Canary it
 //! 1. parses the spec exactly as local mode parses a file ([`crate::spec::load_texts`]);
-//! 2. creates `<target>-primary`, the Services, DestinationRules and VirtualService
-//!    ([`super::objects`]), refusing to adopt objects something else controls;
+//! 2. creates `<target>-primary`, the Services, and the DestinationRules and VirtualService
+//!    (or, with `provider: gatewayapi:v1`, the HTTPRoute) ([`super::objects`]), refusing to
+//!    adopt objects something else controls;
 //! 3. initializes the primary, then reports new revisions of the target to the runner
 //!    (the same `on_revision` that local mode's API calls);
 //! 4. on promotion, copies the target's template and tracked configs into the primary;
@@ -434,7 +435,7 @@ impl Reconciler {
         .map_err(|e| format!("cannot apply {} {namespace}/{name}: {e}", K::kind(&())))
     }
 
-    /// The Services, DestinationRules and VirtualService, applied when they change.
+    /// The Services and routing objects, applied when they change.
     async fn apply_routing(
         &mut self,
         spec: &CanarySpec,
@@ -470,7 +471,8 @@ impl Reconciler {
             .await
             .map_err(|e| format!("cannot apply {what}: {e}"))?;
         }
-        tracing::info!(canary = %key, objects = docs.len(), "Services, DestinationRules and VirtualService applied");
+        let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        tracing::info!(canary = %key, objects = docs.len(), kinds = ?kinds, "routing objects applied");
         self.applied.insert(key, fingerprint);
         Ok(())
     }
@@ -591,6 +593,7 @@ fn dynamic_resource(doc: &Value) -> Result<(ApiResource, String), String> {
         "Service" => "services".to_string(),
         "VirtualService" => "virtualservices".to_string(),
         "DestinationRule" => "destinationrules".to_string(),
+        "HTTPRoute" => "httproutes".to_string(),
         other => return Err(format!("internal: no API resource for kind {other}")),
     };
     Ok((ApiResource::from_gvk_with_plural(&gvk, &plural), name))

@@ -1,12 +1,18 @@
-//! `veer render`: the Istio resources that route canaries through the veer filter. The
-//! apex, `-primary` and `-canary` Services (as Flagger creates them), the DestinationRules,
-//! a VirtualService with static header routes, and the gateway's WasmPlugin with the
-//! canary's route in its initial table.
+//! `veer render`: the resources that route canaries through the veer filter. The apex,
+//! `-primary` and `-canary` Services (as Flagger creates them), then, by the canary's
+//! provider, either Istio's DestinationRules and a VirtualService with static header routes,
+//! or (`provider: gatewayapi:v1`) a Gateway API HTTPRoute with the same static header routes
+//! ([`gateway_api`]); and the gateway's WasmPlugin with the canaries' routes in its initial
+//! table, bound to the ingress gateway's pods by a selector, or to the Gateway API Gateways
+//! by `targetRefs`.
 //!
 //! The header routes come from the same `PluginConfig` that goes into the WasmPlugin, and
 //! that config is checked by the filter's own `parse_plugin_config` before anything is
-//! printed: the VirtualService always matches the headers the filter sets, and the output
-//! never holds a config the filter would reject.
+//! printed: the routes always match the headers the filter sets, and the output never holds
+//! a config the filter would reject. Both route kinds are built from one list of routes
+//! ([`header_routes`]), so they cannot drift apart.
+
+mod gateway_api;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +23,8 @@ use veer_core::{
 };
 
 use crate::spec::{route_for, CanarySpec};
+
+pub use gateway_api::{gateway_api_parents, GatewayParent, GATEWAY_API_GROUP, HTTPROUTE_API};
 
 /// What the filter writes into `mirrorHeader` for a request to mirror (docs/routing-table.md,
 /// step 7); the VirtualService's mirror route matches exactly this.
@@ -33,9 +41,11 @@ pub struct RenderOptions {
     /// Name of the gateway-wide WasmPlugin. One plugin serves every canary, so this is the
     /// same object as `manifests/istio/filter/wasmplugin.yaml`: applying updates it.
     pub plugin_name: String,
-    /// Namespace of the ingress gateway pods (and so of the WasmPlugin).
+    /// Namespace of the ingress gateway pods (and so of the WasmPlugin). Gateway API
+    /// canaries name their Gateways' namespaces themselves (`gatewayRefs`).
     pub gateway_namespace: String,
-    /// Labels of the ingress gateway pods.
+    /// Labels of the ingress gateway pods (Istio's gateway; a Gateway API Gateway is bound
+    /// by `targetRefs` instead).
     pub gateway_selector: BTreeMap<String, String>,
     /// The filter's OCI image (`oci://...`).
     pub filter_image: String,
@@ -116,6 +126,20 @@ pub enum RenderError {
         source_doc: String,
         error: serde_json::Error,
     },
+    /// A `spec.service` field an HTTPRoute cannot carry as the VirtualService would.
+    #[error("{source_doc}: {field}: {message}")]
+    GatewayApi {
+        source_doc: String,
+        field: String,
+        message: String,
+    },
+    /// One WasmPlugin cannot both select Istio's gateway pods and target Gateways.
+    #[error(
+        "{istio} is routed by an Istio VirtualService and {gateway_api} by a Gateway API \
+         HTTPRoute (provider gatewayapi:v1): their gateways need different WasmPlugins, so \
+         render them from separate files"
+    )]
+    MixedProviders { istio: String, gateway_api: String },
     #[error("no canary to render")]
     NoCanary,
     #[error("filter sha256 {0:?} is not a digest: Istio wants 64 lowercase hex digits")]
@@ -171,13 +195,29 @@ pub fn render_all(specs: &[CanarySpec], opts: &RenderOptions) -> Result<String, 
         .iter()
         .map(|s| format!("{} ({})", s.key(), s.source))
         .collect();
+    let plugins: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "WasmPlugin")
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["metadata"]["namespace"].as_str().unwrap_or_default(),
+                d["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    // The WasmPlugin is Istio's either way; the routes are Istio's or Gateway API's.
+    let what = if specs.iter().any(CanarySpec::gateway_api) {
+        "Gateway API and Istio"
+    } else {
+        "Istio"
+    };
     let mut out = format!(
-        "# veer render: Istio resources for {}.\n\
-         # The WasmPlugin is the gateway-wide {}/{} (one per gateway, shared by every\n\
+        "# veer render: {what} resources for {}.\n\
+         # The WasmPlugin {} is gateway-wide (one per gateway, shared by every\n\
          # canary); its table only holds routes until the first poll of the controller.\n",
         keys.join(", "),
-        opts.gateway_namespace,
-        opts.plugin_name,
+        plugins.join(", "),
     );
     for spec in specs {
         if let (Some(signing), Some(env)) = (&spec.veer.cookie_signing, &opts.cookie_keys_env) {
@@ -196,7 +236,7 @@ pub fn render_all(specs: &[CanarySpec], opts: &RenderOptions) -> Result<String, 
 }
 
 /// The resources for one canary as JSON values, in apply order: Services,
-/// DestinationRules, VirtualService, WasmPlugin.
+/// DestinationRules and VirtualService (or the HTTPRoute), WasmPlugin(s).
 pub fn render_documents(
     spec: &CanarySpec,
     opts: &RenderOptions,
@@ -210,15 +250,31 @@ pub fn render_all_documents(
     opts: &RenderOptions,
 ) -> Result<Vec<Value>, RenderError> {
     let plugin_config = plugin_config(specs, opts)?;
+    let istio = specs.iter().find(|s| !s.gateway_api());
+    let gateway_api = specs.iter().find(|s| s.gateway_api());
+    if let (Some(istio), Some(gateway_api)) = (istio, gateway_api) {
+        return Err(RenderError::MixedProviders {
+            istio: format!("{} ({})", istio.key(), istio.source),
+            gateway_api: format!("{} ({})", gateway_api.key(), gateway_api.source),
+        });
+    }
     let mut docs = Vec::new();
+    let mut parents = Vec::new();
     for spec in specs {
         let source_doc = spec.source.to_string();
         let port = spec.service.port.ok_or_else(|| RenderError::MissingPort {
             source_doc: source_doc.clone(),
         })?;
+        let names = ServiceNames::of(spec);
+        if spec.gateway_api() {
+            let route = gateway_api::http_route(spec, &names, port, &plugin_config)?;
+            docs.extend(services(spec, opts, &names, port)?);
+            docs.push(route);
+            parents.extend(gateway_api_parents(spec)?);
+            continue;
+        }
         let gateways = virtual_service_gateways(spec)
             .map_err(|error| RenderError::Gateways { source_doc, error })?;
-        let names = ServiceNames::of(spec);
         docs.extend(services(spec, opts, &names, port)?);
         for host in [&names.primary, &names.canary] {
             docs.push(destination_rule(spec, host));
@@ -236,7 +292,35 @@ pub fn render_all_documents(
             source_doc: sources(specs),
             error,
         })?;
-    docs.push(wasm_plugin(opts, config_json));
+    if gateway_api.is_some() {
+        // A WasmPlugin targets Gateways of its own namespace only: one per namespace.
+        let mut by_namespace: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for p in &parents {
+            let names = by_namespace.entry(&p.namespace).or_default();
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+        for (namespace, gateways) in by_namespace {
+            let target_refs: Vec<Value> = gateways
+                .iter()
+                .map(|name| json!({ "group": GATEWAY_API_GROUP, "kind": "Gateway", "name": name }))
+                .collect();
+            docs.push(wasm_plugin(
+                opts,
+                config_json.clone(),
+                namespace,
+                json!({ "targetRefs": target_refs }),
+            ));
+        }
+    } else {
+        docs.push(wasm_plugin(
+            opts,
+            config_json,
+            &opts.gateway_namespace,
+            json!({ "selector": { "matchLabels": opts.gateway_selector } }),
+        ));
+    }
     Ok(docs)
 }
 
@@ -288,10 +372,10 @@ pub fn plugin_config(
 
 /// Flagger's naming: the apex Service is `service.name` (else the target's name); the pods
 /// are the target's (canary) and `<target>-primary`.
-struct ServiceNames {
-    apex: String,
-    primary: String,
-    canary: String,
+pub(crate) struct ServiceNames {
+    pub(crate) apex: String,
+    pub(crate) primary: String,
+    pub(crate) canary: String,
     primary_pods: String,
     canary_pods: String,
 }
@@ -398,9 +482,55 @@ fn destination_rule(spec: &CanarySpec, host: &str) -> Value {
     })
 }
 
+/// One of the static routes that both the VirtualService and the HTTPRoute hold.
+pub(crate) struct HeaderRoute<'a> {
+    pub name: &'static str,
+    /// The header the filter sets and its value; `None` for the catch-all.
+    pub header: Option<(&'a str, &'static str)>,
+    /// The Service it goes to: the canary's, else the primary's.
+    pub to_canary: bool,
+    /// Also copies each request to the canary.
+    pub mirror: bool,
+}
+
 /// Three static routes, first match wins: the filter's canary decision, the filter's mirror
 /// decision (primary plus a copy to the canary), and everything else to primary, which is
 /// also where requests go when the filter is absent (FAIL_OPEN).
+pub(crate) fn header_routes(cfg: &PluginConfig) -> [HeaderRoute<'_>; 3] {
+    [
+        HeaderRoute {
+            name: "canary",
+            header: Some((&cfg.route_header, Variant::Canary.as_str())),
+            to_canary: true,
+            mirror: false,
+        },
+        HeaderRoute {
+            name: "mirror",
+            header: Some((&cfg.mirror_header, MIRROR_HEADER_VALUE)),
+            to_canary: false,
+            mirror: true,
+        },
+        HeaderRoute {
+            name: "primary",
+            header: None,
+            to_canary: false,
+            mirror: false,
+        },
+    ]
+}
+
+impl ServiceNames {
+    /// The Service a route goes to.
+    pub(crate) fn backend(&self, route: &HeaderRoute<'_>) -> &str {
+        if route.to_canary {
+            &self.canary
+        } else {
+            &self.primary
+        }
+    }
+}
+
+/// The [`header_routes`] as VirtualService routes.
 fn virtual_service(
     spec: &CanarySpec,
     names: &ServiceNames,
@@ -409,25 +539,24 @@ fn virtual_service(
     cfg: &PluginConfig,
 ) -> Value {
     let destination = |host: &str| json!({ "host": host, "port": { "number": port } });
-    let header_match =
-        |header: &str, value: &str| json!([{ "headers": { header: { "exact": value } } }]);
-    let mut canary = json!({
-        "name": "canary",
-        "match": header_match(&cfg.route_header, Variant::Canary.as_str()),
-        "route": [{ "destination": destination(&names.canary) }],
-    });
-    let mut mirror = json!({
-        "name": "mirror",
-        "match": header_match(&cfg.mirror_header, MIRROR_HEADER_VALUE),
-        "route": [{ "destination": destination(&names.primary) }],
-        "mirror": destination(&names.canary),
-        // The filter already chose which requests to mirror (mirrorWeight).
-        "mirrorPercentage": { "value": 100 },
-    });
-    let mut primary = json!({
-        "name": "primary",
-        "route": [{ "destination": destination(&names.primary) }],
-    });
+    let mut routes: Vec<Value> = header_routes(cfg)
+        .iter()
+        .map(|r| {
+            let mut route = json!({
+                "name": r.name,
+                "route": [{ "destination": destination(names.backend(r)) }],
+            });
+            if let Some((header, value)) = r.header {
+                route["match"] = json!([{ "headers": { header: { "exact": value } } }]);
+            }
+            if r.mirror {
+                route["mirror"] = destination(&names.canary);
+                // The filter already chose which requests to mirror (mirrorWeight).
+                route["mirrorPercentage"] = json!({ "value": 100 });
+            }
+            route
+        })
+        .collect();
     // Flagger copies these service-level policies onto every route it writes.
     let s = &spec.service;
     let policies = [
@@ -437,7 +566,7 @@ fn virtual_service(
         ("corsPolicy", s.cors_policy.clone()),
         ("rewrite", s.rewrite.clone()),
     ];
-    for route in [&mut canary, &mut mirror, &mut primary] {
+    for route in &mut routes {
         for (key, value) in &policies {
             if let Some(v) = value {
                 route[*key] = v.clone();
@@ -452,14 +581,22 @@ fn virtual_service(
         "spec": {
             "gateways": gateways,
             "hosts": hosts,
-            "http": [canary, mirror, primary],
+            "http": routes,
         },
     })
 }
 
-fn wasm_plugin(opts: &RenderOptions, plugin_config: Value) -> Value {
-    let mut spec = json!({
-        "selector": { "matchLabels": opts.gateway_selector },
+/// The gateway's WasmPlugin in `namespace`, bound to the gateway by `attach`: Istio's
+/// `selector` of the gateway pods, or `targetRefs` to Gateway API Gateways (a WasmPlugin
+/// may have only one of them).
+fn wasm_plugin(
+    opts: &RenderOptions,
+    plugin_config: Value,
+    namespace: &str,
+    attach: Value,
+) -> Value {
+    let mut spec = attach;
+    let common = json!({
         "type": "HTTP",
         // Before the router, after authn/authz: manifests/istio/filter/wasmplugin.yaml.
         "phase": "STATS",
@@ -470,6 +607,9 @@ fn wasm_plugin(opts: &RenderOptions, plugin_config: Value) -> Value {
         "imagePullPolicy": "IfNotPresent",
         "pluginConfig": plugin_config,
     });
+    if let (Some(spec), Value::Object(common)) = (spec.as_object_mut(), common) {
+        spec.extend(common);
+    }
     if let Some(digest) = &opts.filter_sha256 {
         spec["sha256"] = json!(digest);
     }
@@ -481,7 +621,7 @@ fn wasm_plugin(opts: &RenderOptions, plugin_config: Value) -> Value {
         "kind": "WasmPlugin",
         "metadata": {
             "name": opts.plugin_name,
-            "namespace": opts.gateway_namespace,
+            "namespace": namespace,
             "labels": {
                 "app.kubernetes.io/name": "veer-filter",
                 "app.kubernetes.io/part-of": "veer",
