@@ -23,6 +23,8 @@ cargo build -p veer-controller --bins
 
 step "Kubernetes control plane binaries (cached in ~/.cache/veer)"
 scripts/kube-build.sh
+step "istiod (pilot-discovery, cached in ~/.cache/veer) for tests/tests/istiod.rs"
+scripts/istiod-build.sh
 
 step "tests (native)"
 cargo test --workspace --no-fail-fast
