@@ -137,11 +137,13 @@ trap on_exit EXIT
 fail() { failed_component="${2:-}"; say "$1"; exit 1; }
 
 # ---- ports ---------------------------------------------------------------------------------
-# Bound all at once and released together, so the five are distinct; another process could
-# take one before its component binds it, and then that component fails to start (reported).
-read -r p_etcd p_peer p_api p_kcm p_sched p_xds p_ihttp p_imon < <(python3 -c '
+# Bound all at once and released together, so they are distinct; another process could take
+# one before its component binds it, and then that component fails to start (reported). The
+# last four are istiod's (xDS, HTTP, monitoring, ControlZ), used with --istio only: its
+# defaults are fixed ports, which parallel runs would share.
+read -r p_etcd p_peer p_api p_kcm p_sched p_xds p_ihttp p_imon p_ctrlz < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(8)]
+ss = [socket.socket() for _ in range(9)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])
 for s in ss: s.close()')
@@ -418,6 +420,7 @@ if [[ $istio == 1 ]]; then
         "$istiod_bin" discovery --kubeconfig "$dir/kubeconfig" --meshConfig "$dir/mesh.yaml" \
         --grpcAddr "127.0.0.1:$p_xds" --httpAddr "127.0.0.1:$p_ihttp" --httpsAddr= \
         --secureGRPCAddr= --monitoringAddr "127.0.0.1:$p_imon" \
+        --ctrlz_address 127.0.0.1 --ctrlz_port "$p_ctrlz" \
         </dev/null >>"$dir/logs/istiod.log" 2>&1 &
     echo "istiod $!" >>"$dir/pids"
     istiod_started=$(date +%s%3N)
