@@ -12,6 +12,9 @@
 #   warm kube-up (binaries cached) to `ready`: 8.7-9.5 s at load 1.5; 19-29 s at load 10-13.
 #   kube-down: 1.2 s (clients, then the API server, then etcd; each exits on SIGTERM).
 #   tests/tests/kube_up.rs, the whole test: 13 s at load 2; 41 s at load 12.
+#   --istio (2026-12-05): istiod /ready 0.5 s after its start at load 2-3, 1.6-2.4 s beside a
+#     cold Go build; kube-up --istio to `ready` 15 s (23 s beside that build). The first
+#     --istio run builds istiod (scripts/istiod-build.sh: about 6.5 minutes cold).
 #
 # What it starts, each a plain process on 127.0.0.1 with a free port, PIDs in DIR/pids and
 # logs in DIR/logs/<name>.log:
@@ -26,6 +29,14 @@
 #                            1000 pods) with the stages in scripts/kube/kwok-stages.yaml (a pod
 #                            annotated veer.test/never-ready: "true" stays unready)
 #
+#   istiod (--istio only)    pilot-discovery (built by scripts/istiod-build.sh) reading this
+#                            API server: plaintext xDS on a free port, no CA, no webhooks,
+#                            Istio-only Envoy extensions switched off, so that a plain Envoy
+#                            bootstrapped to it (tests/src/istio.rs) accepts what it sends.
+#                            kube-controller-manager then runs without the EndpointSlice
+#                            controllers: kwok's pods run no process, so the tests write the
+#                            EndpointSlices that reach their local backends themselves.
+#
 # What it installs: the Istio CRDs (istio.io/api) and the Gateway API standard CRDs
 # (sigs.k8s.io/gateway-api), at the versions in scripts/kube/versions.env; the Flagger
 # Canary/MetricTemplate CRDs from manifests/crds/flagger.app.yaml, or from
@@ -38,6 +49,8 @@
 #   DIR/env               shell-sourceable: KUBECONFIG, VEER_KUBECONFIG, KUBE_APISERVER,
 #                         KUBE_BIN_DIR, KUBECTL, KUBE_VERSION, ETCD_ENDPOINT, KUBE_DIR
 #   DIR/pids              "<name> <pid>" lines, for kube-down.sh
+#   with --istio, also in DIR/env: ISTIOD_XDS (host:port, plaintext gRPC), ISTIOD_HTTP
+#                         (host:port of /ready and /debug/*), ISTIOD_BIN; DIR/mesh.yaml
 #
 # The readiness check runs a Deployment in namespace kube-up-check and deletes the namespace
 # (without waiting) once its pod is Ready, so tests start from a cluster with only their own
@@ -53,8 +66,13 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 say() { printf 'kube-up: [%3ds] %s\n' "$SECONDS" "$*" >&2; }
-usage() { say "usage: scripts/kube-up.sh DIR (a new or empty directory for the cluster's state)"; exit 2; }
+usage() { say "usage: scripts/kube-up.sh [--istio] DIR (a new or empty directory for the cluster's state)"; exit 2; }
 
+istio=0
+if [[ "${1:-}" == --istio ]]; then
+    istio=1
+    shift
+fi
 [[ $# -eq 1 ]] || usage
 mkdir -p "$1"
 dir="$(cd "$1" && pwd)"
@@ -81,6 +99,10 @@ rbac="${VEER_RBAC:-$root/manifests/kubernetes/rbac.yaml}"
 
 started=$SECONDS
 bin="$("$root/scripts/kube-build.sh" | tail -n 1)"
+istiod_bin=""
+if [[ $istio == 1 ]]; then
+    istiod_bin="$("$root/scripts/istiod-build.sh" | tail -n 1)"
+fi
 cache="$(dirname "$bin")"
 kubectl="$bin/kubectl"
 # shellcheck source=kube/versions.env
@@ -118,11 +140,13 @@ trap on_exit EXIT
 fail() { failed_component="${2:-}"; say "$1"; exit 1; }
 
 # ---- ports ---------------------------------------------------------------------------------
-# Bound all at once and released together, so the five are distinct; another process could
-# take one before its component binds it, and then that component fails to start (reported).
-read -r p_etcd p_peer p_api p_kcm p_sched < <(python3 -c '
+# Bound all at once and released together, so they are distinct; another process could take
+# one before its component binds it, and then that component fails to start (reported). The
+# last four are istiod's (xDS, HTTP, monitoring, ControlZ), used with --istio only: its
+# defaults are fixed ports, which parallel runs would share.
+read -r p_etcd p_peer p_api p_kcm p_sched p_xds p_ihttp p_imon p_ctrlz < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(5)]
+ss = [socket.socket() for _ in range(9)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])
 for s in ss: s.close()')
@@ -239,6 +263,13 @@ start kube-apiserver --etcd-servers "http://127.0.0.1:$p_etcd" \
 wait_until kube-apiserver "kube-apiserver /readyz" k get --raw /readyz
 
 say "kube-controller-manager and kube-scheduler"
+kcm_controllers=()
+if [[ $istio == 1 ]]; then
+    # Under istiod, EndpointSlices are what reaches a backend. kwok's pods have IPs that no
+    # process listens on, so the tests write each Service's slices (to their local backends)
+    # and these controllers must not add the pods' slices beside them.
+    kcm_controllers=(--controllers '*,-endpointslice-controller,-endpointslice-mirroring-controller')
+fi
 start kube-controller-manager --kubeconfig "$dir/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
@@ -246,6 +277,7 @@ start kube-controller-manager --kubeconfig "$dir/controller-manager.kubeconfig" 
     --leader-elect=false \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --use-service-account-credentials=true \
+    "${kcm_controllers[@]}" \
     --service-cluster-ip-range 10.96.0.0/16 \
     --profiling=false
 start kube-scheduler --kubeconfig "$dir/scheduler.kubeconfig" \
@@ -372,6 +404,33 @@ until [[ "$(check_field '{.items[*].status.conditions[?(@.type=="Ready")].status
 done
 k delete namespace kube-up-check --wait=false >>"$dir/logs/check.log" 2>&1 || true
 
+# ---- istiod (--istio) -----------------------------------------------------------------------
+if [[ $istio == 1 ]]; then
+    say "istiod on 127.0.0.1:$p_xds (xDS), 127.0.0.1:$p_ihttp (HTTP)"
+    k create namespace istio-system >>"$dir/logs/istiod.log" 2>&1 ||
+        fail "creating namespace istio-system failed" istiod
+    # No auto-mTLS (it puts SDS sockets on clusters, which only pilot-agent serves), no
+    # tracing, no ingress controller, no default providers (a Prometheus metrics provider
+    # would add the Istio-only istio.stats filter).
+    printf '%s\n' 'rootNamespace: istio-system' 'enableAutoMtls: false' 'enableTracing: false' \
+        'ingressControllerMode: "OFF"' >"$dir/mesh.yaml"
+    # PILOT_ENABLE_METADATA_EXCHANGE / PILOT_ENABLE_ALPN_FILTER off: istiod would otherwise
+    # add istio.metadata_exchange and istio.alpn, which only Istio's Envoy build has.
+    # Not through start(): the binary is in istiod's cache entry, not the kube one.
+    setsid env POD_NAMESPACE=istio-system POD_NAME=istiod-local ENABLE_CA_SERVER=false \
+        INJECT_ENABLED=false INJECTION_WEBHOOK_CONFIG_NAME= VALIDATION_WEBHOOK_CONFIG_NAME= \
+        PILOT_ENABLE_METADATA_EXCHANGE=false PILOT_ENABLE_ALPN_FILTER=false \
+        "$istiod_bin" discovery --kubeconfig "$dir/kubeconfig" --meshConfig "$dir/mesh.yaml" \
+        --grpcAddr "127.0.0.1:$p_xds" --httpAddr "127.0.0.1:$p_ihttp" --httpsAddr= \
+        --secureGRPCAddr= --monitoringAddr "127.0.0.1:$p_imon" \
+        --ctrlz_address 127.0.0.1 --ctrlz_port "$p_ctrlz" \
+        </dev/null >>"$dir/logs/istiod.log" 2>&1 &
+    echo "istiod $!" >>"$dir/pids"
+    istiod_started=$(date +%s%3N)
+    wait_until istiod "istiod /ready" curl -fsS "http://127.0.0.1:$p_ihttp/ready"
+    say "istiod ready in $(($(date +%s%3N) - istiod_started)) ms"
+fi
+
 cat >"$dir/env" <<EOF
 # The local control plane started by scripts/kube-up.sh; stop it with scripts/kube-down.sh $dir
 export KUBE_DIR=$dir
@@ -383,6 +442,13 @@ export KUBECTL=$kubectl
 export KUBE_VERSION=$KUBE_VERSION
 export ETCD_ENDPOINT=http://127.0.0.1:$p_etcd
 EOF
+if [[ $istio == 1 ]]; then
+    cat >>"$dir/env" <<EOF
+export ISTIOD_XDS=127.0.0.1:$p_xds
+export ISTIOD_HTTP=127.0.0.1:$p_ihttp
+export ISTIOD_BIN=$istiod_bin
+EOF
+fi
 
 ok=1
 say "up in $((SECONDS - started)) s: source $dir/env (KUBECONFIG=$dir/kubeconfig)"

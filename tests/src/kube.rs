@@ -53,6 +53,24 @@ impl KubeCluster {
     /// As [`KubeCluster::up`], with extra environment for kube-up.sh: `VEER_FLAGGER_CRDS`
     /// (Flagger's own Canary CRDs instead of veer's), `VEER_RBAC` (another ClusterRole).
     pub fn up_with(env: &[(&str, &str)]) -> Result<KubeCluster, String> {
+        KubeCluster::up_args(&[], env)
+    }
+
+    /// As [`KubeCluster::up`], plus real istiod (`kube-up.sh --istio`): `pilot-discovery`
+    /// reading this API server, serving plaintext xDS at [`KubeCluster::istiod_xds`]
+    /// (`crate::istio` bootstraps a gateway Envoy to it). Without the EndpointSlice
+    /// controllers: the tests say with WorkloadEntries what reaches their backends.
+    pub fn up_istio() -> Result<KubeCluster, String> {
+        let cluster = KubeCluster::up_args(&["--istio"], &[])?;
+        for key in ["ISTIOD_XDS", "ISTIOD_HTTP"] {
+            if !cluster.env.contains_key(key) {
+                return Err(format!("{}/env has no {key}", cluster.dir.display()));
+            }
+        }
+        Ok(cluster)
+    }
+
+    fn up_args(args: &[&str], env: &[(&str, &str)]) -> Result<KubeCluster, String> {
         let dir = fresh_dir()?;
         let script = workspace_root().join("scripts/kube-up.sh");
         // Beside DIR, not in it: kube-up refuses a DIR that is not empty, and this file is
@@ -60,6 +78,7 @@ impl KubeCluster {
         let log_path = dir.with_extension("kube-up.log");
         let mut cmd = Command::new("bash");
         cmd.arg(&script)
+            .args(args)
             .arg(&dir)
             .env("VEER_KUBE_OWNER_PID", std::process::id().to_string())
             .envs(env.iter().copied())
@@ -80,7 +99,9 @@ impl KubeCluster {
                 if let Some(log) = log.as_mut() {
                     let _ = writeln!(log, "{line}");
                 }
-                if line.starts_with("kube-build:") && !line.contains("reusing") {
+                if (line.starts_with("kube-build:") || line.starts_with("istiod-build:"))
+                    && !line.contains("reusing")
+                {
                     let _ = writeln!(std::io::stderr(), "{line}");
                 }
             }
@@ -146,6 +167,23 @@ impl KubeCluster {
     /// `scripts/kube/versions.env`).
     pub fn version(&self) -> &str {
         &self.env["KUBE_VERSION"]
+    }
+
+    /// istiod's plaintext xDS address (clusters started with [`KubeCluster::up_istio`]).
+    pub fn istiod_xds(&self) -> Result<std::net::SocketAddr, String> {
+        self.env_addr("ISTIOD_XDS")
+    }
+
+    /// istiod's HTTP address: `/ready`, `/debug/*`.
+    pub fn istiod_http(&self) -> Result<std::net::SocketAddr, String> {
+        self.env_addr("ISTIOD_HTTP")
+    }
+
+    fn env_addr(&self, key: &str) -> Result<std::net::SocketAddr, String> {
+        let value = self.env.get(key).ok_or_else(|| {
+            format!("{key}: this cluster runs no istiod (start it with KubeCluster::up_istio)")
+        })?;
+        value.parse().map_err(|e| format!("{key}={value}: {e}"))
     }
 
     /// Everything in `DIR/env` (KUBECONFIG, KUBE_APISERVER, KUBECTL, ETCD_ENDPOINT, ...).

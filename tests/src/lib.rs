@@ -9,6 +9,7 @@ pub mod envoy;
 pub mod filter;
 pub mod gateway_api;
 pub mod http_server;
+pub mod istio;
 pub mod kube;
 pub mod kube_release;
 pub mod ports;

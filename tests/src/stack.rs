@@ -47,6 +47,21 @@ pub struct StackSpec {
     /// one (which imitates Istio's rendering of the VirtualService); e.g. what
     /// [`crate::gateway_api::route_config`] makes of an HTTPRoute.
     pub route_config: Option<serde_json::Value>,
+    /// Run the gateway as [`crate::istio`] does, configured by real istiod instead of the
+    /// hand-written template: the test then applies the Gateway, the WasmPlugin and the
+    /// WorkloadEntries itself (`plugin_config`, `route_config` and `poll_ms` do not apply).
+    pub istiod: Option<IstiodGateway>,
+}
+
+/// A gateway that gets its config from istiod ([`StackSpec::istiod`]).
+#[derive(Debug, Clone)]
+pub struct IstiodGateway {
+    /// istiod's plaintext xDS address.
+    pub xds: SocketAddr,
+    /// The Gateway's port, which istiod's listener binds on 0.0.0.0.
+    pub port: u16,
+    /// The gateway's environment (`VEER_COOKIE_KEYS`, which the WasmPlugin reads).
+    pub env: Vec<(String, String)>,
 }
 
 impl StackSpec {
@@ -64,6 +79,7 @@ impl StackSpec {
             replicas: 1,
             controller_args: Vec::new(),
             route_config: None,
+            istiod: None,
         }
     }
 }
@@ -133,13 +149,29 @@ impl Stack {
         );
         let gateway_dir = dir.join("gateway");
         std::fs::create_dir_all(&gateway_dir).map_err(|e| e.to_string())?;
-        let gateway = Envoy::start(
-            &gateway_dir,
-            &bootstrap,
-            gateway_spec.concurrency,
-            &gateway_spec.env,
-        )?;
-        let gateway_addr = gateway.gateway_addr()?;
+        let (gateway, gateway_addr) = match &spec.istiod {
+            Some(istiod) => {
+                // Its listener comes once the test applies the Gateway
+                // (crate::istio::wait_listener).
+                let gateway = Envoy::start(
+                    &gateway_dir,
+                    &crate::istio::gateway_bootstrap(istiod.xds)?,
+                    spec.concurrency,
+                    &istiod.env,
+                )?;
+                (gateway, SocketAddr::from(([127, 0, 0, 1], istiod.port)))
+            }
+            None => {
+                let gateway = Envoy::start(
+                    &gateway_dir,
+                    &bootstrap,
+                    gateway_spec.concurrency,
+                    &gateway_spec.env,
+                )?;
+                let addr = gateway.gateway_addr()?;
+                (gateway, addr)
+            }
+        };
 
         let prometheus = Prometheus::start(
             &dir,
