@@ -273,12 +273,32 @@ pub fn events(cluster: &KubeCluster, name: &str) -> Vec<String> {
     items.into_iter().map(|(_, note)| note).collect()
 }
 
-pub fn assert_event(events: &[String], text: &str) {
-    assert!(
-        events.iter().any(|e| e.contains(text)),
-        "no event containing {text:?} in:\n{}",
-        events.join("\n")
-    );
+/// Waits until the Canary's events include each of `texts` (substrings), and returns them.
+/// Polls: the controller posts an event after the status write it reports, so a read just
+/// after the phase changed can miss the newest one.
+pub fn wait_events(cluster: &KubeCluster, name: &str, texts: &[&str]) -> Vec<String> {
+    poll_until(
+        "the Canary's events",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let seen = events(cluster, name);
+            let missing: Vec<&str> = texts
+                .iter()
+                .copied()
+                .filter(|t| !seen.iter().any(|e| e.contains(t)))
+                .collect();
+            if missing.is_empty() {
+                Ok(seen)
+            } else {
+                Err(format!(
+                    "no event containing {missing:?} in:\n{}",
+                    seen.join("\n")
+                ))
+            }
+        },
+    )
+    .unwrap()
 }
 
 /// The controller in Kubernetes mode without a gateway or Prometheus, for tests of the

@@ -137,17 +137,18 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
             && weights.contains(&6000),
         "weights served: {weights:?}"
     );
-    let seen = events(&cluster, "podinfo");
-    for text in [
-        "Initialization done!",
-        "New revision detected! Scaling up podinfo.test",
-        "canary weight 20",
-        "canary weight 40",
-        "Copying podinfo.test template spec to podinfo-primary.test",
-        "Promotion completed!",
-    ] {
-        assert_event(&seen, text);
-    }
+    wait_events(
+        &cluster,
+        "podinfo",
+        &[
+            "Initialization done!",
+            "New revision detected! Scaling up podinfo.test",
+            "canary weight 20",
+            "canary weight 40",
+            "Copying podinfo.test template spec to podinfo-primary.test",
+            "Promotion completed!",
+        ],
+    );
     let describe = kubectl(&cluster, &["describe", "canary", "podinfo", "-n", NS]);
     assert!(describe.contains("Synced"), "{describe}");
     println!(
@@ -218,8 +219,7 @@ fn failing_metrics_and_an_unready_canary_roll_back() {
     assert_eq!(end["canaryWeight"], 0.0);
     assert_eq!(end["conditions"][0]["status"], "False");
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.0.0");
-    let seen = events(&cluster, "podinfo");
-    assert_event(&seen, "failed checks threshold reached");
+    wait_events(&cluster, "podinfo", &["failed checks threshold reached"]);
     wait_target_at_zero(&cluster);
 
     // A canary whose pods never become Ready (kwok's stage skips the annotation).
@@ -259,9 +259,14 @@ fn failing_metrics_and_an_unready_canary_roll_back() {
         "failed after {took:?}, before the 20s deadline"
     );
     assert_eq!(end["canaryWeight"], 0.0, "no traffic ever went to it");
-    let seen = events(&cluster, "podinfo");
-    assert_event(&seen, "progress deadline exceeded");
-    assert_event(&seen, "updated replicas are available");
+    wait_events(
+        &cluster,
+        "podinfo",
+        &[
+            "progress deadline exceeded",
+            "updated replicas are available",
+        ],
+    );
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.0.0");
 }
 
@@ -293,7 +298,7 @@ fn an_invalid_canary_is_reported_and_does_not_stop_the_others() {
     );
     let message = broken["conditions"][0]["message"].as_str().unwrap();
     assert!(message.contains("spec.analysis.stepWeight"), "{message}");
-    assert_event(&events(&cluster, "broken"), "spec.analysis.stepWeight");
+    wait_events(&cluster, "broken", &["spec.analysis.stepWeight"]);
     let taken = wait_canary(
         &cluster,
         "taken",

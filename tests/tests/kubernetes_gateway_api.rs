@@ -207,14 +207,15 @@ fn a_gateway_api_release_is_promoted_through_the_gateway_routed_by_its_http_rout
         [2000, 4000, 6000].iter().all(|w| weights.contains(w)),
         "weights served: {weights:?}"
     );
-    let seen = events(&cluster, "podinfo");
-    for text in [
-        "Initialization done!",
-        "New revision detected!",
-        "Promotion completed!",
-    ] {
-        assert_event(&seen, text);
-    }
+    wait_events(
+        &cluster,
+        "podinfo",
+        &[
+            "Initialization done!",
+            "New revision detected!",
+            "Promotion completed!",
+        ],
+    );
     drop(load);
 }
 
