@@ -217,6 +217,20 @@ pub fn set_image(cluster: &KubeCluster, image: &str) {
     );
 }
 
+/// Releases `image` on the target and waits for the run to start; returns the revision
+/// under analysis (`lastAppliedSpec`).
+pub fn start_run(cluster: &KubeCluster, image: &str) -> String {
+    set_image(cluster, image);
+    let progressing = wait_canary(
+        cluster,
+        "podinfo",
+        "the run to start",
+        Duration::from_secs(30),
+        phase_is("Progressing"),
+    );
+    progressing["lastAppliedSpec"].as_str().unwrap().to_string()
+}
+
 /// Waits for the run to end (Succeeded or Failed) and returns the status.
 pub fn wait_run_end(cluster: &KubeCluster, what: &str) -> Value {
     wait_canary(cluster, "podinfo", what, Duration::from_secs(120), |s| {

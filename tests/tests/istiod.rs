@@ -416,15 +416,7 @@ fn a_sticky_release_and_virtualservice_edits_run_through_istiod() {
     let mut load = users(&stack);
 
     let started = Instant::now();
-    set_image(&cluster, "podinfo:6.1.0");
-    let progressing = wait_canary(
-        &cluster,
-        "podinfo",
-        "the run to start",
-        Duration::from_secs(30),
-        phase_is("Progressing"),
-    );
-    let revision = progressing["lastAppliedSpec"].as_str().unwrap().to_string();
+    let revision = start_run(&cluster, "podinfo:6.1.0");
     let end = wait_run_end(&cluster, "the run to succeed");
     assert_eq!(end["phase"], "Succeeded", "{end}");
     assert_eq!(image(&cluster, "podinfo-primary"), "podinfo:6.1.0");

@@ -41,15 +41,7 @@ fn new_image_is_released_through_the_filter_and_survives_a_controller_kill() {
     let load = users(&stack);
 
     let started = Instant::now();
-    set_image(&cluster, "podinfo:6.1.0");
-    let progressing = wait_canary(
-        &cluster,
-        "podinfo",
-        "the run to start",
-        Duration::from_secs(30),
-        phase_is("Progressing"),
-    );
-    let revision = progressing["lastAppliedSpec"].as_str().unwrap().to_string();
+    let revision = start_run(&cluster, "podinfo:6.1.0");
     assert_ne!(revision, first_revision);
     poll_until(
         "the canary to be scaled up",

@@ -158,15 +158,7 @@ fn a_gateway_api_release_is_promoted_through_the_gateway_routed_by_its_http_rout
         0,
         "weight 0 sends nobody to the canary"
     );
-    set_image(&cluster, "podinfo:6.1.0");
-    let progressing = wait_canary(
-        &cluster,
-        "podinfo",
-        "the run to start",
-        Duration::from_secs(30),
-        phase_is("Progressing"),
-    );
-    let revision = progressing["lastAppliedSpec"].as_str().unwrap().to_string();
+    let revision = start_run(&cluster, "podinfo:6.1.0");
     let end = wait_run_end(&cluster, "the run to succeed");
     assert_eq!(end["phase"], "Succeeded", "{end}");
     assert_eq!(end["lastPromotedSpec"], revision.as_str());
