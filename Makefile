@@ -46,10 +46,17 @@ demo-k8s:
 	$(TARGET_DIR)/debug/demo --kubernetes $(DEMO_ARGS)
 
 # Benchmarks (BENCHMARKS.md): about 30 minutes on 2 cores with the builds; not part of `make test`.
+# The filter and the V8 decision module are built twice: first with a 4096-slot memory of
+# verified cookies (variant 3m; what growing it would buy), then as they ship (256).
+WASM_OUT = $(TARGET_DIR)/wasm32-unknown-unknown/release
 bench:
 	scripts/setup.sh
+	scripts/build-filter.sh --features verified-memory-4096
+	cp $(WASM_OUT)/veer_filter.wasm $(WASM_OUT)/veer_filter_verified_memory_4096.wasm
+	cargo build -p veer-bench-decision-v8 --target wasm32-unknown-unknown --release --features verified-memory-4096
+	cp $(WASM_OUT)/veer_bench_decision_v8.wasm $(WASM_OUT)/veer_bench_decision_v8_memory_4096.wasm
 	scripts/build-filter.sh
-	cargo build -p veer-bench-empty-filter -p veer-bench-probe-filter --target wasm32-unknown-unknown --release
+	cargo build -p veer-bench-empty-filter -p veer-bench-probe-filter -p veer-bench-decision-v8 --target wasm32-unknown-unknown --release
 	cargo build --release -p veer-controller --bins
 	python3 bench/run.py
 

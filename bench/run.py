@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from veerbench import procs, report  # noqa: E402
 
-SECTIONS = ["size", "cpu", "split", "propagation", "controller"]
+SECTIONS = ["size", "decision", "cpu", "split", "propagation", "controller"]
 
 
 def main() -> int:
@@ -32,6 +32,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short runs: checks the harness, numbers are rough")
     ap.add_argument("--rounds", type=int, default=None, help="CPU rounds (default 15, quick 2)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per CPU measurement (default 3)")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="CPU: only these variant keys (comma-separated; the references none, empty-wasm, veer and lua always run)",
+    )
     ap.add_argument("--output", default=str(procs.OUT / "results.json"))
     args = ap.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -77,7 +82,12 @@ def _run_section(section: str, args) -> dict:
             rounds=args.rounds or (2 if args.quick else 15),
             duration_s=args.duration or 3,
             warmup_s=2 if args.quick else 5,
+            only=set(args.variants.split(",")) if args.variants else None,
         )
+    if section == "decision":
+        from veerbench import decision
+
+        return decision.run()
     if section == "split":
         from veerbench import split
 

@@ -12,8 +12,9 @@
 # longer be the one versions.env names.)
 #
 # The cache entry ~/.cache/veer/istiod-<version>-<hash>/ (or under $VEER_CACHE_DIR) is keyed
-# by the version, the build flags and the Go version. It is built in a temporary directory
-# and renamed into place when complete; a lock serialises concurrent builds.
+# by the version, the build flags and the Go version. It is built and published as
+# kube-build's is (scripts/go-cache.sh: a temporary directory renamed into place when
+# complete, a lock for concurrent builds).
 #
 # Measured on the 2-core machine (2026-12-05; docs/istiod.md has the rest): cold (no Istio
 # packages in Go's build cache, modules downloaded too) 391 s while two Rust builds ran; with
@@ -24,16 +25,13 @@ set -euo pipefail
 ISTIO_PILOT_VERSION=v0.0.0-20260827124520-eed52ebb66ad
 pkg=istio.io/istio/pilot/cmd/pilot-discovery
 
+tool=istiod-build
 say() { printf '%s\n' "$*" >&2; }
-die() { say "istiod-build: $*"; exit 1; }
+die() { say "$tool: $*"; exit 1; }
+# shellcheck source=go-cache.sh
+source "$(dirname "$0")/go-cache.sh"
 
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="$PATH:/usr/local/go/bin"
-fi
-command -v go >/dev/null 2>&1 ||
-    die "Go is not installed; it is needed to build istiod. Install Go 1.26 or newer: \
-\`curl -fsSL https://go.dev/dl/go1.26.8.linux-amd64.tar.gz | tar -C /usr/local -xz\` and add \
-/usr/local/go/bin to the PATH."
+go_or_die istiod
 
 # Stripped (130 MB instead of 190). No other flag on purpose: -trimpath, -gcflags or a
 # changed CGO_ENABLED would key every package anew in Go's build cache, so a warm build
@@ -41,41 +39,29 @@ command -v go >/dev/null 2>&1 ||
 build_flags=(-ldflags "-s -w")
 hash="$(echo "$pkg@$ISTIO_PILOT_VERSION CGO_ENABLED=$(go env CGO_ENABLED) ${build_flags[*]} $(go env GOVERSION)" |
     sha256sum | cut -c1-12)"
-cache_root="${VEER_CACHE_DIR:-${HOME:?istiod-build: HOME is not set (the cache is ~/.cache/veer; or set VEER_CACHE_DIR)}/.cache/veer}"
-entry="$cache_root/istiod-$ISTIO_PILOT_VERSION-$hash"
+entry="$(cache_root)/istiod-$ISTIO_PILOT_VERSION-$hash"
 
 reuse() {
-    if [[ -x "$entry/bin/pilot-discovery" && -f "$entry/complete" ]]; then
-        say "istiod-build: reusing $entry"
+    if cache_complete "$entry" bin/pilot-discovery; then
+        say "$tool: reusing $entry"
         echo "$entry/bin/pilot-discovery"
         exit 0
     fi
 }
 reuse
-mkdir -p "$cache_root"
-exec 9>"$cache_root/istiod-build.lock"
-if ! flock -n 9; then
-    say "istiod-build: another build is running; waiting for it ($cache_root/istiod-build.lock)"
-    flock 9
-fi
+cache_lock
+# The build that held the lock may have produced this entry.
 reuse
 
-tmp="$(mktemp -d "$cache_root/.istiod-build.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+cache_start "$entry"
 mkdir -p "$tmp/bin"
 started=$SECONDS
-say "istiod-build: building $pkg@$ISTIO_PILOT_VERSION"
-say "istiod-build:   cold (empty Go build cache) about 6.5 min on 2 cores under load; into $entry"
+say "$tool: building $pkg@$ISTIO_PILOT_VERSION"
+say "$tool:   cold (empty Go build cache) about 6.5 min on 2 cores under load; into $entry"
 # GOFLAGS cleared: a -mod flag from the environment would not apply to `go install pkg@v`.
 GOFLAGS= GOBIN="$tmp/bin" go install "${build_flags[@]}" "$pkg@$ISTIO_PILOT_VERSION" ||
     die "go install failed (above); nothing was cached"
 "$tmp/bin/pilot-discovery" version --short >/dev/null 2>&1 || die "the built pilot-discovery does not run"
-touch "$tmp/complete"
-chmod 755 "$tmp"
-if ! mv -T "$tmp" "$entry" 2>/dev/null; then
-    rm -rf "$entry"
-    mv -T "$tmp" "$entry"
-fi
-trap - EXIT
-say "istiod-build: built in $((SECONDS - started)) s: $entry"
+cache_publish "$entry"
+say "$tool: built in $((SECONDS - started)) s: $entry"
 echo "$entry/bin/pilot-discovery"

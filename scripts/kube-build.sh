@@ -13,7 +13,8 @@
 #
 # The build goes into a temporary directory next to the cache entry and is renamed into
 # place only when complete, so an interrupted build is never reused. A lock serialises
-# concurrent builds (parallel tests on a cold cache build once).
+# concurrent builds (parallel tests on a cold cache build once). Both as istiod-build's
+# (scripts/go-cache.sh).
 #
 # Needs Go (the version go.mod names, or newer) and the Go module proxy. A cold build takes
 # about 5 minutes on 2 idle cores (numbers at the top of scripts/kube-up.sh) and leaves about
@@ -23,8 +24,11 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 src="$root/scripts/kube"
+tool=kube-build
 say() { printf '%s\n' "$*" >&2; }
-die() { say "kube-build: $*"; exit 1; }
+die() { say "$tool: $*"; exit 1; }
+# shellcheck source=go-cache.sh
+source "$root/scripts/go-cache.sh"
 
 # shellcheck source=kube/versions.env
 source "$src/versions.env"
@@ -52,55 +56,35 @@ build_flags=(-mod=readonly -trimpath -gcflags=all=-dwarf=false -ldflags "$ldflag
 # build flags), not this script's text, so that editing a message here rebuilds nothing.
 hash="$( (cd "$src" && cat go.mod go.sum main.go versions.env && echo "CGO_ENABLED=0 ${build_flags[*]}") |
     sha256sum | cut -c1-12)"
-cache_root="${VEER_CACHE_DIR:-${HOME:?kube-build: HOME is not set (the cache is ~/.cache/veer; or set VEER_CACHE_DIR)}/.cache/veer}"
-entry="$cache_root/kube-$KUBE_VERSION-$hash"
+entry="$(cache_root)/kube-$KUBE_VERSION-$hash"
 
-if [[ -x "$entry/bin/kubebin" && -f "$entry/complete" ]]; then
-    say "kube-build: reusing $entry"
-    echo "$entry/bin"
-    exit 0
-fi
-
-# The official tarball's place, where this project's machines have Go, even when a
-# non-login shell's PATH lacks it.
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="$PATH:/usr/local/go/bin"
-fi
-if ! command -v go >/dev/null 2>&1; then
-    die "Go is not installed; it is needed to build the control plane binaries. Install \
-Go 1.26 or newer (the version scripts/kube/go.mod names) from the official tarball: \
-\`curl -fsSL https://go.dev/dl/go1.26.8.linux-amd64.tar.gz | tar -C /usr/local -xz\` and add \
-/usr/local/go/bin to the PATH."
-fi
-
-mkdir -p "$cache_root"
-exec 9>"$cache_root/kube-build.lock"
-if ! flock -n 9; then
-    say "kube-build: another build is running; waiting for it ($cache_root/kube-build.lock)"
-    flock 9
-fi
+reuse() {
+    if cache_complete "$entry" bin/kubebin; then
+        say "$tool: reusing $entry"
+        echo "$entry/bin"
+        exit 0
+    fi
+}
+reuse
+go_or_die "the control plane binaries"
+cache_lock
 # The build that held the lock may have produced this entry.
-if [[ -x "$entry/bin/kubebin" && -f "$entry/complete" ]]; then
-    say "kube-build: reusing $entry"
-    echo "$entry/bin"
-    exit 0
-fi
+reuse
 
-tmp="$(mktemp -d "$cache_root/.kube-build.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+cache_start "$entry"
 mkdir -p "$tmp/bin" "$tmp/crds/istio" "$tmp/crds/gateway-api"
 
 started=$SECONDS
-say "kube-build: building etcd $ETCD_VERSION, Kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) and kwok $KWOK_VERSION as one binary..."
-say "kube-build:   a cold build (empty Go caches) takes about 5 min on 2 idle cores, 11 min while other builds run; with Go's build cache warm, under a minute"
-say "kube-build:   into $entry"
+say "$tool: building etcd $ETCD_VERSION, Kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) and kwok $KWOK_VERSION as one binary..."
+say "$tool:   a cold build (empty Go caches) takes about 5 min on 2 idle cores, 11 min while other builds run; with Go's build cache warm, under a minute"
+say "$tool:   into $entry"
 
 (cd "$src" && CGO_ENABLED=0 go build "${build_flags[@]}" -o "$tmp/bin/kubebin" .) ||
     die "go build failed (above); nothing was cached"
 for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
     ln -s kubebin "$tmp/bin/$name"
 done
-say "kube-build: built in $((SECONDS - started)) s"
+say "$tool: built in $((SECONDS - started)) s"
 
 # The CRDs come from the same pinned modules the module proxy serves, so a fresh clone
 # needs nothing beyond Go.
@@ -118,13 +102,6 @@ cp "$gateway"/config/crd/standard/*.yaml "$tmp/crds/gateway-api/"
 chmod -R u+w "$tmp/crds"
 
 "$tmp/bin/kubectl" version --client >/dev/null || die "the built kubectl does not run"
-touch "$tmp/complete"
-chmod 755 "$tmp"
-if ! mv -T "$tmp" "$entry" 2>/dev/null; then
-    # Only a leftover incomplete entry can be in the way (a complete one returned above).
-    rm -rf "$entry"
-    mv -T "$tmp" "$entry"
-fi
-trap - EXIT
-say "kube-build: done in $((SECONDS - started)) s: $entry"
+cache_publish "$entry"
+say "$tool: done in $((SECONDS - started)) s: $entry"
 echo "$entry/bin"

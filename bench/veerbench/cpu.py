@@ -26,6 +26,9 @@ BENCH_DIR = Path(__file__).resolve().parents[1]
 LUA_SOURCE = BENCH_DIR / "lua" / "sticky_split.lua"
 WASM_DIR = procs.REPO / "target" / "wasm32-unknown-unknown" / "release"
 VEER_WASM = WASM_DIR / "veer_filter.wasm"
+# veer built with a 4096-slot memory of verified cookies instead of its 256 (`make bench` builds
+# it with the feature `verified-memory-4096`): what growing the memory would buy.
+VEER_WASM_4096 = WASM_DIR / "veer_filter_verified_memory_4096.wasm"
 EMPTY_WASM = WASM_DIR / "veer_bench_empty_filter.wasm"
 PROBE_WASM = WASM_DIR / "veer_bench_probe_filter.wasm"
 
@@ -73,6 +76,12 @@ def veer_plugin_config(signed: bool = True, response_metrics: bool = False, **ro
 SINGLE_VALUE_HEADERS = (
     ":authority", ":path", "x-veer-route", "x-veer-mirror", "x-canary", "user-agent", "cookie", "x-request-id",
 )
+
+
+# The fewest reads any route needs: `:authority` and `:path` to find it, and the two client
+# headers veer removes when present. A route without overrides, A/B rules or cookies (or any
+# route at weight 0 without them) needs no more.
+FEWEST_HEADERS = (":authority", ":path", "x-veer-route", "x-veer-mirror")
 
 
 def ablations() -> list["Variant"]:
@@ -123,6 +132,18 @@ def ablations() -> list["Variant"]:
             envoy.header_routes(),
             probe("request=" + ",".join("get:" + h for h in SINGLE_VALUE_HEADERS)),
         ),
+        Variant(
+            "probe-fewest-values",
+            "2g. probe: 4 single header reads (the fewest any route needs)",
+            envoy.header_routes(),
+            probe("request=" + ",".join("get:" + h for h in FEWEST_HEADERS)),
+        ),
+        # What two of veer's own parts cost without any host work around them: the request
+        # counter (one proxy_increment_metric per request) and one HMAC-SHA256 of a cookie's
+        # MAC input (veer verifies one per returning request it does not remember, and signs
+        # one per new user).
+        Variant("probe-counter", "2h. probe: one counter increment", envoy.header_routes(), probe("request=counter")),
+        Variant("probe-hmac", "2k. probe: one HMAC-SHA256 (a cookie's MAC)", envoy.header_routes(), probe("request=hmac")),
     ]
 
 
@@ -148,6 +169,8 @@ class Variant:
     clusters: list[dict] = field(default_factory=list)
     # A probe that adds the same Set-Cookie to every response (2f): checked, not collected.
     fixed_set_cookie: bool = False
+    # Also measured in the second mix (100,000 Zipf-distributed returning users).
+    zipf: bool = False
 
 
 # The live-table variant's controller: the bench's table server serving veer's table. Its poll
@@ -173,12 +196,13 @@ def live_variant(table_server: TableServer) -> Variant:
 
 def variants(include_veer: bool, ablation: bool = False, table_server: TableServer | None = None) -> list[Variant]:
     out = [
-        Variant("none", "1. no filter (header route only)", envoy.header_routes(), []),
+        Variant("none", "1. no filter (header route only)", envoy.header_routes(), [], zipf=True),
         Variant(
             "empty-wasm",
             "2. empty proxy-wasm filter",
             envoy.header_routes(),
             [envoy.wasm_filter("empty", EMPTY_WASM, None)],
+            zipf=True,
         ),
     ]
     if include_veer:
@@ -190,8 +214,21 @@ def variants(include_veer: bool, ablation: bool = False, table_server: TableServ
                 [envoy.wasm_filter("veer", VEER_WASM, veer_plugin_config())],
                 sets_cookies=True,
                 splits=True,
+                zipf=True,
             )
         )
+        if VEER_WASM_4096.exists():
+            out.append(
+                Variant(
+                    "veer-4096",
+                    "3m. veer with a 4096-slot cookie memory (not shipped)",
+                    envoy.header_routes(),
+                    [envoy.wasm_filter("veer", VEER_WASM_4096, veer_plugin_config())],
+                    sets_cookies=True,
+                    splits=True,
+                    zipf=True,
+                )
+            )
         out.append(
             Variant(
                 "veer-response-metrics",
@@ -223,6 +260,7 @@ def variants(include_veer: bool, ablation: bool = False, table_server: TableServ
                 [envoy.wasm_filter("veer", VEER_WASM, veer_plugin_config(signed=False))],
                 sets_cookies=True,
                 splits=True,
+                zipf=True,
             )
         )
         if ablation:
@@ -235,6 +273,7 @@ def variants(include_veer: bool, ablation: bool = False, table_server: TableServ
             [envoy.lua_filter(LUA_SOURCE)],
             sets_cookies=True,
             splits=True,
+            zipf=True,
         ),
         Variant("weighted", "5. native weighted_clusters", envoy.weighted_routes(WEIGHT_BP // 100), [], splits=True),
     ]
@@ -249,10 +288,27 @@ class Sample:
     requests: int
 
 
+# The two traffic mixes. "1k": 1 request in 5 from a new user, the rest from 1,000 returning
+# users in a fixed cycle. "zipf": 100,000 returning users with Zipf-distributed visits (s = 1),
+# 1 request in 20 from a new user (issue 13): the realistic returning population that decides
+# the size of veer's memory of verified cookies.
+MIXES = ("1k", "zipf")
+ZIPF_USERS = 100_000
+ZIPF_NEW_ONE_IN = 20
+# Whose cookies each variant replays in the Zipf mix: its own where it hands them out, veer's
+# (same key and route) for the 4096-slot build, veer's for the variants without cookies.
+ZIPF_COOKIE_SOURCES = ("veer", "veer-unsigned", "lua")
+
+
 @dataclass
 class VariantResult:
     variant: Variant
+    mix: str = "1k"
     samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return result_key(self.variant.key, self.mix)
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(s, attr) for s in self.samples)
@@ -272,6 +328,32 @@ def _request(gw: envoy.Envoy, cookie: str | None = None) -> tuple[str, dict]:
 # worker) holds, so a returning request almost never finds its cookie remembered and the
 # HMAC runs (the many-users case; a browser session's repeated cookie would hit).
 RETURNING_USERS = 1000
+
+
+def result_key(variant_key: str, mix: str) -> str:
+    return variant_key if mix == "1k" else f"{variant_key}@{mix}"
+
+
+def collect_many_cookies(gw: envoy.Envoy, out: Path, n: int = ZIPF_USERS) -> Path:
+    """`n` distinct affinity cookies from the gateway, as new users get them (wrk, one thread:
+    100,000 over Python's HTTP client would take minutes per gateway)."""
+    done = out.with_name(out.name + ".done")
+    done.unlink(missing_ok=True)
+    load.wrk(
+        gw.url(),
+        script="collect_cookies.lua",
+        duration_s=120,
+        connections=32,
+        cpus=CLIENT_CPU,
+        env={"VEER_BENCH_COOKIES_OUT": str(out), "VEER_BENCH_COOKIES_WANT": str(n)},
+        stop_when=done.exists,
+    )
+    lines = [line for line in out.read_text().splitlines() if line]
+    # The Lua filter's cookie holds 32 bits (8 hex digits of x-request-id), so 100,000 users
+    # share a value about once (the birthday bound); veer's hold 128 bits.
+    if len(lines) != n or len(set(lines)) < n - n // 10_000:
+        raise procs.BenchError(f"{gw.name}: collected {len(lines)} cookies ({len(set(lines))} distinct), wanted {n}")
+    return out
 
 
 def check_and_collect_cookies(v: Variant, gw: envoy.Envoy, n: int = RETURNING_USERS) -> list[str]:
@@ -307,13 +389,11 @@ def check_and_collect_cookies(v: Variant, gw: envoy.Envoy, n: int = RETURNING_US
     return cookies
 
 
-def measure(gw: envoy.Envoy, duration_s: float, env: dict[str, str]) -> Sample:
+def measure(gw: envoy.Envoy, duration_s: float, script: str, env: dict[str, str]) -> Sample:
     rq0 = gw.downstream_rq_total()
     cpu0 = procs.CpuTimes.of(gw.pid).seconds
     t0 = time.monotonic()
-    res = load.wrk(
-        gw.url(), script="returning_and_new_users.lua", duration_s=duration_s, cpus=CLIENT_CPU, env=env
-    )
+    res = load.wrk(gw.url(), script=script, duration_s=duration_s, cpus=CLIENT_CPU, env=env)
     t1 = time.monotonic()
     cpu1 = procs.CpuTimes.of(gw.pid).seconds
     rq1 = gw.downstream_rq_total()
@@ -332,7 +412,19 @@ def measure(gw: envoy.Envoy, duration_s: float, env: dict[str, str]) -> Sample:
     )
 
 
-def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = True, log=print) -> dict:
+# Kept by --variants whatever is asked: the ratios' references and the source of the cookies.
+ALWAYS_MEASURED = ("none", "empty-wasm", "veer", "lua")
+
+
+def run(
+    *,
+    rounds: int,
+    duration_s: float,
+    warmup_s: float,
+    ablation: bool = True,
+    only: set[str] | None = None,
+    log=print,
+) -> dict:
     work = procs.OUT / "cpu"
     include_veer = VEER_WASM.exists()
     for wasm in (EMPTY_WASM, PROBE_WASM):
@@ -347,8 +439,14 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
     results: list[VariantResult] = []
     gateways: dict[str, envoy.Envoy] = {}
     cookie_files: dict[str, Path] = {}
+    zipf_cookies: dict[str, Path] = {}
     try:
-        for v in variants(include_veer, ablation, table_server):
+        chosen = [
+            v
+            for v in variants(include_veer, ablation, table_server)
+            if only is None or v.key in only or v.key in ALWAYS_MEASURED
+        ]
+        for v in chosen:
             gateways[v.key] = envoy.start(
                 f"gw-{v.key}",
                 {"ingress": (v.routes, v.filters)},
@@ -362,23 +460,38 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
                 cookie_files[v.key] = work / f"cookies-{v.key}.txt"
                 cookie_files[v.key].write_text("\n".join(cookies) + "\n")
             results.append(VariantResult(v))
+        for v in chosen:
+            if v.zipf and v.key in ZIPF_COOKIE_SOURCES:
+                log(f"  collecting {ZIPF_USERS:,} cookies from {v.key}")
+                zipf_cookies[v.key] = collect_many_cookies(gateways[v.key], work / f"cookies-zipf-{v.key}.txt")
+        results += [VariantResult(v, "zipf") for v in chosen if v.zipf]
         # Variants without cookies of their own get veer's (or Lua's) so that every variant
         # sees the same request bytes.
         default_cookies = cookie_files.get("veer") or cookie_files["lua"]
+        default_zipf = zipf_cookies.get("veer") or zipf_cookies.get("lua")
 
-        def env_for(key: str) -> dict[str, str]:
-            return {"VEER_BENCH_COOKIES": str(cookie_files.get(key, default_cookies)), "VEER_BENCH_NEW_EVERY": "5"}
+        def traffic(r: VariantResult, seed: int) -> tuple[str, dict[str, str]]:
+            if r.mix == "zipf":
+                return "returning_and_new_users.lua", {
+                    "VEER_BENCH_MIX": "zipf",
+                    "VEER_BENCH_COOKIES": str(zipf_cookies.get(r.variant.key, default_zipf)),
+                    "VEER_BENCH_NEW_EVERY": str(ZIPF_NEW_ONE_IN),
+                    # The same users in the same order for every variant of a round.
+                    "VEER_BENCH_SEED": str(seed),
+                }
+            cookies = cookie_files.get(r.variant.key, default_cookies)
+            return "returning_and_new_users.lua", {"VEER_BENCH_COOKIES": str(cookies), "VEER_BENCH_NEW_EVERY": "5"}
 
         for r in results:
-            log(f"  warm-up {r.variant.key} ({warmup_s:g}s)")
-            measure(gateways[r.variant.key], warmup_s, env_for(r.variant.key))
+            log(f"  warm-up {r.key} ({warmup_s:g}s)")
+            measure(gateways[r.variant.key], warmup_s, *traffic(r, 1000))
         for i in range(rounds):
             order = results if i % 2 == 0 else list(reversed(results))
             for r in order:
-                s = measure(gateways[r.variant.key], duration_s, env_for(r.variant.key))
+                s = measure(gateways[r.variant.key], duration_s, *traffic(r, i + 1))
                 r.samples.append(s)
                 log(
-                    f"  round {i + 1}/{rounds} {r.variant.key:<11} {s.cpu_us_per_rq:7.1f} us/rq"
+                    f"  round {i + 1}/{rounds} {r.key:<16} {s.cpu_us_per_rq:7.1f} us/rq"
                     f"  {s.rps:8.0f} rq/s  gateway CPU {s.gateway_util * 100:5.1f}%"
                 )
         live_polls = table_server.polls if table_server else None
@@ -389,8 +502,8 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
         if table_server is not None:
             table_server.close()
 
-    med = {r.variant.key: r.median("cpu_us_per_rq") for r in results}
-    by_key = {r.variant.key: r for r in results}
+    med = {r.key: r.median("cpu_us_per_rq") for r in results}
+    by_key = {r.key: r for r in results}
 
     def paired(key: str, ref: str) -> list[float]:
         """Per-round ratios (same round, measured back to back): their spread shows the noise."""
@@ -410,8 +523,17 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
     if "veer-live" in by_key and "veer" in by_key:
         ratios = paired("veer-live", "veer")
         live = {"live_vs_static": spread(ratios), "paired_live_vs_static": ratios}
+    # What a larger memory of verified cookies would buy: the same filter and traffic with 4096
+    # slots instead of 256, paired round by round, in each mix.
+    memory = {}
+    for mix in MIXES:
+        large, shipped = result_key("veer-4096", mix), result_key("veer", mix)
+        if large in by_key and shipped in by_key:
+            ratios = paired(large, shipped)
+            memory[mix] = {"spread": spread(ratios), "paired": ratios}
     out = {
         **live,
+        "memory_4096_vs_256": memory,
         # The build the gateways loaded at start; a rebuild during the run is noted.
         "veer_wasm": measured_wasm,
         "veer_wasm_rebuilt_during_run": bool(measured_wasm and wasm_identity(VEER_WASM) != measured_wasm),
@@ -423,25 +545,33 @@ def run(*, rounds: int, duration_s: float, warmup_s: float, ablation: bool = Tru
         # Polls the live-table variant's gateway made over the whole section (one held poll
         # per 30 s, plus the first).
         "live_variant_polls": live_polls,
-        "variants": [
-            {
-                "key": r.variant.key,
-                "title": r.variant.title,
-                "cpu_us_per_rq_median": med[r.variant.key],
-                "cpu_us_per_rq_samples": [round(s.cpu_us_per_rq, 2) for s in r.samples],
-                "rps_median": r.median("rps"),
-                "gateway_util_median": r.median("gateway_util"),
-                "vs_none": med[r.variant.key] / med["none"],
-                "vs_empty_wasm": med[r.variant.key] / med["empty-wasm"],
-                "vs_lua": med[r.variant.key] / med["lua"],
-                "paired_median_vs_none": spread(paired(r.variant.key, "none")),
-                "paired_median_vs_empty_wasm": spread(paired(r.variant.key, "empty-wasm")),
-                "paired_median_vs_lua": spread(paired(r.variant.key, "lua")),
-                "paired_vs_none": paired(r.variant.key, "none"),
-                "paired_vs_empty_wasm": paired(r.variant.key, "empty-wasm"),
-                "paired_vs_lua": paired(r.variant.key, "lua"),
-            }
-            for r in results
-        ],
+        "variants": [_variant_summary(r, by_key, med, paired, spread) for r in results],
+        "mixes": {
+            "1k": {"returning_users": RETURNING_USERS, "new_user_share": 0.2},
+            "zipf": {"returning_users": ZIPF_USERS, "zipf_s": 1.0, "new_user_share": 1 / ZIPF_NEW_ONE_IN},
+        },
     }
+    return out
+
+
+def _variant_summary(r: VariantResult, by_key: dict, med: dict, paired, spread) -> dict:
+    """One measured (variant, mix): its medians and its ratios to the references measured in
+    the same mix."""
+    ref = {name: result_key(name, r.mix) for name in ("none", "empty-wasm", "lua")}
+    out = {
+        "key": r.key,
+        "variant": r.variant.key,
+        "mix": r.mix,
+        "title": r.variant.title,
+        "cpu_us_per_rq_median": med[r.key],
+        "cpu_us_per_rq_samples": [round(s.cpu_us_per_rq, 2) for s in r.samples],
+        "rps_median": r.median("rps"),
+        "gateway_util_median": r.median("gateway_util"),
+    }
+    for name, field_name in (("none", "none"), ("empty-wasm", "empty_wasm"), ("lua", "lua")):
+        if ref[name] not in by_key:
+            continue
+        out[f"vs_{field_name}"] = med[r.key] / med[ref[name]]
+        out[f"paired_median_vs_{field_name}"] = spread(paired(r.key, ref[name]))
+        out[f"paired_vs_{field_name}"] = paired(r.key, ref[name])
     return out

@@ -355,7 +355,7 @@ async fn builtin_veer_and_istio_queries_against_real_prometheus() {
 #[tokio::test]
 async fn prometheus_down_is_a_transport_error() {
     // A port that was just free: nothing listens, so the connection is refused.
-    let port = support::free_port();
+    let port = support::free_port().unwrap();
     let client = PrometheusClient::new(&format!("http://127.0.0.1:{port}")).unwrap();
     let err = client.query_value("vector(1)").await.unwrap_err();
     assert!(matches!(err, MetricError::Transport { .. }), "{err:?}");
@@ -525,8 +525,8 @@ async fn builtin_envoy_queries_against_real_envoy_stats() {
             ),
     )
     .await;
-    let admin_port = support::free_port();
-    let listener_port = support::free_port();
+    let admin_port = support::free_port().unwrap();
+    let listener_port = support::free_port().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let envoy = support::envoy::Envoy::start(
         &envoy_config(admin_port, listener_port, upstream.addr),

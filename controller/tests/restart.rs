@@ -291,7 +291,7 @@ async fn a_corrupt_state_file_stops_the_controller_with_its_name() {
             .path()
             .join(format!("state-{}.json", what.replace(' ', "-")));
         std::fs::write(&state_file, content).unwrap();
-        let port = support::free_port();
+        let port = support::free_port().unwrap();
         let output = run_veer(
             &[
                 "controller",

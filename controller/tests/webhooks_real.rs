@@ -249,7 +249,7 @@ async fn a_hanging_hook_times_out() {
 
 #[tokio::test]
 async fn an_unreachable_hook_is_a_transport_error() {
-    let port = support::free_port();
+    let port = support::free_port().unwrap();
     let caller = WebhookCaller::new().unwrap();
     let err = caller
         .call(

@@ -7,11 +7,13 @@
 //!   sources (testing an old build would test old code).
 //! - [`poll`]: waiting for an effect by polling with a deadline, never by a fixed sleep.
 //! - [`process`]: the `PR_SET_PDEATHSIG` setup every child process gets.
+//! - [`ports`]: loopback ports for children and in-process servers.
 //! - [`passes`]: the controller's per-pass log line, and the check that each raise of the
 //!   weight followed a passing analysis at the previous weight.
 
 pub mod passes;
 pub mod poll;
+pub mod ports;
 pub mod process;
 pub mod tools;
 

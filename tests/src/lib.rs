@@ -12,7 +12,8 @@ pub mod http_server;
 pub mod istio;
 pub mod kube;
 pub mod kube_release;
-pub mod ports;
+/// Loopback ports: `veer_testkit`'s, shared with the controller's tests.
+pub use veer_testkit::ports;
 pub mod process;
 pub mod prometheus;
 pub mod stack;

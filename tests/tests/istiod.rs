@@ -10,10 +10,13 @@
 //! edits reach it within istiod's push time. The tests run one at a time, as the other
 //! Kubernetes tests do.
 
+use std::net::SocketAddr;
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use veer_e2e::backend::Backend;
+use veer_e2e::envoy::Envoy;
 use veer_e2e::istio;
 use veer_e2e::kube::KubeCluster;
 use veer_e2e::kube_release::*;
@@ -82,59 +85,101 @@ spec:
     )
 }
 
+/// One short test's istiod world: its own control plane and istiod, the shipped Gateway on a
+/// free port, the web app on a local backend, the shipped WasmPlugin as `plugin` edits it, and
+/// the gateway Envoy (with `env`) once istiod has given it the Gateway's listener.
+struct IstiodWorld {
+    cluster: KubeCluster,
+    envoy: Envoy,
+    gateway: SocketAddr,
+    _backend: Backend,
+    _took: Took,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl IstiodWorld {
+    fn start(
+        test: &'static str,
+        plugin: impl FnOnce(&mut serde_json::Value),
+        env: &[(String, String)],
+    ) -> IstiodWorld {
+        let serial = one_at_a_time();
+        let took = Took(test, Instant::now());
+        let cluster = KubeCluster::up_istio().unwrap();
+        let port = free_port().unwrap();
+        let backend = Backend::start("web-v1").unwrap();
+        cluster
+            .apply(&istio::gateway_manifest(port).unwrap())
+            .unwrap();
+        cluster.apply(&web_app_yaml(&backend)).unwrap();
+        cluster
+            .apply(&istio::wasmplugin_manifest(plugin).unwrap())
+            .unwrap();
+        let envoy = istio::start_gateway(&work_dir(test).unwrap(), &cluster, env).unwrap();
+        let gateway = istio::wait_listener(&envoy, port, Duration::from_secs(30)).unwrap();
+        IstiodWorld {
+            cluster,
+            envoy,
+            gateway,
+            _backend: backend,
+            _took: took,
+            _serial: serial,
+        }
+    }
+
+    /// Waits until istiod's route takes `app.example.com` to the web backend.
+    fn wait_for_backend(&self) {
+        poll_until(
+            "istiod's route to reach the backend",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || match istio::get(self.gateway, "app.example.com", &[])? {
+                (200, who) if who == "web-v1" => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .unwrap();
+    }
+
+    /// What the backend saw of a client's `x-veer-route: canary` (it echoes it as
+    /// `x-seen-route`, `-` when absent).
+    fn seen_route_header(&self) -> Option<String> {
+        let r = veer_e2e::client::HttpClient::new(self.gateway)
+            .get("app.example.com", "/", &[("x-veer-route", "canary")])
+            .unwrap();
+        assert_eq!(r.status, 200);
+        r.header("x-seen-route").map(str::to_string)
+    }
+}
+
 /// istiod becomes ready and turns the shipped Gateway, a VirtualService and the shipped
 /// WasmPlugin into a listener, a route to a local backend and the veer filter (by ECDS) on
 /// a plain Envoy, which accepts all of it (no NACK).
 #[test]
 fn istiod_serves_the_shipped_gateway_and_filter_to_a_plain_envoy() {
-    let _serial = one_at_a_time();
-    let _took = Took(
+    let world = IstiodWorld::start(
         "istiod_serves_the_shipped_gateway_and_filter_to_a_plain_envoy",
-        Instant::now(),
+        |_| {},
+        &cookie_keys(),
     );
-    let cluster = KubeCluster::up_istio().unwrap();
-    let ready = istiod_ready_seconds(&cluster);
+    let ready = istiod_ready_seconds(&world.cluster);
     println!("istiod /ready {ready} ms after its start");
-
-    let port = free_port().unwrap();
-    let backend = Backend::start("web-v1").unwrap();
-    cluster
-        .apply(&istio::gateway_manifest(port).unwrap())
-        .unwrap();
-    cluster
-        .apply(&istio::wasmplugin_manifest(|_| {}).unwrap())
-        .unwrap();
-    cluster.apply(&web_app_yaml(&backend)).unwrap();
-
-    let dir = work_dir("istiod-gateway").unwrap();
-    let envoy = istio::start_gateway(&dir, &cluster, &cookie_keys()).unwrap();
-    let gateway = istio::wait_listener(&envoy, port, Duration::from_secs(30)).unwrap();
-    poll_until(
-        "istiod's route to reach the backend",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || match istio::get(gateway, "app.example.com", &[])? {
-            (200, who) if who == "web-v1" => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    )
-    .unwrap();
+    world.wait_for_backend();
     assert!(
-        istio::has_veer_filter(&envoy).unwrap(),
+        istio::has_veer_filter(&world.envoy).unwrap(),
         "no {} among the gateway's HTTP filters: {:?}",
         istio::FILTER_NAME,
-        istio::http_filters(&envoy).unwrap()
+        istio::http_filters(&world.envoy).unwrap()
     );
     // The filter runs on the request: it sets its affinity cookie on the response only
-    // when a route has a canary; with an empty table it strips a client's route header,
-    // which the backend echoes as x-seen-route.
-    let r = veer_e2e::client::HttpClient::new(gateway)
-        .get("app.example.com", "/", &[("x-veer-route", "canary")])
-        .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("x-seen-route"), Some("-"), "the filter ran");
-    assert_eq!(istio::rejected_updates(&envoy).unwrap(), Vec::new());
-    let log = istio::istiod_log(&cluster);
+    // when a route has a canary; with an empty table it strips a client's route header.
+    assert_eq!(
+        world.seen_route_header().as_deref(),
+        Some("-"),
+        "the filter ran"
+    );
+    assert_eq!(istio::rejected_updates(&world.envoy).unwrap(), Vec::new());
+    let log = istio::istiod_log(&world.cluster);
     assert!(!log.contains("ACK ERROR"), "istiod saw a NACK:\n{log}");
 }
 
@@ -142,65 +187,36 @@ fn istiod_serves_the_shipped_gateway_and_filter_to_a_plain_envoy() {
 /// config dump shows; fixing the selector puts it in.
 #[test]
 fn a_wasmplugin_selecting_no_gateway_leaves_the_filter_out() {
-    let _serial = one_at_a_time();
-    let _took = Took(
-        "a_wasmplugin_selecting_no_gateway_leaves_the_filter_out",
-        Instant::now(),
-    );
-    let cluster = KubeCluster::up_istio().unwrap();
-    let port = free_port().unwrap();
-    let backend = Backend::start("web-v1").unwrap();
-    cluster
-        .apply(&istio::gateway_manifest(port).unwrap())
-        .unwrap();
-    cluster.apply(&web_app_yaml(&backend)).unwrap();
     // A typo'd label, as a user might make it.
-    cluster
-        .apply(
-            &istio::wasmplugin_manifest(|p| {
-                p["spec"]["selector"]["matchLabels"] = json!({"istio": "ingress-gateway"});
-            })
-            .unwrap(),
-        )
-        .unwrap();
-    let dir = work_dir("istiod-no-selector").unwrap();
-    let envoy = istio::start_gateway(&dir, &cluster, &cookie_keys()).unwrap();
-    let gateway = istio::wait_listener(&envoy, port, Duration::from_secs(30)).unwrap();
-    poll_until(
-        "the route to reach the backend",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || match istio::get(gateway, "app.example.com", &[])? {
-            (200, _) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    )
-    .unwrap();
-    let filters = istio::http_filters(&envoy).unwrap();
+    let world = IstiodWorld::start(
+        "a_wasmplugin_selecting_no_gateway_leaves_the_filter_out",
+        |p| p["spec"]["selector"]["matchLabels"] = json!({"istio": "ingress-gateway"}),
+        &cookie_keys(),
+    );
+    world.wait_for_backend();
+    let filters = istio::http_filters(&world.envoy).unwrap();
     assert!(
         !filters.is_empty() && !filters.iter().any(|f| f == istio::FILTER_NAME),
         "HTTP filters: {filters:?}"
     );
     // Without the filter, nothing strips a client's route header.
-    let r = veer_e2e::client::HttpClient::new(gateway)
-        .get("app.example.com", "/", &[("x-veer-route", "canary")])
-        .unwrap();
-    assert_eq!(r.header("x-seen-route"), Some("canary"));
+    assert_eq!(world.seen_route_header().as_deref(), Some("canary"));
 
-    cluster
+    world
+        .cluster
         .apply(&istio::wasmplugin_manifest(|_| {}).unwrap())
         .unwrap();
     poll_until(
         "the filter to arrive once the selector matches",
         Duration::from_secs(30),
         Duration::from_millis(100),
-        || match istio::has_veer_filter(&envoy)? {
+        || match istio::has_veer_filter(&world.envoy)? {
             true => Ok(()),
-            false => Err(format!("{:?}", istio::http_filters(&envoy)?)),
+            false => Err(format!("{:?}", istio::http_filters(&world.envoy)?)),
         },
     )
     .unwrap();
-    assert_eq!(istio::rejected_updates(&envoy).unwrap(), Vec::new());
+    assert_eq!(istio::rejected_updates(&world.envoy).unwrap(), Vec::new());
 }
 
 /// A pluginConfig the filter rejects (cookie keys from an environment variable the gateway
@@ -210,26 +226,12 @@ fn a_wasmplugin_selecting_no_gateway_leaves_the_filter_out() {
 /// be fetched or a VM that crashes, not a configuration the module rejects.
 #[test]
 fn a_bad_plugin_config_is_rejected_through_istiod_and_logged_by_both() {
-    let _serial = one_at_a_time();
-    let _took = Took(
-        "a_bad_plugin_config_is_rejected_through_istiod_and_logged_by_both",
-        Instant::now(),
-    );
-    let cluster = KubeCluster::up_istio().unwrap();
-    let port = free_port().unwrap();
-    let backend = Backend::start("web-v1").unwrap();
-    cluster
-        .apply(&istio::gateway_manifest(port).unwrap())
-        .unwrap();
-    cluster.apply(&web_app_yaml(&backend)).unwrap();
-    cluster
-        .apply(&istio::wasmplugin_manifest(|_| {}).unwrap())
-        .unwrap();
-    let dir = work_dir("istiod-bad-config").unwrap();
     // No VEER_COOKIE_KEYS in the gateway's environment.
-    let envoy = istio::start_gateway(&dir, &cluster, &[]).unwrap();
-    let gateway = istio::wait_listener(&envoy, port, Duration::from_secs(30)).unwrap();
-
+    let world = IstiodWorld::start(
+        "a_bad_plugin_config_is_rejected_through_istiod_and_logged_by_both",
+        |_| {},
+        &[],
+    );
     let envoy_line = "invalid plugin configuration: cookieSigning.keysEnv: environment variable VEER_COOKIE_KEYS is not set";
     // The ECDS resource's short name, as istiod logs it.
     let resource = "istio-system.veer~istio-translated-wasmplugin";
@@ -239,8 +241,8 @@ fn a_bad_plugin_config_is_rejected_through_istiod_and_logged_by_both() {
         Duration::from_secs(30),
         Duration::from_millis(100),
         || {
-            let in_envoy = envoy.log().contains(envoy_line);
-            let in_istiod = istio::istiod_log(&cluster).lines().any(|l| {
+            let in_envoy = world.envoy.log().contains(envoy_line);
+            let in_istiod = istio::istiod_log(&world.cluster).lines().any(|l| {
                 l.contains("ADS:ECDS: ACK ERROR")
                     && l.contains(&format!("Unable to create Wasm plugin {resource}"))
             });
@@ -254,15 +256,14 @@ fn a_bad_plugin_config_is_rejected_through_istiod_and_logged_by_both() {
         },
     )
     .unwrap();
-    let (status, _) = istio::get(gateway, "app.example.com", &[]).unwrap();
+    let (status, _) = istio::get(world.gateway, "app.example.com", &[]).unwrap();
     assert_eq!(status, 500, "a rejected filter config fails requests");
+    let rejected = istio::rejected_updates(&world.envoy).unwrap();
     assert!(
-        istio::rejected_updates(&envoy)
-            .unwrap()
+        rejected
             .iter()
             .any(|(name, _)| name.contains("extension_config_discovery")),
-        "the ECDS rejection is counted: {:?}",
-        istio::rejected_updates(&envoy).unwrap()
+        "the ECDS rejection is counted: {rejected:?}"
     );
 }
 

@@ -6,13 +6,18 @@
 //! (proxy_get_current_time_nanoseconds), `headers` (every header, one
 //! proxy_get_header_map_pairs), `route` (replace `x-veer-route: primary`), `status` (read
 //! the response's `:status`), `setcookie` (add a veer-sized `Set-Cookie` to the response),
-//! `get:<name>` (one request header's value, one
-//! proxy_get_header_map_value: the alternative to `headers` for a route that needs few). A word it does not know fails `on_configure`, so a typo cannot
-//! pass as a cheaper probe.
+//! `get:<name>` (one request header's value, one proxy_get_header_map_value: the alternative
+//! to `headers` for a route that needs few), `counter` (one proxy_increment_metric on a counter
+//! defined at configure time: what veer's per-request counter costs), `hmac` (one
+//! HMAC-SHA256 over a message as long as veer's cookie MAC input, with the key's pads computed
+//! once: what verifying or signing one affinity cookie costs, no host call). A word it does not
+//! know fails `on_configure`, so a typo cannot pass as a cheaper probe.
 
+use hmac::{Hmac, KeyInit, Mac};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use sha2::Sha256;
 use std::rc::Rc;
 
 proxy_wasm::main! {{
@@ -33,12 +38,22 @@ enum Call {
     Status,
     SetCookie,
     Get(String),
+    Counter,
+    Hmac,
 }
 
-#[derive(Debug, Default)]
+/// veer's cookie MAC input for the benchmark's route: domain tag (17 bytes), route-name
+/// length (8), `bench/app` (9), seed (16).
+const MAC_INPUT: &[u8; 50] = b"veer-affinity-v1\0\x09\0\0\0\0\0\0\0bench/app0123456789abcdef";
+
+#[derive(Default)]
 struct Plan {
     request: Vec<Call>,
     response: Vec<Call>,
+    /// Defined when the plan counts (`counter`).
+    counter: Option<u32>,
+    /// Keyed once, cloned per call, as veer does.
+    mac: Option<Hmac<Sha256>>,
 }
 
 fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
@@ -50,6 +65,8 @@ fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
             "route" => Ok(Call::Route),
             "status" => Ok(Call::Status),
             "setcookie" => Ok(Call::SetCookie),
+            "counter" => Ok(Call::Counter),
+            "hmac" => Ok(Call::Hmac),
             other => match other.strip_prefix("get:") {
                 Some(name) if !name.is_empty() => Ok(Call::Get(name.to_string())),
                 _ => Err(format!("unknown call {other:?}")),
@@ -74,7 +91,7 @@ fn parse_plan(text: &str) -> Result<Plan, String> {
     Ok(plan)
 }
 
-fn run(calls: &[Call], headers: MapType) {
+fn run(plan: &Plan, calls: &[Call], headers: MapType) {
     for call in calls {
         // Results are dropped: the probe measures the calls, not what they return.
         match call {
@@ -95,6 +112,19 @@ fn run(calls: &[Call], headers: MapType) {
                 SET_COOKIE,
             )),
             Call::Get(name) => drop(hostcalls::get_map_value(headers, name)),
+            Call::Counter => {
+                if let Some(id) = plan.counter {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
+            }
+            Call::Hmac => {
+                if let Some(mac) = &plan.mac {
+                    let mut m = mac.clone();
+                    m.update(MAC_INPUT);
+                    // The tag must be used or the optimiser could drop the work.
+                    std::hint::black_box(m.finalize().into_bytes());
+                }
+            }
         }
     }
 }
@@ -112,7 +142,16 @@ impl RootContext for ProbeRoot {
             .flatten()
             .unwrap_or_default();
         match parse_plan(&String::from_utf8_lossy(&bytes)) {
-            Ok(plan) => {
+            Ok(mut plan) => {
+                let all = || plan.request.iter().chain(&plan.response);
+                if all().any(|c| matches!(c, Call::Counter)) {
+                    plan.counter =
+                        hostcalls::define_metric(MetricType::Counter, "probe_requests_total").ok();
+                }
+                if all().any(|c| matches!(c, Call::Hmac)) {
+                    plan.mac =
+                        Hmac::<Sha256>::new_from_slice(b"veer-bench-cookie-signing-key-32").ok();
+                }
                 self.plan = Rc::new(plan);
                 true
             }
@@ -142,12 +181,16 @@ impl Context for Probe {}
 
 impl HttpContext for Probe {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        run(&self.plan.request, MapType::HttpRequestHeaders);
+        run(&self.plan, &self.plan.request, MapType::HttpRequestHeaders);
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        run(&self.plan.response, MapType::HttpResponseHeaders);
+        run(
+            &self.plan,
+            &self.plan.response,
+            MapType::HttpResponseHeaders,
+        );
         Action::Continue
     }
 }
@@ -167,5 +210,7 @@ mod tests {
         let plan = parse_plan("request=get::authority,get:cookie").unwrap();
         assert!(matches!(&plan.request[0], Call::Get(n) if n == ":authority"));
         assert!(parse_plan("request=get:").is_err());
+        let plan = parse_plan("request=headers,counter,hmac").unwrap();
+        assert!(matches!(plan.request[1..], [Call::Counter, Call::Hmac]));
     }
 }

@@ -40,7 +40,7 @@ impl Prometheus {
         }
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
-        let port = free_port();
+        let port = free_port().unwrap();
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--config.file={}", config_path.display()))
             .arg(format!(

@@ -24,7 +24,7 @@ impl Controller {
     /// Starts `veer controller ARGS --listen 127.0.0.1:<free port>` and waits until
     /// `/healthz` answers.
     pub async fn start(args: &[String], log: PathBuf) -> Controller {
-        let port = free_port();
+        let port = free_port().unwrap();
         let mut cmd = Command::new(VEER);
         controller_args(&mut cmd, args, port);
         Controller::wait_ready(ChildGuard::spawn("veer controller", cmd, log), port).await
@@ -34,7 +34,7 @@ impl Controller {
     /// with EFBIG instead of killing it), its output captured through a pipe (not subject
     /// to the file-size limit, so its log survives the "full disk").
     pub async fn start_ignoring_sigxfsz(args: &[String]) -> Controller {
-        let port = free_port();
+        let port = free_port().unwrap();
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(r#"trap '' XFSZ; exec "$0" "$@""#)

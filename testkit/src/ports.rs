@@ -1,4 +1,4 @@
-//! Loopback ports for test processes. Prefer binding port 0 in-process and keeping the
+//! Loopback ports for test processes and in-process servers. Prefer binding port 0 in-process and keeping the
 //! listener (no race); `free_port` is for child processes that need a port on the command line.
 
 use std::net::{SocketAddr, TcpListener};
