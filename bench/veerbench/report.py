@@ -97,7 +97,8 @@ def floors(cpu: dict) -> dict[str, float]:
     is one part):
     - during a release at 30%, unsigned: read the request headers on every request (2d), write
       the route header on the 3 in 10 sent to the canary (2c - 2d), add a Set-Cookie for each
-      new user (2f - 1);
+      new user (2f - 1), and send 3 in 10 to a second cluster (Envoy's own 70/30 split over
+      the header route alone, 5 - 1);
     - signed: the same plus one HMAC for each new user's cookie (2k - 1). Verifying a returning
       user's cookie is left out: a filter could remember every cookie it verified;
     - between releases: the cheaper of the pairs read (2d) and the four single reads every
@@ -109,15 +110,23 @@ def floors(cpu: dict) -> dict[str, float]:
         return v and _paired(v, "empty_wasm")
 
     out: dict[str, float] = {}
-    d, c, f, k, g = (
+    d, c, f, k, g, split, none = (
         r(key)
-        for key in ("probe-headers-only", "probe-headers", "probe-setcookie", "probe-hmac", "probe-fewest-values")
+        for key in (
+            "probe-headers-only",
+            "probe-headers",
+            "probe-setcookie",
+            "probe-hmac",
+            "probe-fewest-values",
+            "weighted",
+            "none",
+        )
     )
     if d:
         out["idle"] = min(d, g) if g else d
-    if d and c and f:
+    if d and c and f and split and none:
         for mix, new in NEW_USER_SHARE.items():
-            unsigned = d + CANARY_SHARE * (c - d) + new * (f - 1)
+            unsigned = d + CANARY_SHARE * (c - d) + new * (f - 1) + (split - none)
             out[f"release-unsigned@{mix}"] = unsigned
             if k:
                 out[f"release-signed@{mix}"] = unsigned + new * (k - 1)
