@@ -45,7 +45,7 @@ demo-k8s:
 	scripts/kube-build.sh
 	$(TARGET_DIR)/debug/demo --kubernetes $(DEMO_ARGS)
 
-# Benchmarks (BENCHMARKS.md): about 30 minutes on 2 cores with the builds; not part of `make test`.
+# Benchmarks (BENCHMARKS.md): about 37 minutes on 2 cores with the builds; not part of `make test`.
 # The filter and the V8 decision module are built twice: first with a 4096-slot memory of
 # verified cookies (variant 3m; what growing it would buy), then as they ship (256).
 WASM_OUT = $(TARGET_DIR)/wasm32-unknown-unknown/release

@@ -3,7 +3,7 @@
 ratios, checks them against the targets (issues 6 and 16), and writes the raw results as JSON to
 target/bench/results.json. Not part of `make test`: it takes minutes and wants a quiet machine.
 
-    python3 bench/run.py                      # everything (about 26 minutes on 2 cores)
+    python3 bench/run.py                      # everything (about 32 minutes on 2 cores)
     python3 bench/run.py --sections cpu,size  # some sections
     python3 bench/run.py --quick              # shorter runs, for trying the harness
 """

@@ -26,8 +26,8 @@ pub const MIN_KEY_BYTES: usize = 16;
 /// Slots in the memory of verified cookies (direct-mapped), 80 bytes each: 20 KiB per Envoy
 /// worker. Kept at 256 by the benchmark's returning-user mix (100,000 users, Zipf-distributed
 /// visits; BENCHMARKS.md): 4096 slots (320 KiB) would remember 59% of returning cookies
-/// instead of 32%, which saves about 0.14 µs per request (0.3% of an empty filter's cost), not
-/// worth 300 KiB more per worker. The `verified-memory-4096` feature builds the larger one,
+/// instead of 32%, which would save about 0.11 µs per request (0.25% of an empty filter's
+/// cost), not worth 300 KiB more per worker. The `verified-memory-4096` feature builds the larger one,
 /// only so the benchmark can keep measuring both.
 #[cfg(not(feature = "verified-memory-4096"))]
 const VERIFIED_SLOTS: usize = 256;
