@@ -142,6 +142,15 @@ def ablations() -> list["Variant"]:
         # counter (one proxy_increment_metric per request) and one HMAC-SHA256 of a cookie's
         # MAC input (veer verifies one per returning request it does not remember, and signs
         # one per new user).
+        # A release's host calls and routing at 30% without veer's work: all headers, and the
+        # route header set to canary on 3 requests in 10, which then go to the canary cluster.
+        Variant(
+            "probe-release",
+            "2m. probe: all headers, canary route header on 3 in 10 (a release's calls)",
+            envoy.header_routes(),
+            probe("request=headers,canary30"),
+            splits=True,
+        ),
         Variant("probe-counter", "2h. probe: one counter increment", envoy.header_routes(), probe("request=counter")),
         Variant("probe-hmac", "2k. probe: one HMAC-SHA256 (a cookie's MAC)", envoy.header_routes(), probe("request=hmac")),
     ]

@@ -103,7 +103,8 @@ def floors(cpu: dict) -> dict[str, float]:
       user's cookie is left out: a filter could remember every cookie it verified;
     - between releases: the cheaper of the pairs read (2d) and the four single reads every
       route needs (2g); nothing is written.
-    Keys `release-unsigned@<mix>`, `release-signed@<mix>` and `idle`."""
+    Keys `release-unsigned@<mix>`, `release-signed@<mix>`, `idle`, and
+    `release-unsigned-2m@<mix>` where probe 2m measured the release's calls in one filter."""
 
     def r(key: str) -> float | None:
         v = cpu.get(key)
@@ -130,6 +131,12 @@ def floors(cpu: dict) -> dict[str, float]:
             out[f"release-unsigned@{mix}"] = unsigned
             if k:
                 out[f"release-signed@{mix}"] = unsigned + new * (k - 1)
+    # The same release floor with its header read, writes and second cluster measured in one
+    # probe (2m) rather than composed from three.
+    m = r("probe-release")
+    if m and f:
+        for mix, new in NEW_USER_SHARE.items():
+            out[f"release-unsigned-2m@{mix}"] = m + new * (f - 1)
     return out
 
 

@@ -8,7 +8,9 @@
 //! the response's `:status`), `setcookie` (add a veer-sized `Set-Cookie` to the response),
 //! `get:<name>` (one request header's value, one proxy_get_header_map_value: the alternative
 //! to `headers` for a route that needs few), `counter` (one proxy_increment_metric on a counter
-//! defined at configure time: what veer's per-request counter costs), `hmac` (one
+//! defined at configure time: what veer's per-request counter costs), `canary30` (write
+//! `x-veer-route: canary` on 3 requests in 10, so they go to the canary cluster: a release's
+//! writes and routing at 30%, where `route` writes `primary` and changes no cluster), `hmac` (one
 //! HMAC-SHA256 over a message as long as veer's cookie MAC input, with the key's pads computed
 //! once: what verifying or signing one affinity cookie costs, no host call). A word it does not
 //! know fails `on_configure`, so a typo cannot pass as a cheaper probe.
@@ -39,6 +41,7 @@ enum Call {
     SetCookie,
     Get(String),
     Counter,
+    Canary30,
     Hmac,
 }
 
@@ -54,6 +57,8 @@ struct Plan {
     counter: Option<u32>,
     /// Keyed once, cloned per call, as veer does.
     mac: Option<Hmac<Sha256>>,
+    /// Requests seen by `canary30`.
+    seen: std::cell::Cell<u64>,
 }
 
 fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
@@ -66,6 +71,7 @@ fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
             "status" => Ok(Call::Status),
             "setcookie" => Ok(Call::SetCookie),
             "counter" => Ok(Call::Counter),
+            "canary30" => Ok(Call::Canary30),
             "hmac" => Ok(Call::Hmac),
             other => match other.strip_prefix("get:") {
                 Some(name) if !name.is_empty() => Ok(Call::Get(name.to_string())),
@@ -115,6 +121,17 @@ fn run(plan: &Plan, calls: &[Call], headers: MapType) {
             Call::Counter => {
                 if let Some(id) = plan.counter {
                     let _ = hostcalls::increment_metric(id, 1);
+                }
+            }
+            Call::Canary30 => {
+                let n = plan.seen.get().wrapping_add(1);
+                plan.seen.set(n);
+                if n % 10 < 3 {
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpRequestHeaders,
+                        "x-veer-route",
+                        Some("canary"),
+                    );
                 }
             }
             Call::Hmac => {
@@ -210,7 +227,10 @@ mod tests {
         let plan = parse_plan("request=get::authority,get:cookie").unwrap();
         assert!(matches!(&plan.request[0], Call::Get(n) if n == ":authority"));
         assert!(parse_plan("request=get:").is_err());
-        let plan = parse_plan("request=headers,counter,hmac").unwrap();
-        assert!(matches!(plan.request[1..], [Call::Counter, Call::Hmac]));
+        let plan = parse_plan("request=headers,counter,hmac,canary30").unwrap();
+        assert!(matches!(
+            plan.request[1..],
+            [Call::Counter, Call::Hmac, Call::Canary30]
+        ));
     }
 }
