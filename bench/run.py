@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short runs: checks the harness, numbers are rough")
     ap.add_argument("--rounds", type=int, default=None, help="CPU rounds (default 15, quick 2)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per CPU measurement (default 3)")
+    ap.add_argument("--mixes", default=None, help="CPU: only these traffic mixes (comma-separated, from 1k,zipf)")
     ap.add_argument(
         "--variants",
         default=None,
@@ -83,6 +84,7 @@ def _run_section(section: str, args) -> dict:
             duration_s=args.duration or 3,
             warmup_s=2 if args.quick else 5,
             only=set(args.variants.split(",")) if args.variants else None,
+            mixes=tuple(args.mixes.split(",")) if args.mixes else None,
         )
     if section == "decision":
         from veerbench import decision

@@ -432,6 +432,7 @@ def run(
     warmup_s: float,
     ablation: bool = True,
     only: set[str] | None = None,
+    mixes: tuple[str, ...] | None = None,
     log=print,
 ) -> dict:
     work = procs.OUT / "cpu"
@@ -469,11 +470,17 @@ def run(
                 cookie_files[v.key] = work / f"cookies-{v.key}.txt"
                 cookie_files[v.key].write_text("\n".join(cookies) + "\n")
             results.append(VariantResult(v))
+        unknown = set(mixes or ()) - set(MIXES)
+        if unknown:
+            raise procs.BenchError(f"unknown mix(es) {sorted(unknown)}; choose from {MIXES}")
+        if mixes is not None and "1k" not in mixes:
+            raise procs.BenchError("the 1k mix always runs: the probes and the cookie checks use it")
+        zipf = mixes is None or "zipf" in mixes
         for v in chosen:
-            if v.zipf and v.key in ZIPF_COOKIE_SOURCES:
+            if zipf and v.zipf and v.key in ZIPF_COOKIE_SOURCES:
                 log(f"  collecting {ZIPF_USERS:,} cookies from {v.key}")
                 zipf_cookies[v.key] = collect_many_cookies(gateways[v.key], work / f"cookies-zipf-{v.key}.txt")
-        results += [VariantResult(v, "zipf") for v in chosen if v.zipf]
+        results += [VariantResult(v, "zipf") for v in chosen if zipf and v.zipf]
         # Variants without cookies of their own get veer's (or Lua's) so that every variant
         # sees the same request bytes.
         default_cookies = cookie_files.get("veer") or cookie_files["lua"]
