@@ -152,6 +152,20 @@ def ablations() -> list["Variant"]:
             splits=True,
         ),
         Variant("probe-counter", "2h. probe: one counter increment", envoy.header_routes(), probe("request=counter")),
+        # veer-core's decision alone, inside Envoy's V8 (bench/decision-v8's canned requests of
+        # the 1,000-user mix): the pure work the `decision` section times in Node.
+        Variant(
+            "probe-decide-unsigned",
+            "2n. probe: veer-core's decision, unsigned cookies (no host call)",
+            envoy.header_routes(),
+            probe("request=veer:1"),
+        ),
+        Variant(
+            "probe-decide-signed",
+            "2s. probe: veer-core's decision, signed cookies (no host call)",
+            envoy.header_routes(),
+            probe("request=veer:2"),
+        ),
         Variant("probe-hmac", "2k. probe: one HMAC-SHA256 (a cookie's MAC)", envoy.header_routes(), probe("request=hmac")),
     ]
 

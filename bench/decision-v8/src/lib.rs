@@ -98,32 +98,53 @@ pub extern "C" fn run(part: u32, reps: u32) -> u32 {
     WORLD.with(|w| {
         let w = w.borrow();
         let Some(w) = w.as_ref() else { return 0 };
+        let n = u32::try_from(w.signed.len()).unwrap_or(0);
         let mut sum = 0u32;
         for rep in 0..reps {
-            let reqs = if part == 1 { &w.unsigned } else { &w.signed };
-            for (i, req) in reqs.iter().enumerate() {
-                let Some(route) = w.table.find_route(req.authority(), req.path()) else {
-                    continue;
-                };
-                let entropy = u64::from(rep) << 32 | i as u64;
-                sum = sum.wrapping_add(match part {
-                    0 => u32::try_from(route.index()).unwrap_or(0),
-                    1 | 2 => {
-                        let keys = (part == 2).then_some(&w.keys);
-                        let d = decide(route, req, keys, entropy);
-                        u32::from(d.variant == Variant::Canary)
-                            + d.set_cookie
-                                .map_or(0, |c| u32::try_from(c.len()).unwrap_or(0))
-                    }
-                    3 => {
-                        let seed = (entropy as u128 * 0x9e37_79b9_7f4a_7c15).to_le_bytes();
-                        u32::try_from(encode_cookie_value("bench/app", &seed, Some(&w.keys)).len())
-                            .unwrap_or(0)
-                    }
-                    _ => 0,
-                });
+            for i in 0..n {
+                sum = sum.wrapping_add(w.one(part, i, rep));
             }
         }
         sum
     })
+}
+
+/// Does `part` for request `index` (modulo the requests built); returns a checksum. What the
+/// gateway probe `veer:<part>` (bench/probe-filter) calls once per HTTP request, to time the
+/// same work inside Envoy's V8.
+pub fn one(part: u32, index: u32) -> u32 {
+    WORLD.with(|w| w.borrow().as_ref().map_or(0, |w| w.one(part, index, 0)))
+}
+
+impl World {
+    fn one(&self, part: u32, index: u32, rep: u32) -> u32 {
+        let reqs = if part == 1 {
+            &self.unsigned
+        } else {
+            &self.signed
+        };
+        let Some(req) = reqs.get(index as usize % reqs.len().max(1)) else {
+            return 0;
+        };
+        let Some(route) = self.table.find_route(req.authority(), req.path()) else {
+            return 0;
+        };
+        let entropy = u64::from(rep) << 32 | u64::from(index);
+        match part {
+            0 => u32::try_from(route.index()).unwrap_or(0),
+            1 | 2 => {
+                let keys = (part == 2).then_some(&self.keys);
+                let d = decide(route, req, keys, entropy);
+                u32::from(d.variant == Variant::Canary)
+                    + d.set_cookie
+                        .map_or(0, |c| u32::try_from(c.len()).unwrap_or(0))
+            }
+            3 => {
+                let seed = (u128::from(entropy) * 0x9e37_79b9_7f4a_7c15).to_le_bytes();
+                u32::try_from(encode_cookie_value("bench/app", &seed, Some(&self.keys)).len())
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
 }

@@ -12,7 +12,9 @@
 //! `x-veer-route: canary` on 3 requests in 10, so they go to the canary cluster: a release's
 //! writes and routing at 30%, where `route` writes `primary` and changes no cluster), `hmac` (one
 //! HMAC-SHA256 over a message as long as veer's cookie MAC input, with the key's pads computed
-//! once: what verifying or signing one affinity cookie costs, no host call). A word it does not
+//! once: what verifying or signing one affinity cookie costs, no host call), `veer:<part>`
+//! (one request's worth of bench/decision-v8's part, e.g. `veer:2` veer-core's decision with
+//! signed cookies on the 1,000-user mix's canned requests: veer's pure work in Envoy's V8). A word it does not
 //! know fails `on_configure`, so a typo cannot pass as a cheaper probe.
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -43,6 +45,7 @@ enum Call {
     Counter,
     Canary30,
     Hmac,
+    Veer(u32),
 }
 
 /// veer's cookie MAC input for the benchmark's route: domain tag (17 bytes), route-name
@@ -72,6 +75,10 @@ fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
             "setcookie" => Ok(Call::SetCookie),
             "counter" => Ok(Call::Counter),
             "canary30" => Ok(Call::Canary30),
+            other if other.starts_with("veer:") => other["veer:".len()..]
+                .parse()
+                .map(Call::Veer)
+                .map_err(|_| format!("unknown call {other:?}")),
             "hmac" => Ok(Call::Hmac),
             other => match other.strip_prefix("get:") {
                 Some(name) if !name.is_empty() => Ok(Call::Get(name.to_string())),
@@ -123,6 +130,11 @@ fn run(plan: &Plan, calls: &[Call], headers: MapType) {
                     let _ = hostcalls::increment_metric(id, 1);
                 }
             }
+            Call::Veer(part) => {
+                let n = plan.seen.get().wrapping_add(1);
+                plan.seen.set(n);
+                std::hint::black_box(veer_bench_decision_v8::one(*part, n as u32));
+            }
             Call::Canary30 => {
                 let n = plan.seen.get().wrapping_add(1);
                 plan.seen.set(n);
@@ -164,6 +176,10 @@ impl RootContext for ProbeRoot {
                 if all().any(|c| matches!(c, Call::Counter)) {
                     plan.counter =
                         hostcalls::define_metric(MetricType::Counter, "probe_requests_total").ok();
+                }
+                if all().any(|c| matches!(c, Call::Veer(_))) {
+                    // The 1,000-user mix: 800 returning users, more than the memory holds.
+                    veer_bench_decision_v8::setup(800);
                 }
                 if all().any(|c| matches!(c, Call::Hmac)) {
                     plan.mac =
@@ -227,6 +243,11 @@ mod tests {
         let plan = parse_plan("request=get::authority,get:cookie").unwrap();
         assert!(matches!(&plan.request[0], Call::Get(n) if n == ":authority"));
         assert!(parse_plan("request=get:").is_err());
+        assert!(matches!(
+            parse_plan("request=veer:2").unwrap().request[..],
+            [Call::Veer(2)]
+        ));
+        assert!(parse_plan("request=veer:x").is_err());
         let plan = parse_plan("request=headers,counter,hmac,canary30").unwrap();
         assert!(matches!(
             plan.request[1..],
