@@ -3,6 +3,8 @@ propagation's from issue 16), each marked met, missed or not measured. A target 
 
 from __future__ import annotations
 
+from .cpu import WEIGHT_BP
+
 SIZE_TARGET_BYTES = 400_000  # "400 KB", read strictly as 400,000 bytes
 
 
@@ -60,7 +62,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         ("veer@zipf", "release-signed@zipf", "Zipf mix: veer during a release / floor <= 1.03"),
         ("veer-unsigned@zipf", "release-unsigned@zipf", "Zipf mix: veer unsigned / floor <= 1.03"),
     ):
-        v, f = cpu.get(key), floors(cpu).get(floor_key)
+        v, f = cpu.get(key), floors(cpu, _mixes(s.get("cpu", {}))).get(floor_key)
         add(label, v and f and _paired(v, "empty_wasm") / f, 1.03, "{:.3f}")
 
     # Issue 16's targets (issue 6 had 100 and 250 ms), judged through the real controller at
@@ -86,12 +88,13 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     return out
 
 
-# New users' share of the requests in each mix (cpu.py), and the canary's share at 30%.
-NEW_USER_SHARE = {"1k": 0.2, "zipf": 0.05}
-CANARY_SHARE = 0.3
+def _mixes(cpu_section: dict) -> dict:
+    """The CPU section's traffic mixes; runs recorded before the Zipf mix had only the
+    1,000-user one, with its new users' share at the top level."""
+    return cpu_section.get("mixes") or {"1k": {"new_user_share": cpu_section.get("new_user_share", 0.2)}}
 
 
-def floors(cpu: dict) -> dict[str, float]:
+def floors(cpu: dict, mixes: dict) -> dict[str, float]:
     """What any filter doing veer's job on this Envoy must spend, as a share of the empty
     filter, built from the probes of the same run (each probe's excess over the empty filter
     is one part):
@@ -104,7 +107,9 @@ def floors(cpu: dict) -> dict[str, float]:
     - between releases: the cheaper of the pairs read (2d) and the four single reads every
       route needs (2g); nothing is written.
     Keys `release-unsigned@<mix>`, `release-signed@<mix>`, `idle`, and
-    `release-unsigned-2m@<mix>` where probe 2m measured the release's calls in one filter."""
+    `release-unsigned-2m@<mix>` where probe 2m measured the release's calls in one filter.
+    `mixes` is the CPU section's record of its traffic mixes (their new users' share); the
+    canary's share is the benchmark route's weight."""
 
     def r(key: str) -> float | None:
         v = cpu.get(key)
@@ -125,9 +130,11 @@ def floors(cpu: dict) -> dict[str, float]:
     )
     if d:
         out["idle"] = min(d, g) if g else d
+    new_share = {mix: m["new_user_share"] for mix, m in mixes.items()}
+    canary_share = WEIGHT_BP / 10_000
     if d and c and f and split and none:
-        for mix, new in NEW_USER_SHARE.items():
-            unsigned = d + CANARY_SHARE * (c - d) + new * (f - 1) + (split - none)
+        for mix, new in new_share.items():
+            unsigned = d + canary_share * (c - d) + new * (f - 1) + (split - none)
             out[f"release-unsigned@{mix}"] = unsigned
             if k:
                 out[f"release-signed@{mix}"] = unsigned + new * (k - 1)
@@ -135,7 +142,7 @@ def floors(cpu: dict) -> dict[str, float]:
     # probe (2m) rather than composed from three.
     m = r("probe-release")
     if m and f:
-        for mix, new in NEW_USER_SHARE.items():
+        for mix, new in new_share.items():
             out[f"release-unsigned-2m@{mix}"] = m + new * (f - 1)
     return out
 
@@ -234,7 +241,7 @@ def render(results: dict) -> str:
                 + ", ".join(f"{x:.2f}" for x in m["paired"])
             )
         cpu_by_key = {v["key"]: v for v in c["variants"]}
-        for name, f in floors(cpu_by_key).items():
+        for name, f in floors(cpu_by_key, _mixes(c)).items():
             parts.append(f"floor ({name}): {f:.3f} of the empty filter")
         if not c.get("veer_measured"):
             parts.append("veer (variant 3) NOT MEASURED: target/wasm32-unknown-unknown/release/veer_filter.wasm missing")

@@ -60,8 +60,17 @@ struct Plan {
     counter: Option<u32>,
     /// Keyed once, cloned per call, as veer does.
     mac: Option<Hmac<Sha256>>,
-    /// Requests seen by `canary30`.
+    /// Requests counted by `canary30` and `veer:<part>` (`next_request`).
     seen: std::cell::Cell<u64>,
+}
+
+impl Plan {
+    /// Counts one more request and returns its number (from 1).
+    fn next_request(&self) -> u64 {
+        let n = self.seen.get().wrapping_add(1);
+        self.seen.set(n);
+        n
+    }
 }
 
 fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
@@ -75,15 +84,16 @@ fn parse_calls(list: &str) -> Result<Vec<Call>, String> {
             "setcookie" => Ok(Call::SetCookie),
             "counter" => Ok(Call::Counter),
             "canary30" => Ok(Call::Canary30),
-            other if other.starts_with("veer:") => other["veer:".len()..]
-                .parse()
-                .map(Call::Veer)
-                .map_err(|_| format!("unknown call {other:?}")),
             "hmac" => Ok(Call::Hmac),
-            other => match other.strip_prefix("get:") {
-                Some(name) if !name.is_empty() => Ok(Call::Get(name.to_string())),
-                _ => Err(format!("unknown call {other:?}")),
-            },
+            other => {
+                if let Some(name) = other.strip_prefix("get:").filter(|n| !n.is_empty()) {
+                    Ok(Call::Get(name.to_string()))
+                } else if let Some(Ok(part)) = other.strip_prefix("veer:").map(str::parse) {
+                    Ok(Call::Veer(part))
+                } else {
+                    Err(format!("unknown call {other:?}"))
+                }
+            }
         })
         .collect()
 }
@@ -131,14 +141,11 @@ fn run(plan: &Plan, calls: &[Call], headers: MapType) {
                 }
             }
             Call::Veer(part) => {
-                let n = plan.seen.get().wrapping_add(1);
-                plan.seen.set(n);
-                std::hint::black_box(veer_bench_decision_v8::one(*part, n as u32));
+                let n = plan.next_request() as u32;
+                std::hint::black_box(veer_bench_decision_v8::one(*part, n));
             }
             Call::Canary30 => {
-                let n = plan.seen.get().wrapping_add(1);
-                plan.seen.set(n);
-                if n % 10 < 3 {
+                if plan.next_request() % 10 < 3 {
                     let _ = hostcalls::set_map_value(
                         MapType::HttpRequestHeaders,
                         "x-veer-route",
