@@ -167,6 +167,18 @@ def ablations() -> list["Variant"]:
             probe("request=veer:2"),
         ),
         Variant("probe-hmac", "2k. probe: one HMAC-SHA256 (a cookie's MAC)", envoy.header_routes(), probe("request=hmac")),
+        # The floor that decides (issue 13): veer's job for this one route written out by hand,
+        # with the same header read as 2d and nothing general (bench/probe-filter `by_hand`).
+        # Checked like veer before it is timed: a 30% split, a cookie for every new user, sticky.
+        Variant(
+            "probe-byhand",
+            "2p. probe: veer's job for this route by hand (unsigned; the floor)",
+            envoy.header_routes(),
+            probe("request=byhand;response=byhand"),
+            sets_cookies=True,
+            splits=True,
+            zipf=True,
+        ),
     ]
 
 
