@@ -168,7 +168,8 @@ def ablations() -> list["Variant"]:
         ),
         Variant("probe-hmac", "2k. probe: one HMAC-SHA256 (a cookie's MAC)", envoy.header_routes(), probe("request=hmac")),
         # The floor that decides (issue 13): veer's job for this one route written out by hand,
-        # with the same header read as 2d and nothing general (bench/probe-filter `by_hand`).
+        # with veer's own kind of header read (one buffer, scanned in place; 2d's SDK read makes a
+        # pair of strings per header) and nothing general (bench/probe-filter `by_hand`).
         # Checked like veer before it is timed: a 30% split, a cookie for every new user, sticky.
         Variant(
             "probe-byhand",

@@ -238,25 +238,19 @@ fn by_hand(plan: &Plan) -> Option<String> {
         let value = &c[memchr::memmem::find(c, COOKIE)? + COOKIE.len()..];
         Some(&value[..memchr::memchr(b';', value).unwrap_or(value.len())])
     });
-    let fresh;
-    let value = match returning {
-        Some(v) => v,
-        None => {
-            let seed = xxh3_128(&plan.next_request().to_le_bytes()).to_le_bytes();
-            let mut v = String::with_capacity(25);
-            v.push_str("v1.");
-            URL_SAFE_NO_PAD.encode_string(seed, &mut v);
-            fresh = v;
-            fresh.as_bytes()
-        }
-    };
+    // A new user's value; a returning user's is hashed as sent.
+    let fresh = returning.is_none().then(|| {
+        let seed = xxh3_128(&plan.next_request().to_le_bytes()).to_le_bytes();
+        let mut v = String::with_capacity(25);
+        v.push_str("v1.");
+        URL_SAFE_NO_PAD.encode_string(seed, &mut v);
+        v
+    });
+    let value = returning
+        .or(fresh.as_deref().map(str::as_bytes))
+        .unwrap_or_default();
     canary(xxh3_64_with_seed(value, plan.revision_hash) % 10_000 < WEIGHT_BP);
-    returning.is_none().then(|| {
-        format!(
-            "flagger-cookie={}; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax",
-            String::from_utf8_lossy(value)
-        )
-    })
+    fresh.map(|v| format!("flagger-cookie={v}; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"))
 }
 
 fn run(plan: &Plan, calls: &[Call], headers: MapType, set_cookie: &mut Option<String>) {
