@@ -95,6 +95,10 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=25, help="seconds of load per variant")
     ap.add_argument("--mixes", default="1k")
     args = ap.parse_args()
+    # A recording that straddles two variants' turns, or a turn's start (V8 compiling the
+    # module, wrk connecting), is charged to one variant: turns must hold several recordings.
+    if args.duration < 3 * (PICK_S + RECORD_S):
+        ap.error(f"--duration must be at least {3 * (PICK_S + RECORD_S):.0f} s (three recordings per turn)")
     try:
         require_binary("perf", "apt-get install linux-perf")
     except BenchError as e:
