@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from veerbench.cpu import GATEWAY_PREFIX, result_key  # noqa: E402
 from veerbench.procs import BenchError, CpuTimes, require_binary  # noqa: E402
 
 # Seconds of CPU use sampled to find the busy gateway, then seconds recorded from it.
@@ -42,17 +43,19 @@ RECORD_S = 4
 
 
 def gateways() -> dict[int, str]:
-    """pid -> variant key of every benchmark gateway running (their configs are gw-<key>.json)."""
+    """pid -> variant key of every CPU-section gateway running (its config is gw-<key>.json)."""
     out = {}
     for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        for arg in argv:
+        if b"envoy" not in argv[0]:
+            continue
+        for arg in argv[1:]:
             name = Path(arg.decode(errors="replace")).name
-            if name.startswith("gw-") and name.endswith(".json") and b"envoy" in argv[0]:
-                out[pid] = name[len("gw-") : -len(".json")]
+            if name.startswith(GATEWAY_PREFIX) and name.endswith(".json"):
+                out[pid] = name[len(GATEWAY_PREFIX) : -len(".json")]
     return out
 
 
@@ -93,7 +96,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="veer-unsigned,probe-byhand", help="bench/run.py variant keys (the references always run)")
     ap.add_argument("--duration", type=float, default=25, help="seconds of load per variant")
-    ap.add_argument("--mixes", default="1k")
+    ap.add_argument("--mix", default="1k", choices=["1k", "zipf"], help="the traffic mix (one: the gateways serve each mix in turn)")
     args = ap.parse_args()
     # A recording that straddles two variants' turns, or a turn's start (V8 compiling the
     # module, wrk connecting), is charged to one variant: turns must hold several recordings.
@@ -109,7 +112,7 @@ def main() -> int:
         results = Path(tmp) / "run.json"
         bench = subprocess.Popen(
             [sys.executable, str(ROOT / "bench/run.py"), "--sections", "cpu", "--rounds", "1",
-             "--duration", str(args.duration), "--variants", args.variants, "--mixes", args.mixes,
+             "--duration", str(args.duration), "--variants", args.variants, "--mixes", args.mix,
              "--output", str(results)],
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
@@ -121,8 +124,6 @@ def main() -> int:
             if found is None:
                 continue
             pid, key = found
-            if key.startswith("backend"):
-                continue
             data = Path(tmp) / f"{n}.data"
             n += 1
             rec = subprocess.run(
@@ -136,7 +137,7 @@ def main() -> int:
                 print(f"profile: perf record -p {pid} failed: {rec.stderr.strip()}", file=sys.stderr)
                 return 1
             try:
-                samples.setdefault(key, []).append(dso_shares(data))
+                samples.setdefault(result_key(key, args.mix), []).append(dso_shares(data))
             except subprocess.CalledProcessError:
                 continue  # the gateway exited mid-record (end of its turn)
         if bench.returncode != 0:

@@ -366,6 +366,11 @@ def _request(gw: envoy.Envoy, cookie: str | None = None) -> tuple[str, dict]:
 RETURNING_USERS = 1000
 
 
+# Each variant's gateway Envoy is named (and its config file is called) this plus the variant's
+# key; bench/profile.py finds the gateways by it.
+GATEWAY_PREFIX = "gw-"
+
+
 def result_key(variant_key: str, mix: str) -> str:
     return variant_key if mix == "1k" else f"{variant_key}@{mix}"
 
@@ -485,7 +490,7 @@ def run(
         ]
         for v in chosen:
             gateways[v.key] = envoy.start(
-                f"gw-{v.key}",
+                f"{GATEWAY_PREFIX}{v.key}",
                 {"ingress": (v.routes, v.filters)},
                 envoy.backend_clusters(backend) + v.clusters,
                 cpus=GATEWAY_CPU,
